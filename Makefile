@@ -1,0 +1,41 @@
+# conflux has two commands: `make run` and `make test`. Both set themselves up first (a .venv with the pins of
+# pyproject.toml, the one place where versions live), so a fresh clone needs nothing installed by hand.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+export PATH := $(BIN):$(PATH)
+
+.PHONY: run test setup lint format dryrun clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)
+
+## Run the whole default workflow (tiny model built offline, synthetic and bundled data).
+run: setup
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+
+## Run every test; pytest's "no tests collected" (exit 5) counts as a failure.
+test: setup
+	$(BIN)/python -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/snakefmt --check Snakefile rules \
+		&& $(BIN)/snakemake --lint
+
+format: setup
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format . && $(BIN)/snakefmt Snakefile rules
+
+dryrun: setup
+	$(BIN)/snakemake -n --profile profiles/local
+
+clean:
+	rm -rf results logs benchmarks .snakemake report.html

@@ -1,0 +1,1 @@
+"""conflux: preference alignment workflow."""
