@@ -1,0 +1,156 @@
+"""The embedded tiny base model: a small Llama with a byte-level BPE tokenizer, built offline.
+
+The default workflow must run end to end on a laptop with no network, so instead of downloading a base model
+it builds one: a tokenizer trained on the bundled text and a randomly initialised ``LlamaForCausalLM`` of a
+few hundred thousand parameters. The output is an ordinary Hugging Face directory (``config.json``,
+``model.safetensors``, ``tokenizer.json``, ...), so every later rule treats it exactly like a ``local`` model
+and loads it with plain ``AutoModelForCausalLM`` / ``AutoTokenizer`` (no conflux import, no remote code).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from conflux.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+ROLE_TOKENS = ("<|user|>", "<|assistant|>", "<|system|>")
+SPECIAL_TOKENS = (BOS, EOS, PAD, *ROLE_TOKENS)
+
+# Each turn is "<|role|>\n{content}<|eos|>\n". Ending every turn (not only the assistant's) with eos keeps the
+# template one line of Jinja, and the response's own eos is what log π(y|x) scores as the end of y.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unknown chat role: ' + message['role']) }}"
+    "{% endif %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|eos|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+INFO_FILE = "conflux_tiny.json"
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    """Size of the embedded Llama (a few hundred thousand parameters at the defaults).
+
+    ``vocab_size`` is the BPE trainer's target; the model's vocabulary is the trained tokenizer's real size,
+    which is smaller when the corpus runs out of pairs seen at least twice.
+    """
+
+    vocab_size: int = 2048
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 176
+    max_position_embeddings: int = 512
+    tie_word_embeddings: bool = False
+    seed: int = 0
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on ``texts`` and wrap it for ``transformers``.
+
+    Byte level with the full 256-byte initial alphabet means any UTF-8 text (Japanese included) encodes and
+    decodes exactly, even characters the corpus never showed: they fall back to their bytes, never to <unk>.
+
+    Determinism: the same texts give byte-identical ``tokenizer.json``. The trainer counts words into a
+    multiset and breaks ties between equally frequent pairs by token id, and the 256 byte symbols fix the
+    first ids; checked with tokenizers 0.23 across processes, 1 vs 16 rayon threads and shuffled input order
+    (tests/test_tinymodel.py pins it within one process), so no thread or ordering setting is needed.
+
+    Args:
+        texts: training text; the order does not matter, duplicates count as frequency.
+        vocab_size: target vocabulary size, special tokens and the 256 byte symbols included.
+
+    Returns:
+        A ``PreTrainedTokenizerFast`` with bos/eos/pad set, right padding, and a role-token chat template.
+    """
+    corpus = list(texts)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer, length=len(corpus))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        extra_special_tokens=list(ROLE_TOKENS),
+        padding_side="right",
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def llama_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+    """The ``LlamaConfig`` for ``cfg``, sized to the tokenizer's real vocabulary, with its special ids."""
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def build_tiny_model(texts: Iterable[str], cfg: TinyModelConfig, out_dir: str | Path) -> Path:
+    """Train the tokenizer, initialise the Llama from ``cfg.seed`` and save both into ``out_dir`` atomically.
+
+    The directory appears only when everything is written (a killed job leaves no half model for Snakemake to
+    trust). Weights are safetensors only. ``conflux_tiny.json`` records the settings and parameter count so
+    a reader can tell what was built without loading it.
+
+    Returns:
+        ``out_dir`` as a ``Path``.
+    """
+    out = Path(out_dir)
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    tokenizer.model_max_length = cfg.max_position_embeddings  # so truncation=True cuts at the model's limit
+    config = llama_config(cfg, tokenizer)
+    # Seed right before construction: weight init is the only randomness, so the same seed gives the same
+    # tensors bit for bit on the same torch build.
+    torch.manual_seed(cfg.seed)
+    model = LlamaForCausalLM(config).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    with atomic_path(out, directory=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info = {"tiny": asdict(cfg), "vocab_size": len(tokenizer), "n_parameters": n_params}
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    log.info(
+        "built tiny Llama in %s: %d parameters, vocab %d (target %d), %d layers, hidden %d, seed %d",
+        out,
+        n_params,
+        len(tokenizer),
+        cfg.vocab_size,
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.seed,
+    )
+    return out
