@@ -1,0 +1,183 @@
+"""Typed configuration: one dataclass per section, built from the schema-validated dict.
+
+The workflow validates ``config`` with :func:`snakemake.utils.validate` (which also fills the schema's
+defaults) and then calls :func:`parse_config`, which checks what a JSON schema cannot (names that refer to
+other sections, kinds that do not fit a study). Every failure is a :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from conflux.errors import ConfigError
+from conflux.models import BaseModelSpec
+from conflux.split import SplitConfig
+from conflux.tinymodel import TinyModelConfig
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
+PAIR_KINDS = ("synthetic_pku", "synthetic_helpsteer", "pku_saferlhf", "helpsteer2", "canonical")
+PERSONA_KINDS = ("persona",)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset entry; which fields matter depends on ``kind`` (see the schema)."""
+
+    name: str
+    kind: str
+    path: str | None = None
+    general: str | None = None
+    persona: str | None = None
+    hub_split: str = "train"
+    dims: tuple[str, ...] | None = None
+    n_pairs: int | None = None
+    n_prompts: int | None = None
+    conflict_rate: float = 0.3
+    seed: int = 0
+
+    @property
+    def is_persona(self) -> bool:
+        return self.kind in PERSONA_KINDS
+
+
+@dataclass(frozen=True)
+class PersonaSplitConfig:
+    eval_fraction: float = 0.2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Study:
+    datasets: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WorkflowConfig:
+    seeds: tuple[int, ...]
+    offline: bool
+    models: dict[str, BaseModelSpec]
+    datasets: dict[str, DatasetSpec]
+    split: SplitConfig
+    persona_split: PersonaSplitConfig
+    studies: dict[str, Study] = field(default_factory=dict)
+
+    def study(self, name: str) -> Study:
+        return self.studies.get(name, Study())
+
+
+def offline_requested(cfg_offline: bool) -> bool:
+    """Offline if the config says so or the Hugging Face offline variables are set."""
+    env = any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+    return cfg_offline or env
+
+
+def config_error_from(error: BaseException) -> ConfigError:
+    """Turn a jsonschema error (possibly wrapped by Snakemake's WorkflowError) into a :class:`ConfigError`."""
+    # Snakemake raises its WorkflowError inside the `except ValidationError` block and flattens the error into
+    # text, so the structured error survives only as the implicit context of the exception chain.
+    cause: BaseException | None = error
+    seen: set[int] = set()
+    while cause is not None and not isinstance(cause, jsonschema.ValidationError) and id(cause) not in seen:
+        seen.add(id(cause))
+        nested = [a for a in getattr(cause, "args", ()) if isinstance(a, jsonschema.ValidationError)]
+        cause = nested[0] if nested else (cause.__cause__ or cause.__context__)
+    if not isinstance(cause, jsonschema.ValidationError):
+        return ConfigError("<config>", "schema", str(error))
+    key = ".".join(str(p) for p in cause.absolute_path) or "<top level>"
+    rule = f"{cause.validator}: {cause.validator_value!r}" if cause.validator != "$ref" else "schema"
+    if cause.validator == "additionalProperties":
+        rule = "additionalProperties: unknown key"
+    return ConfigError(key, rule, cause.message)
+
+
+def load_config(path: str | Path, schema: str | Path = SCHEMA_PATH) -> WorkflowConfig:
+    """Read, validate (with defaults) and parse a config file, as the workflow does."""
+    from snakemake.utils import validate  # imported here: snakemake is heavy and only needed for validation
+
+    with open(path, encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle) or {}
+    try:
+        validate(raw, str(schema))
+    except Exception as err:  # WorkflowError wraps the jsonschema error
+        raise config_error_from(err) from None
+    return parse_config(raw)
+
+
+def parse_config(raw: dict[str, Any]) -> WorkflowConfig:
+    """Build the typed config from a validated dict and check cross-references."""
+    models = {name: _model_spec(name, spec) for name, spec in raw["models"].items()}
+    datasets = {name: _dataset_spec(name, spec) for name, spec in raw["datasets"].items()}
+    studies = {}
+    for study_name, study in raw.get("studies", {}).items():
+        studies[study_name] = Study(tuple(study["datasets"]), tuple(study["models"]))
+        for i, ds in enumerate(study["datasets"]):
+            key = f"studies.{study_name}.datasets.{i}"
+            if ds not in datasets:
+                raise ConfigError(
+                    key, "refers to datasets", f"unknown dataset '{ds}'; known: {sorted(datasets)}"
+                )
+            wants_persona = study_name == "persona"
+            if datasets[ds].is_persona != wants_persona:
+                raise ConfigError(
+                    key,
+                    "kind fits study",
+                    f"dataset '{ds}' of kind '{datasets[ds].kind}' cannot be used here",
+                )
+        for i, model in enumerate(study["models"]):
+            if model not in models:
+                raise ConfigError(
+                    f"studies.{study_name}.models.{i}",
+                    "refers to models",
+                    f"unknown model '{model}'; known: {sorted(models)}",
+                )
+    split = raw.get("split", {})
+    persona_split = raw.get("persona_split", {})
+    return WorkflowConfig(
+        seeds=tuple(raw.get("seeds", [0])),
+        offline=bool(raw.get("offline", True)),
+        models=models,
+        datasets=datasets,
+        split=SplitConfig(**split),
+        persona_split=PersonaSplitConfig(**persona_split),
+        studies=studies,
+    )
+
+
+def _model_spec(name: str, spec: dict[str, Any]) -> BaseModelSpec:
+    tiny = None
+    if spec["source"] == "embedded":
+        tiny = TinyModelConfig(**spec.get("tiny", {}))
+        if tiny.hidden_size % tiny.num_heads or tiny.num_heads % tiny.num_kv_heads:
+            raise ConfigError(
+                f"models.{name}.tiny",
+                "divisible sizes",
+                "hidden_size must divide by num_heads, num_heads by num_kv_heads",
+            )
+    elif "tiny" in spec:
+        raise ConfigError(f"models.{name}.tiny", "embedded only", "'tiny' applies to source: embedded only")
+    return BaseModelSpec(
+        name=name,
+        source=spec["source"],
+        path=spec.get("path"),
+        revision=spec.get("revision"),
+        trust_remote_code=bool(spec.get("trust_remote_code", False)),
+        dtype=spec.get("dtype", "auto"),
+        tiny=tiny,
+    )
+
+
+def _dataset_spec(name: str, spec: dict[str, Any]) -> DatasetSpec:
+    values = dict(spec)
+    if "dims" in values:
+        values["dims"] = tuple(values["dims"])
+    return DatasetSpec(name=name, **values)

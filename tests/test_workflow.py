@@ -1,0 +1,172 @@
+"""The Snakemake workflow as a user drives it: dry-run plans, lint, formatting and a real run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conflux.pairs import read_pairs
+
+BIN = Path(sys.executable).parent
+
+
+def snakemake(
+    root: Path, *args: str, workdir: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "snakemake"), "-s", str(root / "Snakefile"), *args]
+    if workdir is not None:
+        cmd += ["-d", str(workdir)]
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run into {rule: count}."""
+    counts: dict[str, int] = {}
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("job") and "count" in line)
+    for line in lines[start + 2 :]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tmp_path):
+    proc = snakemake(
+        project_root, "-n", "--configfile", str(project_root / "config/config.yaml"), workdir=tmp_path
+    )
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    assert jobs["load_pairs"] == 2 and jobs["split_pairs"] == 2
+    assert jobs["load_persona"] == 2
+    assert jobs["build_tiny_model"] == 1 and jobs["base_model_manifest"] == 1
+
+
+def test_paper_dry_run_plans_the_full_matrix(project_root, tmp_path):
+    proc = snakemake(
+        project_root, "-n", "--configfile", str(project_root / "config/paper.yaml"), workdir=tmp_path
+    )
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    assert jobs["split_pairs"] == 2 and jobs["load_persona"] == 2
+    assert jobs["base_model_manifest"] == 4 and "build_tiny_model" not in jobs
+
+
+def test_lint_is_clean(project_root):
+    proc = snakemake(project_root, "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr
+
+
+def test_snakefmt_and_ruff_are_clean(project_root):
+    fmt = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "Snakefile", "rules"],
+        cwd=project_root,
+        capture_output=True,
+        text=True,
+    )
+    assert fmt.returncode == 0, fmt.stderr
+    for args in (["check", "."], ["format", "--check", "."]):
+        ruff = subprocess.run([str(BIN / "ruff"), *args], cwd=project_root, capture_output=True, text=True)
+        assert ruff.returncode == 0, ruff.stdout + ruff.stderr
+
+
+def test_bad_config_value_stops_the_workflow_naming_the_key(project_root, tmp_path):
+    raw = yaml.safe_load((project_root / "config/config.yaml").read_text())
+    raw["datasets"]["synth_pku"]["conflict_rate"] = 1.5
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    proc = snakemake(project_root, "-n", "--configfile", str(cfg), workdir=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "datasets.synth_pku.conflict_rate" in proc.stderr + proc.stdout
+    assert "maximum" in proc.stderr + proc.stdout
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """Run the whole default workflow, shrunk, in a scratch directory."""
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path_factory.mktemp("run")
+    raw = yaml.safe_load((root / "config/config.yaml").read_text())
+    raw["datasets"]["synth_pku"]["n_pairs"] = 400
+    raw["datasets"]["synth_hs2"]["n_prompts"] = 200
+    raw["models"]["tiny"]["tiny"]["vocab_size"] = 600
+    cfg = work / "config.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    snakemake(root, "--cores", "2", "--configfile", str(cfg), workdir=work)
+    return work
+
+
+def test_run_writes_splits_stats_and_a_loadable_tiny_model(small_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for dataset in ("synth_pku", "synth_hs2"):
+        split = small_run / "results/data" / dataset / "split"
+        stats = json.loads((split / "stats.json").read_text())
+        assert stats["counts"]["conflict"] > 0 and stats["counts"]["agree_sub"] == stats["counts"]["conflict"]
+        assert len(read_pairs(split / "conflict.parquet")) == stats["counts"]["conflict"]
+        assert (small_run / "logs/split_pairs" / f"{dataset}.log").exists()
+    assert json.loads((small_run / "results/data/synth_hs2/split/stats.json").read_text())["k"] == 5
+    persona = small_run / "results/data/persona_ojousama/persona"
+    assert json.loads((persona / "stats.json").read_text())["counts"]["pairs_train"] > 100
+    manifest = json.loads((small_run / "results/models/tiny/manifest.json").read_text())
+    # An embedded model's load_path is relative to the workflow directory, so results/ can move as a whole.
+    assert not Path(manifest["load_path"]).is_absolute()
+    model = AutoModelForCausalLM.from_pretrained(small_run / manifest["load_path"])
+    tokenizer = AutoTokenizer.from_pretrained(small_run / manifest["load_path"])
+    assert model.config.vocab_size == len(tokenizer)
+
+
+def test_second_run_has_nothing_to_do(small_run):
+    root = Path(__file__).resolve().parents[1]
+    proc = snakemake(root, "-n", "--configfile", str(small_run / "config.yaml"), workdir=small_run)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_bad_dataset_file_fails_its_job_and_leaves_no_output(project_root, tmp_path):
+    bad = tmp_path / "mine.jsonl"
+    good = json.dumps(
+        {
+            "pair_id": "a",
+            "prompt": "p",
+            "response_a": "x",
+            "response_b": "y",
+            "scores_a": [1, 0],
+            "scores_b": [0, 1],
+        }
+    )
+    bad.write_text(good + "\n" + good.replace('"a"', '"b"', 1).replace("[1, 0]", "[1, 0, 3]") + "\n")
+    raw = {
+        "models": {"tiny": {"source": "embedded"}},
+        "datasets": {"mine": {"kind": "canonical", "path": str(bad), "dims": ["helpful", "harmless"]}},
+        "studies": {"curriculum": {"datasets": ["mine"], "models": ["tiny"]}},
+    }
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    proc = snakemake(
+        project_root,
+        "--cores",
+        "1",
+        "results/data/mine/pairs.parquet",  # before --configfile, which takes every path that follows it
+        "--configfile",
+        str(cfg),
+        workdir=tmp_path,
+        check=False,
+    )
+    log = (tmp_path / "logs/load_pairs/mine.log").read_text()
+    assert proc.returncode != 0
+    assert "mine.jsonl: row 2, field 'scores_a'" in log
+    assert not (tmp_path / "results/data/mine").exists() or not any(
+        (tmp_path / "results/data/mine").iterdir()
+    )

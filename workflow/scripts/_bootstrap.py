@@ -1,0 +1,32 @@
+"""Shared start of every rule script: import the checkout's package and send logging to the rule's log.
+
+Snakemake puts this folder on ``sys.path``, so ``from _bootstrap import start`` works in every script, under
+``--sdm conda`` and on SLURM nodes alike, without installing the package into each environment.
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+
+def start(snakemake) -> logging.Logger:
+    """Log to ``snakemake.log[0]``; an uncaught error is written there too before Snakemake reports it."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logging.FileHandler(snakemake.log[0], mode="w", encoding="utf-8")],
+        force=True,
+    )
+    log = logging.getLogger(f"conflux.rule.{snakemake.rule}")
+
+    def log_uncaught(exc_type, exc, tb):
+        log.error("%s: %s", exc_type.__name__, exc, exc_info=(exc_type, exc, tb))
+        sys.__excepthook__(exc_type, exc, tb)
+
+    sys.excepthook = log_uncaught
+    log.info("rule %s, wildcards %s", snakemake.rule, dict(snakemake.wildcards))
+    return log

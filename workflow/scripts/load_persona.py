@@ -1,0 +1,14 @@
+from _bootstrap import start
+
+start(snakemake)
+
+from conflux.config import DatasetSpec, PersonaSplitConfig
+from conflux.sources import write_persona_dataset
+
+write_persona_dataset(
+    DatasetSpec(**snakemake.params.spec),
+    PersonaSplitConfig(**snakemake.params.split),
+    {part: snakemake.output[part] for part in ("sft_train", "sft_eval", "pairs_train", "pairs_eval")},
+    snakemake.output.stats,
+    offline=snakemake.params.offline,
+)

@@ -1,0 +1,12 @@
+from _bootstrap import start
+
+start(snakemake)
+
+from conflux.split import SPLIT_NAMES, SplitConfig, split_file
+
+split_file(
+    snakemake.input.pairs,
+    {part: snakemake.output[part] for part in SPLIT_NAMES},
+    snakemake.output.stats,
+    SplitConfig(**snakemake.params.split),
+)
