@@ -1,0 +1,153 @@
+"""Sequence log-probabilities log π(y|x): the sum of response-token log-probs given the prompt.
+
+Both responses of a pair go through the model in one forward pass as a [a_0..a_{B-1}; b_0..b_{B-1}] batch
+(2B rows), as TRL's DPO trainer concatenates chosen and rejected: one pass is cheaper than two, and the two
+halves see identical numerics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from conflux.errors import ConfluxError
+
+TRUNCATIONS = ("keep_end_of_prompt", "keep_start")
+
+
+@dataclass
+class PairBatch:
+    """Token tensors [2B, T] of the concatenated batch: rows 0..B-1 hold response a, rows B..2B-1 response b.
+
+    ``loss_mask`` marks the response tokens (eos included), the only tokens whose log-prob counts; prompt
+    and padding tokens are 0.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
+    n_pairs: int
+
+    def to(self, device: torch.device | str) -> PairBatch:
+        return PairBatch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device), self.n_pairs
+        )
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """Prompt tokens, through the chat template when the tokenizer has one (ending in the assistant cue)."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        # The template writes its own special tokens (bos, role markers); adding them again would double bos.
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def response_ids(tokenizer: PreTrainedTokenizerBase, response: str) -> list[int]:
+    """Response tokens followed by eos, so the model is also scored on ending the answer."""
+    if tokenizer.eos_token_id is None:
+        raise ConfluxError("the tokenizer has no eos token; log π(y|x) needs one to end the response")
+    return [*tokenizer(response, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+
+
+def _fit_pair(
+    prompt: list[int], responses: tuple[list[int], list[int]], max_length: int, truncation: str
+) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """Cut one pair to ``max_length``; return the two (prompt, response) rows and how many rows were cut.
+
+    keep_end_of_prompt: drop prompt tokens from the start first (the end of the prompt is what the answer
+    depends on most), then cut response ends. The prompt is cut once per pair, for the longer response, so
+    both responses are scored under the same context; at least one prompt token is kept so the first response
+    token has a position to be predicted from. keep_start: plain right truncation of prompt + response.
+    """
+    if truncation == "keep_end_of_prompt":
+        longest = max(len(r) for r in responses)
+        keep = min(len(prompt), max(max_length - longest, min(1, len(prompt))))
+        kept_prompt = prompt[len(prompt) - keep :]
+    else:
+        kept_prompt = prompt[:max_length]
+    rows, n_cut = [], 0
+    for response in responses:
+        kept_response = response[: max(max_length - len(kept_prompt), 0)]
+        n_cut += len(kept_prompt) < len(prompt) or len(kept_response) < len(response)
+        rows.append((kept_prompt, kept_response))
+    return rows, n_cut
+
+
+def tokenize_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    responses_a: Sequence[str],
+    responses_b: Sequence[str],
+    *,
+    max_length: int,
+    truncation: str = "keep_end_of_prompt",
+) -> tuple[PairBatch, int]:
+    """Tokenize B pairs into one right-padded [2B, T] batch; also return the number of truncated rows.
+
+    Rows are counted rather than dropped so the caller can report how much of the data did not fit.
+    """
+    if not len(prompts) == len(responses_a) == len(responses_b):
+        raise ValueError(
+            f"prompts, responses_a, responses_b differ in length: "
+            f"{len(prompts)}, {len(responses_a)}, {len(responses_b)}"
+        )
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2 (a prompt and a response token), got {max_length}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ConfluxError("the tokenizer has neither a pad nor an eos token to pad with")
+
+    rows_a, rows_b, n_truncated = [], [], 0
+    for prompt, a, b in zip(prompts, responses_a, responses_b, strict=True):
+        p = prompt_ids(tokenizer, prompt)
+        (row_a, row_b), n_cut = _fit_pair(
+            p, (response_ids(tokenizer, a), response_ids(tokenizer, b)), max_length, truncation
+        )
+        rows_a.append(row_a)
+        rows_b.append(row_b)
+        n_truncated += n_cut
+
+    rows = rows_a + rows_b
+    width = max(len(p) + len(r) for p, r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (p, r) in enumerate(rows):
+        n = len(p) + len(r)
+        input_ids[i, :n] = torch.tensor(p + r, dtype=torch.long)
+        attention_mask[i, :n] = 1
+        loss_mask[i, len(p) : n] = 1
+    return PairBatch(input_ids, attention_mask, loss_mask, n_pairs=len(prompts)), n_truncated
+
+
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[label] per position, in float32.
+
+    gather − logsumexp avoids materialising a second [N, T, V] log-softmax tensor, which dominates memory for
+    large vocabularies; float32 because bf16 log-probs summed over a thousand tokens lose the DPO margin.
+    """
+    logits = logits.float()
+    return torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def sequence_logps(model: PreTrainedModel, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log π(y_a|x), log π(y_b|x)), each [B], from one forward pass over the concatenated batch.
+
+    Position t's logits predict token t+1, so labels are the inputs shifted left and the mask is the loss mask
+    shifted the same way: the first response token is scored from the last prompt position.
+    """
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    per_token = token_logps(logits[:, :-1], batch.input_ids[:, 1:])
+    # masked_fill, not a product: a pad position's logits may be non-finite and NaN·0 is still NaN.
+    logps = per_token.masked_fill(batch.loss_mask[:, 1:] == 0, 0.0).sum(dim=-1)
+    return logps[: batch.n_pairs], logps[batch.n_pairs :]
