@@ -79,6 +79,54 @@ def _fit_pair(
     return rows, n_cut
 
 
+Row = tuple[list[int], list[int]]  # (prompt ids, response ids) of one response
+
+
+def pad_id_of(tokenizer: PreTrainedTokenizerBase) -> int:
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ConfluxError("the tokenizer has neither a pad nor an eos token to pad with")
+    return pad_id
+
+
+def encode_pair(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    response_a: str,
+    response_b: str,
+    *,
+    max_length: int,
+    truncation: str = "keep_end_of_prompt",
+) -> tuple[Row, Row, int]:
+    """Token rows of one pair, cut to ``max_length``: (row_a, row_b, number of rows cut)."""
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2 (a prompt and a response token), got {max_length}")
+    p = prompt_ids(tokenizer, prompt)
+    (row_a, row_b), n_cut = _fit_pair(
+        p, (response_ids(tokenizer, response_a), response_ids(tokenizer, response_b)), max_length, truncation
+    )
+    return row_a, row_b, n_cut
+
+
+def collate_rows(rows_a: Sequence[Row], rows_b: Sequence[Row], pad_id: int) -> PairBatch:
+    """Right-pad B pairs of token rows into one [2B, T] :class:`PairBatch` (a rows first, then b rows)."""
+    if len(rows_a) != len(rows_b):
+        raise ValueError(f"{len(rows_a)} a-rows but {len(rows_b)} b-rows")
+    rows = [*rows_a, *rows_b]
+    width = max(len(p) + len(r) for p, r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (p, r) in enumerate(rows):
+        n = len(p) + len(r)
+        input_ids[i, :n] = torch.tensor(p + r, dtype=torch.long)
+        attention_mask[i, :n] = 1
+        loss_mask[i, len(p) : n] = 1
+    return PairBatch(input_ids, attention_mask, loss_mask, n_pairs=len(rows_a))
+
+
 def tokenize_pairs(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
@@ -97,35 +145,16 @@ def tokenize_pairs(
             f"prompts, responses_a, responses_b differ in length: "
             f"{len(prompts)}, {len(responses_a)}, {len(responses_b)}"
         )
-    if truncation not in TRUNCATIONS:
-        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
-    if max_length < 2:
-        raise ValueError(f"max_length must be at least 2 (a prompt and a response token), got {max_length}")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise ConfluxError("the tokenizer has neither a pad nor an eos token to pad with")
-
+    pad_id = pad_id_of(tokenizer)
     rows_a, rows_b, n_truncated = [], [], 0
     for prompt, a, b in zip(prompts, responses_a, responses_b, strict=True):
-        p = prompt_ids(tokenizer, prompt)
-        (row_a, row_b), n_cut = _fit_pair(
-            p, (response_ids(tokenizer, a), response_ids(tokenizer, b)), max_length, truncation
+        row_a, row_b, n_cut = encode_pair(
+            tokenizer, prompt, a, b, max_length=max_length, truncation=truncation
         )
         rows_a.append(row_a)
         rows_b.append(row_b)
         n_truncated += n_cut
-
-    rows = rows_a + rows_b
-    width = max(len(p) + len(r) for p, r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (p, r) in enumerate(rows):
-        n = len(p) + len(r)
-        input_ids[i, :n] = torch.tensor(p + r, dtype=torch.long)
-        attention_mask[i, :n] = 1
-        loss_mask[i, len(p) : n] = 1
-    return PairBatch(input_ids, attention_mask, loss_mask, n_pairs=len(prompts)), n_truncated
+    return collate_rows(rows_a, rows_b, pad_id), n_truncated
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -143,11 +172,21 @@ def sequence_logps(model: PreTrainedModel, batch: PairBatch) -> tuple[torch.Tens
 
     Position t's logits predict token t+1, so labels are the inputs shifted left and the mask is the loss mask
     shifted the same way: the first response token is scored from the last prompt position.
+
+    Only positions from the earliest response start on get logits (``logits_to_keep``): the LM head and
+    log-softmax over the vocabulary dominate a small model's step, and prompt positions are never scored.
     """
     device = next(model.parameters()).device
     batch = batch.to(device)
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    per_token = token_logps(logits[:, :-1], batch.input_ids[:, 1:])
+    width = batch.input_ids.shape[1]
+    has_response = batch.loss_mask.any(dim=1)
+    first = int(batch.loss_mask.float().argmax(dim=1)[has_response].min()) if bool(has_response.any()) else 1
+    keep = width - max(first, 1) + 1  # logits of positions first-1 .. width-1
+    logits = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, logits_to_keep=keep
+    ).logits
+    start = width - keep
+    per_token = token_logps(logits[:, :-1], batch.input_ids[:, start + 1 :])
     # masked_fill, not a product: a pad position's logits may be non-finite and NaN·0 is still NaN.
-    logps = per_token.masked_fill(batch.loss_mask[:, 1:] == 0, 0.0).sum(dim=-1)
+    logps = per_token.masked_fill(batch.loss_mask[:, start + 1 :] == 0, 0.0).sum(dim=-1)
     return logps[: batch.n_pairs], logps[batch.n_pairs :]
