@@ -1,0 +1,78 @@
+"""Implicit rewards r_w(y) = β log π(y|x; w)/π_ref(y|x) of a trained policy, and their pair accuracy.
+
+The policy is evaluated through the same :class:`~conflux.policy.PreferencePolicy` abstraction it was trained
+with, and π_ref comes from the cached reference log-probs, so an evaluation costs one forward per pair and w.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from conflux.logprobs import collate_rows, encode_pair, pad_id_of, sequence_logps
+from conflux.pairs import PairTable
+from conflux.policy import PreferencePolicy
+from conflux.reference import TokenizeSettings, length_sorted_batches, read_reference
+
+
+@torch.no_grad()
+def policy_logps(
+    policy: PreferencePolicy,
+    tokenizer,
+    pairs: PairTable,
+    w: Sequence[float],
+    settings: TokenizeSettings,
+    *,
+    batch_size: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """log π(y_a|x; w), log π(y_b|x; w) of every pair, in the pairs' order."""
+    cols = pairs.table.to_pydict()
+    rows = [
+        encode_pair(tokenizer, p, a, b, max_length=settings.max_length, truncation=settings.truncation)[:2]
+        for p, a, b in zip(cols["prompt"], cols["response_a"], cols["response_b"], strict=True)
+    ]
+    pad = pad_id_of(tokenizer)
+    out_a = np.zeros(len(rows))
+    out_b = np.zeros(len(rows))
+    lengths = [len(ra[0]) + max(len(ra[1]), len(rb[1])) for ra, rb in rows]
+    policy.model.eval()
+    with policy.at(w) as model:
+        for idx in length_sorted_batches(lengths, batch_size):
+            batch = collate_rows([rows[i][0] for i in idx], [rows[i][1] for i in idx], pad)
+            a, b = sequence_logps(model, batch)
+            out_a[idx] = a.double().cpu().numpy()
+            out_b[idx] = b.double().cpu().numpy()
+    return out_a, out_b
+
+
+def implicit_reward_margins(
+    policy: PreferencePolicy,
+    tokenizer,
+    pairs: PairTable,
+    references: Sequence[str | Path],
+    w: Sequence[float],
+    settings: TokenizeSettings,
+    beta: float,
+    *,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """r_w(y_a) − r_w(y_b) per pair: positive means the policy at w prefers response a."""
+    ref_a, ref_b = read_reference(references, settings, pairs.table.column("pair_id").to_pylist())
+    logp_a, logp_b = policy_logps(policy, tokenizer, pairs, w, settings, batch_size=batch_size)
+    return beta * ((logp_a - ref_a) - (logp_b - ref_b))
+
+
+def pair_accuracy(margins: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+    """Share of pairs whose margin sign matches the label (+1: a better, −1: b better); ties (0) excluded.
+
+    A margin of exactly 0 counts as wrong: the policy expressed no preference. Returns (accuracy, n used).
+    """
+    used = labels != 0
+    n = int(used.sum())
+    if n == 0:
+        return float("nan"), 0
+    correct = np.sign(margins[used]) == np.sign(labels[used])
+    return float(correct.mean()), n

@@ -1,0 +1,115 @@
+"""Training hyper-parameters: one resolved :class:`TrainConfig` per (method, dataset) job.
+
+The config file has a ``training`` block of defaults, ``methods.<name>`` overrides per method and
+``training.per_dataset.<dataset>`` overrides per dataset (the paper trains PKU with batch 128 and HelpSteer2
+with 32). :func:`resolve_train_config` merges them in that order, so a job's settings are one flat dataclass
+that is written next to its outputs and passed to the rule as params (a change reruns exactly that job).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from conflux.errors import ConfigError
+from conflux.policy import LoraSpec
+
+PREFERENCE_METHODS = ("curriculum_stage1", "curriculum_stage2", "curriculum_stage3", "panacea", "dpo_soup")
+TRL_METHODS = ("sft", "dpo")
+METHODS = PREFERENCE_METHODS + TRL_METHODS
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+
+    def spec(self) -> LoraSpec:
+        return LoraSpec(r=self.r, alpha=self.alpha, dropout=self.dropout)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training job needs besides its data and base model.
+
+    ``batch_size`` is the global batch (pairs per optimizer step, the number papers report); the per-device
+    micro-batch and the number of devices fix the gradient accumulation at run time, so the paper's batch
+    holds on one GPU or eight.
+    """
+
+    beta: float = 0.1
+    learning_rate: float = 5e-4
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    batch_size: int = 16
+    per_device_batch_size: int = 16
+    epochs: float = 1.0
+    max_steps: int = -1
+    max_length: int = 256
+    truncation: str = "keep_end_of_prompt"
+    lr_scheduler: str = "linear"
+    bf16: str = "auto"
+    gradient_checkpointing: bool = False
+    save_steps: int = 50
+    logging_steps: int = 10
+    finetune: str = "lora"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    def gradient_accumulation(self, world_size: int) -> int:
+        """Micro-steps per optimizer step so that micro-batch × devices × steps = ``batch_size``."""
+        per_step = self.per_device_batch_size * world_size
+        if self.batch_size % per_step:
+            raise ConfigError(
+                "training.batch_size",
+                "multiple of per_device_batch_size x devices",
+                f"batch_size {self.batch_size} is not a multiple of {self.per_device_batch_size} x "
+                f"{world_size} device(s)",
+            )
+        return self.batch_size // per_step
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def train_config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Rebuild a :class:`TrainConfig` from :meth:`TrainConfig.as_dict` output (e.g. Snakemake params)."""
+    values = dict(values)
+    lora = LoraSettings(**values.pop("lora", {}))
+    if isinstance(values.get("bf16"), bool):  # YAML reads `bf16: true` as a boolean
+        values["bf16"] = str(values["bf16"]).lower()
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError("training", "known keys", f"unknown training settings {sorted(unknown)}")
+    return TrainConfig(lora=lora, **values)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def resolve_train_config(raw: dict[str, Any], method: str, dataset: str) -> TrainConfig:
+    """defaults ← ``training`` ← ``methods.<method>`` ← ``training.per_dataset.<dataset>``."""
+    if method not in METHODS:
+        raise ConfigError("methods", "known method", f"unknown method '{method}'; known: {list(METHODS)}")
+    training = dict(raw.get("training", {}))
+    per_dataset = training.pop("per_dataset", {})
+    merged = _merge(training, raw.get("methods", {}).get(method, {}))
+    merged = _merge(merged, per_dataset.get(dataset, {}))
+    cfg = train_config_from_dict(merged)
+    if cfg.finetune not in ("lora", "full"):
+        raise ConfigError(f"methods.{method}.finetune", "enum", "finetune must be 'lora' or 'full'")
+    if cfg.finetune == "full" and method in PREFERENCE_METHODS:
+        raise ConfigError(
+            f"methods.{method}.finetune",
+            "lora for preference methods",
+            "curriculum, Panacea and DPO-Soup are defined on LoRA adapters; full fine-tuning is for sft/dpo",
+        )
+    cfg.gradient_accumulation(1)  # the batch must at least split on one device
+    return cfg

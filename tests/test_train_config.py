@@ -1,0 +1,89 @@
+"""Training settings: defaults <- training <- methods.<m> <- training.per_dataset.<d>, checked at start."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conflux.config import load_config
+from conflux.errors import ConfigError
+from conflux.train_config import TrainConfig, resolve_train_config
+
+RAW = {
+    "training": {
+        "beta": 0.05,
+        "batch_size": 32,
+        "per_device_batch_size": 8,
+        "lora": {"r": 4, "alpha": 8},
+        "per_dataset": {"hs2": {"batch_size": 16, "lora": {"alpha": 64}}},
+    },
+    "methods": {"dpo_soup": {"lora": {"r": 16, "alpha": 32}, "beta": 0.2}},
+}
+
+
+def test_overrides_apply_in_order_and_merge_nested_lora():
+    base = resolve_train_config(RAW, "panacea", "pku")
+    assert (base.beta, base.batch_size, base.lora.r, base.lora.alpha) == (0.05, 32, 4, 8)
+    assert base.learning_rate == TrainConfig().learning_rate  # untouched keys keep the dataclass default
+    soup = resolve_train_config(RAW, "dpo_soup", "pku")
+    assert (soup.beta, soup.lora.r, soup.lora.alpha) == (0.2, 16, 32)
+    soup_hs2 = resolve_train_config(RAW, "dpo_soup", "hs2")  # the dataset's word is last
+    assert (soup_hs2.batch_size, soup_hs2.lora.r, soup_hs2.lora.alpha) == (16, 16, 64)
+
+
+def test_global_batch_becomes_gradient_accumulation():
+    cfg = resolve_train_config(RAW, "panacea", "pku")
+    assert cfg.gradient_accumulation(1) == 4 and cfg.gradient_accumulation(4) == 1
+    with pytest.raises(ConfigError, match="multiple of per_device_batch_size"):
+        cfg.gradient_accumulation(3)
+
+
+def test_batch_that_does_not_split_fails_at_start():
+    raw = {"training": {"batch_size": 10, "per_device_batch_size": 4}}
+    with pytest.raises(ConfigError, match=r"training\.batch_size"):
+        resolve_train_config(raw, "panacea", "pku")
+
+
+def test_full_fine_tuning_is_refused_for_the_adapter_methods():
+    with pytest.raises(ConfigError, match=r"methods\.panacea\.finetune"):
+        resolve_train_config({"methods": {"panacea": {"finetune": "full"}}}, "panacea", "pku")
+    assert resolve_train_config({"methods": {"sft": {"finetune": "full"}}}, "sft", "x").finetune == "full"
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "rule"),
+    [
+        (lambda c: c["methods"].update(panacea={"max_length": 64}), "methods.panacea", "not"),
+        (lambda c: c["training"].update(learning_rate=0), "training", "exclusiveMinimum"),
+        (lambda c: c["methods"].update(dpo_soup={"lora": {"r": 0}}), "methods.dpo_soup", "minimum"),
+        (lambda c: c["methods"].update(grpo={}), "methods", "additionalProperties"),
+        (
+            lambda c: c["studies"]["curriculum"].update(methods=["sft"]),
+            "studies.curriculum.methods.0",
+            "fits",
+        ),
+        (
+            lambda c: c["training"].update(per_dataset={"synth_pku": {"batch_size": 7}}),
+            "training.batch_size",
+            "multiple",
+        ),
+    ],
+)
+def test_bad_training_config_names_key_and_rule(project_root, tmp_path, edit, key, rule):
+    raw = yaml.safe_load((project_root / "config/config.yaml").read_text())
+    edit(raw)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert key in str(err.value) and rule in str(err.value)
+
+
+def test_paper_config_has_the_papers_hyper_parameters(project_root):
+    cfg = load_config(project_root / "config/paper.yaml")
+    pku, hs2 = cfg.train("curriculum_stage1", "pku_saferlhf"), cfg.train("curriculum_stage2", "helpsteer2")
+    assert (pku.beta, pku.learning_rate, pku.warmup_ratio, pku.weight_decay) == (0.01, 5e-6, 0.03, 0.0)
+    assert (pku.max_length, pku.batch_size, hs2.batch_size) == (1024, 128, 32)
+    assert (pku.lora.r, pku.lora.alpha) == (8, 16)
+    soup = cfg.train("dpo_soup", "pku_saferlhf")
+    assert (soup.lora.r, soup.lora.alpha) == (16, 32)

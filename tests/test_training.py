@@ -1,0 +1,356 @@
+"""The preference training engine on the embedded tiny model: reference cache, stages, resume, learning."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from conflux.errors import DataError
+from conflux.implicit_reward import implicit_reward_margins, pair_accuracy
+from conflux.logprobs import sequence_logps, tokenize_pairs
+from conflux.models import BaseModelSpec, load_base_model, write_manifest
+from conflux.objectives import StepContext, StepInputs, make_objective
+from conflux.pairs import read_pairs, write_pairs
+from conflux.policy import LoraSpec, PreferencePolicy, merged_delta
+from conflux.preference_trainer import PreferenceJob, resume_point, run_preference_job
+from conflux.reference import TokenizeSettings, compute_reference_logps, read_reference, write_reference
+from conflux.sources import bundled_corpus
+from conflux.split import SplitConfig, split_pairs
+from conflux.synthetic import synthetic_pku
+from conflux.tinymodel import TinyModelConfig, build_tiny_model
+from conflux.train_config import TrainConfig
+
+SETTINGS = TokenizeSettings(max_length=128)
+CFG = TrainConfig(
+    beta=0.1,
+    learning_rate=5e-3,
+    batch_size=16,
+    per_device_batch_size=16,
+    max_length=SETTINGS.max_length,
+    save_steps=1000,
+    logging_steps=5,
+)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    """A tiny model, a split synthetic k=2 set (800 pairs) and its reference caches."""
+    root = tmp_path_factory.mktemp("train_ws")
+    parts = split_pairs(synthetic_pku(800, conflict_rate=0.4, seed=0), SplitConfig()).parts
+    for name, part in parts.items():
+        write_pairs(root / f"{name}.parquet", part)
+    build_tiny_model(bundled_corpus(seed=0), TinyModelConfig(vocab_size=1024), root / "hf")
+    write_manifest(
+        BaseModelSpec(name="tiny", source="embedded"),
+        root / "manifest.json",
+        built_dir=root / "hf",
+        offline=True,
+    )
+    model, tokenizer = load_base_model(root / "manifest.json", dtype="float32")
+    for name in ("agree", "conflict", "eval_conflict"):
+        table = compute_reference_logps(model, tokenizer, read_pairs(root / f"{name}.parquet"), SETTINGS)
+        write_reference(root / f"ref_{name}.parquet", table, SETTINGS, "tiny")
+    return root
+
+
+def make_job(
+    ws: Path, method: str, name: str, *, parts, cfg=CFG, init=None, dim=None, seed=0
+) -> PreferenceJob:
+    refs = ["agree" if p == "agree_sub" else p for p in parts]
+    return PreferenceJob(
+        method=method,
+        pairs=[ws / f"{p}.parquet" for p in parts],
+        references=[ws / f"ref_{r}.parquet" for r in refs],
+        manifest=ws / "manifest.json",
+        out_dir=ws / "out" / name,
+        work_dir=ws / "ckpt" / name,
+        cfg=cfg,
+        seed=seed,
+        init_adapters=init,
+        dim=dim,
+    )
+
+
+def adapter(out: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(out / "adapters" / name / "adapter_model.safetensors")
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- reference cache ---------------------------------------------------------------------------------------
+
+
+def test_reference_cache_equals_unbatched_log_probs(ws):
+    model, tokenizer = load_base_model(ws / "manifest.json", dtype="float32")
+    pairs = read_pairs(ws / "conflict.parquet")
+    ids = pairs.table.column("pair_id").to_pylist()
+    ref_a, ref_b = read_reference([ws / "ref_conflict.parquet"], SETTINGS, ids)
+    cols = pairs.table.slice(0, 6).to_pydict()
+    for i in range(6):
+        batch, _ = tokenize_pairs(
+            tokenizer, [cols["prompt"][i]], [cols["response_a"][i]], [cols["response_b"][i]], max_length=128
+        )
+        with torch.no_grad():
+            a, b = sequence_logps(model, batch)
+        assert a.item() == pytest.approx(ref_a[i], abs=1e-4)
+        assert b.item() == pytest.approx(ref_b[i], abs=1e-4)
+
+
+def test_reference_cache_with_other_settings_is_refused(ws):
+    with pytest.raises(DataError, match=r"ref_agree\.parquet: row header, field 'max_length'"):
+        read_reference([ws / "ref_agree.parquet"], TokenizeSettings(max_length=64), ["x"])
+    with pytest.raises(DataError, match=r"field 'pair_id'.*1 pairs have no reference"):
+        read_reference([ws / "ref_agree.parquet"], SETTINGS, ["no-such-pair"])
+
+
+# ---- what each stage trains --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stages(ws) -> dict[str, Path]:
+    """Stage 1 (1 epoch) then stage 2 (3 epochs) of the curriculum, seed 0."""
+    s1 = make_job(ws, "curriculum_stage1", "stage1", parts=["agree"])
+    run_preference_job(s1)
+    s2 = make_job(
+        ws, "curriculum_stage2", "stage2", parts=["conflict"], cfg=replace(CFG, epochs=3), init=s1.out_dir
+    )
+    run_preference_job(s2)
+    return {"stage1": s1.out_dir, "stage2": s2.out_dir}
+
+
+def fresh_adapters(ws: Path, seed: int = 0) -> PreferencePolicy:
+    model, _ = load_base_model(ws / "manifest.json", dtype="float32")
+    return PreferencePolicy.create(model, 2, LoraSpec(r=8, alpha=16), shared=True, seed=seed)
+
+
+def test_stage1_changes_only_shared(ws, stages):
+    init = fresh_adapters(ws)
+    for name in ("dim0", "dim1"):  # bit-identical to their seeded initialization
+        assert same(adapter(stages["stage1"], name), init.adapter_state(name))
+    shared = adapter(stages["stage1"], "shared")
+    assert any("lora_B" in k and v.abs().max() > 0 for k, v in shared.items())  # B starts at 0: it moved
+
+
+def test_stage2_changes_only_dimension_adapters(stages):
+    assert same(adapter(stages["stage1"], "shared"), adapter(stages["stage2"], "shared"))
+    for name in ("dim0", "dim1"):
+        assert not same(adapter(stages["stage1"], name), adapter(stages["stage2"], name))
+    summary = json.loads((stages["stage2"] / "summary.json").read_text())
+    assert summary["trained_adapters"] == ["dim0", "dim1"]
+    metrics = [json.loads(line) for line in (stages["stage2"] / "metrics.jsonl").read_text().splitlines()]
+    assert any("rewards/accuracies/dim0" in m and "rewards/accuracies/dim1" in m for m in metrics)
+
+
+def test_saved_adapters_load_with_plain_peft(ws, stages):
+    model, _ = load_base_model(ws / "manifest.json", dtype="float32")
+    peft_model = PeftModel.from_pretrained(model, str(stages["stage2"] / "adapters" / "dim1"))
+    assert peft_model.peft_config["default"].r == 8
+
+
+def test_stage2_adapters_learn_their_own_dimension_on_held_out_conflict_pairs(ws, stages):
+    """Each dimension's adapter, alone at w = 1_i, ranks held-out *conflict* pairs by its own dimension.
+
+    On a conflict pair the two dimensions disagree, so accuracy against dim i's label is the share of pairs
+    where the policy at w = 1_i sides with i; chance is 0.5, and an adapter that learned the other dimension
+    would score below 0.5. Threshold 0.75 with seed 0 (the run reaches about 0.9 here).
+    """
+    model, tokenizer = load_base_model(ws / "manifest.json", dtype="float32")
+    root = stages["stage2"] / "adapters"
+    policy = PreferencePolicy.load(model, {n: root / n for n in ("shared", "dim0", "dim1")})
+    pairs = read_pairs(ws / "eval_conflict.parquet")
+    s_a, s_b = pairs.scores()
+    labels = np.sign(s_a - s_b)
+    for i, w in enumerate(([1.0, 0.0], [0.0, 1.0])):
+        margins = implicit_reward_margins(
+            policy, tokenizer, pairs, [ws / "ref_eval_conflict.parquet"], w, SETTINGS, CFG.beta
+        )
+        accuracy, n = pair_accuracy(margins, labels[:, i])
+        assert n >= 40
+        assert accuracy >= 0.75, f"dim{i}: accuracy {accuracy:.3f} on {n} held-out conflict pairs"
+
+
+# ---- stage 3, Panacea and DPO-Soup -------------------------------------------------------------------------
+
+
+def test_stage3_and_panacea_train_every_adapter(ws, stages):
+    short = replace(CFG, max_steps=3)
+    s3 = make_job(
+        ws, "curriculum_stage3", "stage3", parts=["agree_sub", "conflict"], cfg=short, init=stages["stage2"]
+    )
+    summary = run_preference_job(s3)
+    assert summary["trained_adapters"] == ["shared", "dim0", "dim1"] and summary["global_steps"] == 3
+    for name in ("shared", "dim0", "dim1"):
+        assert not same(adapter(stages["stage2"], name), adapter(s3.out_dir, name))
+    metrics = [json.loads(line) for line in (s3.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss/kl" in m for m in metrics) or summary["global_steps"] < CFG.logging_steps
+    pan = make_job(ws, "panacea", "panacea", parts=["agree", "conflict"], cfg=short)
+    assert run_preference_job(pan)["trained_adapters"] == ["shared", "dim0", "dim1"]
+
+
+def test_dpo_soup_interpolation_equals_merged_weights(ws):
+    soup_cfg = replace(CFG, max_steps=4, lora=replace(CFG.lora, r=16, alpha=32))
+    outs = {}
+    for i in range(2):
+        job = make_job(ws, "dpo_soup", f"soup{i}", parts=["agree", "conflict"], cfg=soup_cfg, dim=i)
+        summary = run_preference_job(job)
+        assert summary["trained_adapters"] == [f"dim{i}"]
+        assert sorted(p.name for p in (job.out_dir / "adapters").iterdir() if p.is_dir()) == [f"dim{i}"]
+        outs[f"dim{i}"] = job.out_dir / "adapters" / f"dim{i}"
+    model, tokenizer = load_base_model(ws / "manifest.json", dtype="float32")
+    policy = PreferencePolicy.load(model, outs)
+    assert not policy.has_shared and policy.k == 2
+    w = [0.3, 0.7]
+    ids = torch.tensor([tokenizer("hello there, how are you today?")["input_ids"]])
+    with torch.no_grad(), policy.at(w) as m:
+        ours = m(input_ids=ids).logits
+    merged, _ = load_base_model(ws / "manifest.json", dtype="float32")
+    deltas = merged_delta(policy, w)
+    assert len(deltas) == 2 * 7  # every projection of both layers
+    with torch.no_grad():
+        params = dict(merged.named_parameters())
+        for name, delta in deltas.items():
+            params[name.replace("base_layer.", "")].add_(delta)
+        reference = merged(input_ids=ids).logits
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+
+
+# ---- one step is the sum of its passes ---------------------------------------------------------------------
+
+
+def _grads(policy: PreferencePolicy) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in policy.model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("method", ["curriculum_stage3", "panacea"])
+def test_per_pass_backward_equals_gradient_of_the_summed_loss(ws, method, checkpointing):
+    """The trainer backpropagates each pass inside its own policy.at(w); that must equal d(Σ losses)."""
+    model, tokenizer = load_base_model(ws / "manifest.json", dtype="float32")
+    policy = PreferencePolicy.create(model, 2, LoraSpec(), shared=True, seed=3)
+    with torch.no_grad():  # non-zero B so every adapter affects the output
+        gen = torch.Generator().manual_seed(0)
+        for n, p in policy.model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    objective = make_objective(method, 2, 0.1)
+    policy.train_only(objective.trained(policy))
+    pairs = read_pairs(ws / "conflict.parquet").table.slice(0, 4).to_pydict()
+    batch, _ = tokenize_pairs(
+        tokenizer, pairs["prompt"], pairs["response_a"], pairs["response_b"], max_length=128
+    )
+    labels = torch.sign(torch.tensor(pairs["scores_a"]) - torch.tensor(pairs["scores_b"])).long()
+    inputs = StepInputs(batch, labels, torch.full((4,), -60.0), torch.full((4,), -61.0))
+    ctx = StepContext(policy.model, torch.enable_grad, seed=0, global_step=7, micro_step=0)
+    policy.model.train()
+
+    # Reference: all passes first, one backward of the sum (no checkpointing: the scalings are in the graph).
+    losses = [loss for loss, _ in objective.passes(policy, ctx, inputs)]
+    torch.stack(losses).sum().backward()
+    expected = _grads(policy)
+    policy.model.zero_grad(set_to_none=True)
+
+    if checkpointing:
+        policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    total = 0.0
+    for loss, _ in objective.passes(policy, ctx, inputs):
+        loss.backward()  # inside the pass's policy.at(w), as PreferenceTrainer.training_step does
+        total += loss.item()
+    assert total == pytest.approx(torch.stack(losses).sum().item(), rel=1e-6)
+    got = _grads(policy)
+    assert got.keys() == expected.keys() and len(got) > 0
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-5)
+
+
+def test_dirichlet_weight_is_a_function_of_seed_and_step():
+    ctx = StepContext(torch.nn.Identity(), torch.enable_grad, seed=5, global_step=11, micro_step=1)
+    again = StepContext(torch.nn.Identity(), torch.enable_grad, seed=5, global_step=11, micro_step=1)
+    other = StepContext(torch.nn.Identity(), torch.enable_grad, seed=5, global_step=12, micro_step=1)
+    draw = torch.rand(3, generator=ctx.weight_generator())
+    assert torch.equal(draw, torch.rand(3, generator=again.weight_generator()))
+    assert not torch.equal(draw, torch.rand(3, generator=other.weight_generator()))
+
+
+# ---- resume ------------------------------------------------------------------------------------------------
+
+DRIVER = """
+import json, sys
+from pathlib import Path
+from conflux.preference_trainer import PreferenceJob, run_preference_job
+from conflux.train_config import train_config_from_dict
+spec = json.loads(Path(sys.argv[1]).read_text())
+spec["cfg"] = train_config_from_dict(spec["cfg"])
+for key in ("manifest", "out_dir", "work_dir"):
+    spec[key] = Path(spec[key])
+spec["pairs"] = [Path(p) for p in spec["pairs"]]
+spec["references"] = [Path(p) for p in spec["references"]]
+print(json.dumps(run_preference_job(PreferenceJob(**spec))))
+"""
+
+
+def _spec_file(job: PreferenceJob, path: Path) -> Path:
+    spec = {
+        "method": job.method,
+        "pairs": [str(p) for p in job.pairs],
+        "references": [str(p) for p in job.references],
+        "manifest": str(job.manifest),
+        "out_dir": str(job.out_dir),
+        "work_dir": str(job.work_dir),
+        "cfg": job.cfg.as_dict(),
+        "seed": job.seed,
+    }
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_job_killed_mid_run_resumes_to_the_uninterrupted_result(ws, tmp_path):
+    """SIGKILL after a checkpoint, rerun: same adapters as a run that was never interrupted (Panacea, whose
+    Dirichlet draws must also continue where they were)."""
+    cfg = replace(CFG, max_steps=14, save_steps=3, logging_steps=1)
+    straight = make_job(ws, "panacea", "resume_straight", parts=["agree", "conflict"], cfg=cfg, seed=1)
+    run_preference_job(straight)
+
+    killed = make_job(ws, "panacea", "resume_killed", parts=["agree", "conflict"], cfg=cfg, seed=1)
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    spec = _spec_file(killed, tmp_path / "spec.json")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, str(driver), str(spec)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while resume_point(killed.work_dir) is None or not resume_point(killed.work_dir).endswith("-6"):
+        assert proc.poll() is None, "the job finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not killed.out_dir.exists()  # nothing that looks finished
+
+    summary = run_preference_job(killed)
+    assert summary["resumed_from"] in ("checkpoint-6", "checkpoint-9", "checkpoint-12")
+    assert summary["global_steps"] == 14
+    for name in ("shared", "dim0", "dim1"):
+        got, want = adapter(killed.out_dir, name), adapter(straight.out_dir, name)
+        assert got.keys() == want.keys()
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], atol=0, rtol=0)
+    assert not killed.work_dir.exists()  # checkpoints are removed once the output is complete
