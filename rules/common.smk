@@ -36,6 +36,9 @@ wildcard_constraints:
     persona_dataset=_alternatives(PERSONA_DATASETS),
     model=_alternatives(sorted(CFG.models)),
     tiny_model=_alternatives(EMBEDDED_MODELS),
+    ref_part="agree|conflict|eval_conflict|eval_agree",
+    seed=r"\d+",
+    dim=r"\d+",
 
 
 # ---- params -------------------------------------------------------------------------------------------------
@@ -69,7 +72,38 @@ def get_model_spec(wildcards):
     return spec
 
 
+def get_tokenize(wildcards):
+    """Tokenization of the cached reference log-probs: the dataset's resolved training settings."""
+    cfg = CFG.train("curriculum_stage1", wildcards.pair_dataset)
+    return {"max_length": cfg.max_length, "truncation": cfg.truncation}
+
+
+def train_params(method):
+    """params function: the resolved TrainConfig of ``method`` on the job's dataset, as a dict."""
+
+    def params(wildcards):
+        dataset = wildcards.get("pair_dataset") or wildcards.get("persona_dataset")
+        return CFG.train(method, dataset).as_dict()
+
+    return params
+
+
+def checkpoint_dir(wildcards, output):
+    """Trainer checkpoints sit beside, not inside, the output, so a failed job's rerun can resume."""
+    return str(output[0]).replace("results/train/", "results/checkpoints/", 1)
+
+
 # ---- inputs -------------------------------------------------------------------------------------------------
+
+
+def reference(part):
+    """Cached reference log-probs of a split part; agree_sub is a subset of agree and reads agree's cache."""
+    part = "agree" if part == "agree_sub" else part
+    return f"results/reference/{{model}}/{{pair_dataset}}/{part}.parquet"
+
+
+def split_part(part):
+    return f"results/data/{{pair_dataset}}/split/{part}.parquet"
 
 
 def get_model_build(wildcards):
@@ -91,12 +125,26 @@ def persona_outputs(dataset):
     ]
 
 
+def training_outputs(dataset, model, seed, method):
+    run = f"results/train/{model}/{dataset}/seed{seed}"
+    if method == "curriculum":
+        return [f"{run}/curriculum/stage{i}" for i in (1, 2, 3)]
+    if method == "dpo_soup":
+        return [f"{run}/dpo_soup/dim{i}" for i in range(CFG.datasets[dataset].k)]
+    return [f"{run}/{method}"]
+
+
 def get_final_output():
-    """Everything the default target builds: the data of every study and the base model of every study."""
+    """Everything the default target builds: data, base models and every trained method of each study."""
     targets = []
     for study_name, builder in (("curriculum", split_outputs), ("persona", persona_outputs)):
         study = CFG.study(study_name)
         for dataset in study.datasets:
             targets += builder(dataset)
         targets += [f"results/models/{model}/manifest.json" for model in study.models]
+        for dataset in study.datasets:
+            for model in study.models:
+                for seed in CFG.seeds:
+                    for method in study.methods:
+                        targets += training_outputs(dataset, model, seed, method)
     return sorted(set(targets))

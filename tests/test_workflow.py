@@ -52,6 +52,13 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     assert jobs["load_pairs"] == 2 and jobs["split_pairs"] == 2
     assert jobs["load_persona"] == 2
     assert jobs["build_tiny_model"] == 1 and jobs["base_model_manifest"] == 1
+    # Reference log-probs once per (model, split part) that training reads: 1 model x 2 datasets x 2 parts,
+    # shared by the three curriculum stages, Panacea and every DPO-Soup member.
+    assert jobs["reference_logps"] == 2 * 2
+    for rule in ("curriculum_stage1", "curriculum_stage2", "curriculum_stage3", "panacea"):
+        assert jobs[rule] == 2
+    assert jobs["dpo_soup"] == 2 + 5  # one job per dimension: k=2 and k=5
+    assert jobs["sft"] == 2 and jobs["dpo"] == 2
 
 
 def test_paper_dry_run_plans_the_full_matrix(project_root, tmp_path):
@@ -61,6 +68,11 @@ def test_paper_dry_run_plans_the_full_matrix(project_root, tmp_path):
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert jobs["split_pairs"] == 2 and jobs["load_persona"] == 2
     assert jobs["base_model_manifest"] == 4 and "build_tiny_model" not in jobs
+    runs = 2 * 2 * 3  # datasets x models x seeds
+    assert jobs["reference_logps"] == 2 * 2 * 2  # models x datasets x {agree, conflict}, not per seed
+    assert jobs["curriculum_stage1"] == jobs["curriculum_stage3"] == jobs["panacea"] == runs
+    assert jobs["dpo_soup"] == (2 + 5) * 2 * 3
+    assert jobs["sft"] == jobs["dpo"] == runs
 
 
 def test_lint_is_clean(project_root):
@@ -102,6 +114,8 @@ def small_run(tmp_path_factory):
     raw["datasets"]["synth_pku"]["n_pairs"] = 400
     raw["datasets"]["synth_hs2"]["n_prompts"] = 200
     raw["models"]["tiny"]["tiny"]["vocab_size"] = 600
+    raw["training"]["max_steps"] = 2  # the plumbing, not the learning: tests/test_training.py checks that
+    raw["methods"]["sft"]["max_steps"] = raw["methods"]["dpo"]["max_steps"] = 2
     cfg = work / "config.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     snakemake(root, "--cores", "2", "--configfile", str(cfg), workdir=work)
@@ -120,6 +134,15 @@ def test_run_writes_splits_stats_and_a_loadable_tiny_model(small_run):
     assert json.loads((small_run / "results/data/synth_hs2/split/stats.json").read_text())["k"] == 5
     persona = small_run / "results/data/persona_ojousama/persona"
     assert json.loads((persona / "stats.json").read_text())["counts"]["pairs_train"] > 100
+    run = small_run / "results/train/tiny/synth_hs2/seed0"
+    for out in ["curriculum/stage1", "curriculum/stage2", "curriculum/stage3", "panacea", "dpo_soup/dim4"]:
+        assert json.loads((run / out / "summary.json").read_text())["global_steps"] == 2
+    assert (run / "curriculum/stage3/adapters/dim4/adapter_model.safetensors").exists()
+    assert not (small_run / "results/checkpoints").exists() or not any(
+        (small_run / "results/checkpoints").rglob("checkpoint-*")
+    )
+    sft = small_run / "results/train/tiny/persona_student/seed0/sft/model"
+    assert (sft / "model.safetensors").exists()
     manifest = json.loads((small_run / "results/models/tiny/manifest.json").read_text())
     # An embedded model's load_path is relative to the workflow directory, so results/ can move as a whole.
     assert not Path(manifest["load_path"]).is_absolute()

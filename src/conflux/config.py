@@ -19,6 +19,7 @@ from conflux.errors import ConfigError
 from conflux.models import BaseModelSpec
 from conflux.split import SplitConfig
 from conflux.tinymodel import TinyModelConfig
+from conflux.train_config import TrainConfig, resolve_train_config
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
 PAIR_KINDS = ("synthetic_pku", "synthetic_helpsteer", "pku_saferlhf", "helpsteer2", "canonical")
@@ -45,6 +46,17 @@ class DatasetSpec:
     def is_persona(self) -> bool:
         return self.kind in PERSONA_KINDS
 
+    @property
+    def k(self) -> int:
+        """Number of preference dimensions, known from the config alone (the DAG needs no data on disk)."""
+        if self.is_persona:
+            return 1
+        if self.kind in ("synthetic_pku", "pku_saferlhf"):
+            return 2
+        if self.dims:
+            return len(self.dims)
+        return 5  # synthetic_helpsteer, or helpsteer2 with all five attributes
+
 
 @dataclass(frozen=True)
 class PersonaSplitConfig:
@@ -52,10 +64,21 @@ class PersonaSplitConfig:
     seed: int = 0
 
 
+STUDY_METHODS = {"curriculum": ("curriculum", "panacea", "dpo_soup"), "persona": ("sft", "dpo")}
+METHOD_RULES = {
+    "curriculum": ("curriculum_stage1", "curriculum_stage2", "curriculum_stage3"),
+    "panacea": ("panacea",),
+    "dpo_soup": ("dpo_soup",),
+    "sft": ("sft",),
+    "dpo": ("dpo",),
+}
+
+
 @dataclass(frozen=True)
 class Study:
     datasets: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,9 +90,16 @@ class WorkflowConfig:
     split: SplitConfig
     persona_split: PersonaSplitConfig
     studies: dict[str, Study] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)  # the raw training/methods blocks, see train()
+    reference_batch_size: int = 32
+    keep_checkpoints: bool = False
 
     def study(self, name: str) -> Study:
         return self.studies.get(name, Study())
+
+    def train(self, method: str, dataset: str) -> TrainConfig:
+        """The resolved settings of one training rule on one dataset."""
+        return resolve_train_config(self.training, method, dataset)
 
 
 def offline_requested(cfg_offline: bool) -> bool:
@@ -119,7 +149,16 @@ def parse_config(raw: dict[str, Any]) -> WorkflowConfig:
     datasets = {name: _dataset_spec(name, spec) for name, spec in raw["datasets"].items()}
     studies = {}
     for study_name, study in raw.get("studies", {}).items():
-        studies[study_name] = Study(tuple(study["datasets"]), tuple(study["models"]))
+        methods = tuple(study.get("methods", STUDY_METHODS[study_name]))
+        for i, method in enumerate(methods):
+            if method not in STUDY_METHODS[study_name]:
+                raise ConfigError(
+                    f"studies.{study_name}.methods.{i}",
+                    "method fits study",
+                    f"'{method}' is not a method of the {study_name} study "
+                    f"({list(STUDY_METHODS[study_name])})",
+                )
+        studies[study_name] = Study(tuple(study["datasets"]), tuple(study["models"]), methods)
         for i, ds in enumerate(study["datasets"]):
             key = f"studies.{study_name}.datasets.{i}"
             if ds not in datasets:
@@ -142,6 +181,13 @@ def parse_config(raw: dict[str, Any]) -> WorkflowConfig:
                 )
     split = raw.get("split", {})
     persona_split = raw.get("persona_split", {})
+    training = {"training": raw.get("training", {}), "methods": raw.get("methods", {})}
+    # Resolve every job's settings now, so a bad combination fails at start and not in the middle of a run.
+    for study in studies.values():
+        for method in study.methods:
+            for rule in METHOD_RULES[method]:
+                for ds in study.datasets:
+                    resolve_train_config(training, rule, ds)
     return WorkflowConfig(
         seeds=tuple(raw.get("seeds", [0])),
         offline=bool(raw.get("offline", True)),
@@ -150,6 +196,9 @@ def parse_config(raw: dict[str, Any]) -> WorkflowConfig:
         split=SplitConfig(**split),
         persona_split=PersonaSplitConfig(**persona_split),
         studies=studies,
+        training=training,
+        reference_batch_size=int(raw.get("reference", {}).get("batch_size", 32)),
+        keep_checkpoints=bool(raw.get("keep_checkpoints", False)),
     )
 
 

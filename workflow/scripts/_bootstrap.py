@@ -5,6 +5,7 @@ Snakemake puts this folder on ``sys.path``, so ``from _bootstrap import start`` 
 """
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,15 @@ if str(SRC) not in sys.path:
 
 
 def start(snakemake) -> logging.Logger:
-    """Log to ``snakemake.log[0]``; an uncaught error is written there too before Snakemake reports it."""
+    """Log to ``snakemake.log[0]``; an uncaught error is written there too before Snakemake reports it.
+
+    Also caps the job's CPU threads at the rule's ``threads``: torch would otherwise start one thread per
+    core in every job, and two jobs on two cores would fight over them.
+    """
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(snakemake.threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(snakemake.threads)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,0 +1,171 @@
+rule reference_logps:
+    input:
+        pairs="results/data/{pair_dataset}/split/{ref_part}.parquet",
+        manifest="results/models/{model}/manifest.json",
+    output:
+        "results/reference/{model}/{pair_dataset}/{ref_part}.parquet",
+    log:
+        "logs/reference_logps/{model}/{pair_dataset}/{ref_part}.log",
+    benchmark:
+        "benchmarks/reference_logps/{model}/{pair_dataset}/{ref_part}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    params:
+        tokenize=get_tokenize,
+        batch_size=CFG.reference_batch_size,
+    script:
+        "../workflow/scripts/reference_logps.py"
+
+
+rule curriculum_stage1:
+    input:
+        pairs=[split_part("agree")],
+        references=[reference("agree")],
+        manifest="results/models/{model}/manifest.json",
+    output:
+        directory("results/train/{model}/{pair_dataset}/seed{seed}/curriculum/stage1"),
+    log:
+        "logs/curriculum_stage1/{model}/{pair_dataset}/seed{seed}.log",
+    benchmark:
+        "benchmarks/curriculum_stage1/{model}/{pair_dataset}/seed{seed}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    params:
+        method="curriculum_stage1",
+        train=train_params("curriculum_stage1"),
+        work_dir=checkpoint_dir,
+        keep_checkpoints=CFG.keep_checkpoints,
+    script:
+        "../workflow/scripts/train_preference.py"
+
+
+rule curriculum_stage2:
+    input:
+        pairs=[split_part("conflict")],
+        references=[reference("conflict")],
+        manifest="results/models/{model}/manifest.json",
+        init="results/train/{model}/{pair_dataset}/seed{seed}/curriculum/stage1",
+    output:
+        directory("results/train/{model}/{pair_dataset}/seed{seed}/curriculum/stage2"),
+    log:
+        "logs/curriculum_stage2/{model}/{pair_dataset}/seed{seed}.log",
+    benchmark:
+        "benchmarks/curriculum_stage2/{model}/{pair_dataset}/seed{seed}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    params:
+        method="curriculum_stage2",
+        train=train_params("curriculum_stage2"),
+        work_dir=checkpoint_dir,
+        keep_checkpoints=CFG.keep_checkpoints,
+    script:
+        "../workflow/scripts/train_preference.py"
+
+
+rule curriculum_stage3:
+    input:
+        pairs=[split_part("agree_sub"), split_part("conflict")],
+        references=[reference("agree_sub"), reference("conflict")],
+        manifest="results/models/{model}/manifest.json",
+        init="results/train/{model}/{pair_dataset}/seed{seed}/curriculum/stage2",
+    output:
+        directory("results/train/{model}/{pair_dataset}/seed{seed}/curriculum/stage3"),
+    log:
+        "logs/curriculum_stage3/{model}/{pair_dataset}/seed{seed}.log",
+    benchmark:
+        "benchmarks/curriculum_stage3/{model}/{pair_dataset}/seed{seed}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    params:
+        method="curriculum_stage3",
+        train=train_params("curriculum_stage3"),
+        work_dir=checkpoint_dir,
+        keep_checkpoints=CFG.keep_checkpoints,
+    script:
+        "../workflow/scripts/train_preference.py"
+
+
+rule panacea:
+    input:
+        pairs=[split_part("agree"), split_part("conflict")],
+        references=[reference("agree"), reference("conflict")],
+        manifest="results/models/{model}/manifest.json",
+    output:
+        directory("results/train/{model}/{pair_dataset}/seed{seed}/panacea"),
+    log:
+        "logs/panacea/{model}/{pair_dataset}/seed{seed}.log",
+    benchmark:
+        "benchmarks/panacea/{model}/{pair_dataset}/seed{seed}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    params:
+        method="panacea",
+        train=train_params("panacea"),
+        work_dir=checkpoint_dir,
+        keep_checkpoints=CFG.keep_checkpoints,
+    script:
+        "../workflow/scripts/train_preference.py"
+
+
+rule dpo_soup:
+    input:
+        pairs=[split_part("agree"), split_part("conflict")],
+        references=[reference("agree"), reference("conflict")],
+        manifest="results/models/{model}/manifest.json",
+    output:
+        directory("results/train/{model}/{pair_dataset}/seed{seed}/dpo_soup/dim{dim}"),
+    log:
+        "logs/dpo_soup/{model}/{pair_dataset}/seed{seed}/dim{dim}.log",
+    benchmark:
+        "benchmarks/dpo_soup/{model}/{pair_dataset}/seed{seed}/dim{dim}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    params:
+        method="dpo_soup",
+        train=train_params("dpo_soup"),
+        work_dir=checkpoint_dir,
+        keep_checkpoints=CFG.keep_checkpoints,
+    script:
+        "../workflow/scripts/train_preference.py"
+
+
+rule sft:
+    input:
+        data="results/data/{persona_dataset}/persona/sft_train.parquet",
+        manifest="results/models/{model}/manifest.json",
+    output:
+        directory("results/train/{model}/{persona_dataset}/seed{seed}/sft"),
+    log:
+        "logs/sft/{model}/{persona_dataset}/seed{seed}.log",
+    benchmark:
+        "benchmarks/sft/{model}/{persona_dataset}/seed{seed}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    params:
+        method="sft",
+        train=train_params("sft"),
+        work_dir=checkpoint_dir,
+        keep_checkpoints=CFG.keep_checkpoints,
+    script:
+        "../workflow/scripts/train_trl.py"
+
+
+rule dpo:
+    input:
+        data="results/data/{persona_dataset}/persona/pairs_train.parquet",
+        manifest="results/models/{model}/manifest.json",
+    output:
+        directory("results/train/{model}/{persona_dataset}/seed{seed}/dpo"),
+    log:
+        "logs/dpo/{model}/{persona_dataset}/seed{seed}.log",
+    benchmark:
+        "benchmarks/dpo/{model}/{persona_dataset}/seed{seed}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    params:
+        method="dpo",
+        train=train_params("dpo"),
+        work_dir=checkpoint_dir,
+        keep_checkpoints=CFG.keep_checkpoints,
+    script:
+        "../workflow/scripts/train_trl.py"

@@ -1,0 +1,13 @@
+from _bootstrap import start
+
+start(snakemake)
+
+from conflux.reference import TokenizeSettings, reference_job
+
+reference_job(
+    snakemake.input.pairs,
+    snakemake.input.manifest,
+    snakemake.output[0],
+    TokenizeSettings(**snakemake.params.tokenize),
+    batch_size=snakemake.params.batch_size,
+)

@@ -1,0 +1,25 @@
+# Shared by the five preference rules (curriculum stages, panacea, dpo_soup), which differ in params.method.
+from pathlib import Path
+
+from _bootstrap import start
+
+start(snakemake)
+
+from conflux.preference_trainer import PreferenceJob, run_preference_job
+from conflux.train_config import train_config_from_dict
+
+run_preference_job(
+    PreferenceJob(
+        method=snakemake.params.method,
+        pairs=[Path(p) for p in snakemake.input.pairs],
+        references=[Path(p) for p in snakemake.input.references],
+        manifest=Path(snakemake.input.manifest),
+        out_dir=Path(snakemake.output[0]),
+        work_dir=Path(snakemake.params.work_dir),
+        cfg=train_config_from_dict(snakemake.params.train),
+        seed=int(snakemake.wildcards.seed),
+        init_adapters=Path(snakemake.input.init) if snakemake.input.get("init") else None,
+        dim=int(snakemake.wildcards.dim) if snakemake.wildcards.get("dim") else None,
+        keep_checkpoints=snakemake.params.keep_checkpoints,
+    )
+)
