@@ -92,31 +92,31 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
     model, tokenizer = load_base_model(read_manifest(job.manifest), dtype=_base_dtype(job.cfg))
     job.work_dir.mkdir(parents=True, exist_ok=True)
     common = trainer_kwargs(job.cfg, job.work_dir, job.seed, world_size())
-    callbacks = [MetricsFile(job.work_dir / "metrics.jsonl")]
     if job.method == "sft":
-        data = sft_dataset(job.data)
+        data, trainer_cls = sft_dataset(job.data), SFTTrainer
         args = SFTConfig(**common, max_length=job.cfg.max_length)
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=data,
-            processing_class=tokenizer,
-            peft_config=_peft_config(job.cfg),
-            callbacks=callbacks,
-        )
     elif job.method == "dpo":
-        data = dpo_dataset(job.data)
+        data, trainer_cls = dpo_dataset(job.data), DPOTrainer
         args = DPOConfig(**common, max_length=job.cfg.max_length, beta=job.cfg.beta)
-        trainer = DPOTrainer(
-            model=model,
-            args=args,
-            train_dataset=data,
-            processing_class=tokenizer,
-            peft_config=_peft_config(job.cfg),
-            callbacks=callbacks,
-        )
     else:
         raise ConfluxError(f"unknown TRL method '{job.method}'")
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=_peft_config(job.cfg),
+        callbacks=[MetricsFile(job.work_dir / "metrics.jsonl")],
+    )
+    # TRL drops rows that lose their whole completion to truncation: count them instead of losing them.
+    n_used = len(trainer.train_dataset)
+    if n_used < len(data):
+        log.warning(
+            "TRL dropped %d of %d rows (fully truncated at max_length=%d)",
+            len(data) - n_used,
+            len(data),
+            job.cfg.max_length,
+        )
     result = trainer.train(resume_from_checkpoint=resume_point(job.work_dir))
     if not trainer.is_world_process_zero():
         return {}
@@ -125,6 +125,7 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
         "seed": job.seed,
         "finetune": job.cfg.finetune,
         "n_rows": len(data),
+        "n_rows_dropped_by_truncation": len(data) - n_used,
         "global_steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "seconds": round(time.time() - started, 2),
