@@ -354,3 +354,23 @@ def test_job_killed_mid_run_resumes_to_the_uninterrupted_result(ws, tmp_path):
         for key in want:
             torch.testing.assert_close(got[key], want[key], atol=0, rtol=0)
     assert not killed.work_dir.exists()  # checkpoints are removed once the output is complete
+
+
+# ---- several processes ----------------------------------------------------------------------------------
+
+
+def test_two_process_ddp_equals_one_process_with_the_same_global_batch(ws):
+    """torchrun with 2 ranks (gloo on CPU; NCCL on GPUs) x micro-batch 8 must train exactly what one process
+    does with 2 accumulation steps of 8: same global batch, same data order, gradients averaged."""
+    from conflux.launch import job_from_dict, job_to_dict, run_job
+
+    cfg = replace(CFG, max_steps=3, batch_size=16, per_device_batch_size=8)
+    one = make_job(ws, "curriculum_stage2", "ddp1", parts=["conflict"], cfg=cfg)
+    two = make_job(ws, "curriculum_stage2", "ddp2", parts=["conflict"], cfg=cfg)
+    assert job_from_dict(job_to_dict(two)) == two  # the spec the ranks rebuild the job from
+    assert run_job(one, gpus=1)["world_size"] == 1
+    assert run_job(two, gpus=2)["world_size"] == 2
+    for name in ("dim0", "dim1"):
+        got, want = adapter(two.out_dir, name), adapter(one.out_dir, name)
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], atol=1e-7, rtol=0)

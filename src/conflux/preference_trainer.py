@@ -246,6 +246,8 @@ def trainer_kwargs(cfg: TrainConfig, work_dir: Path, seed: int, world_size: int)
         "bf16": bf16,
         "activation_checkpointing": cfg.gradient_checkpointing,
         "dataloader_pin_memory": torch.cuda.is_available(),
+        # On a CPU-only node accelerate runs several processes (torchrun) as gloo DDP only when told "cpu".
+        "use_cpu": not torch.cuda.is_available(),
         "report_to": [],
         "disable_tqdm": False,
         "dataloader_num_workers": 0,
@@ -366,6 +368,7 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
         "n_pairs": len(dataset),
         "n_truncated": dataset.n_truncated,
         "global_steps": trainer.state.global_step,
+        "world_size": trainer.args.world_size,
         "resumed_from": Path(resume).name if resume else None,
         "train_loss": result.training_loss,
         "trained_adapters": objective.trained(policy),
