@@ -22,39 +22,28 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
 from conflux.atomic import atomic_path
 from conflux.errors import ConfluxError
+from conflux.train_config import ALL_PROJECTIONS, LoraSpec
+
+__all__ = [
+    "ALL_PROJECTIONS",
+    "SHARED",
+    "LoraSpec",
+    "PreferencePolicy",
+    "dim_name",
+    "merged_delta",
+    "policy_at",
+]
 
 SHARED = "shared"
-ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    """LoRA hyper-parameters of one adapter (the paper's r=8, α=16 on all projections by default)."""
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ALL_PROJECTIONS
-
-    def to_peft(self) -> LoraConfig:
-        return LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=list(self.target_modules),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
 
 
 def dim_name(i: int) -> str:

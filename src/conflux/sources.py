@@ -6,7 +6,6 @@ This is the one place that knows every dataset kind; rule scripts call :func:`wr
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -23,36 +22,11 @@ from conflux.loaders import (
 from conflux.pairs import write_pairs, write_sft
 from conflux.persona_split import split_persona
 from conflux.persona_text import bundled_persona_path
+from conflux.source_paths import BUNDLED_PREFIX, resolve_path, source_fingerprint
 from conflux.synthetic import corpus_texts, synthetic_helpsteer, synthetic_pku
 
 log = logging.getLogger(__name__)
-BUNDLED_PREFIX = "bundled:"
-
-
-def resolve_path(path: str) -> str:
-    """``bundled:<name>`` -> the file shipped with conflux; anything else unchanged (a path or a hub id)."""
-    if path.startswith(BUNDLED_PREFIX):
-        return str(bundled_persona_path(path[len(BUNDLED_PREFIX) :]))
-    return path
-
-
-def source_fingerprint(spec: DatasetSpec) -> str:
-    """Identify the input files' content cheaply (path, size, mtime), so a changed file reruns the load rule.
-
-    Raw inputs are params rather than Snakemake inputs so that a dry run of a config whose data are not on
-    this machine (the paper matrix on a laptop) still plans; a missing file is reported when the job runs.
-    """
-    parts = []
-    for raw in (spec.path, spec.general):
-        if raw is None:
-            continue
-        resolved = Path(resolve_path(raw))
-        if resolved.is_file():
-            stat = resolved.stat()
-            parts.append(f"{raw}:{stat.st_size}:{int(stat.st_mtime)}")
-        else:
-            parts.append(f"{raw}:not-local")
-    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16] if parts else "generated"
+__all__ = ["BUNDLED_PREFIX", "resolve_path", "source_fingerprint"]  # re-exported: callers know them here
 
 
 def load_pair_dataset(spec: DatasetSpec, *, offline: bool) -> LoadResult:

@@ -14,12 +14,13 @@ import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
 
 from conflux.atomic import atomic_path
+
+if TYPE_CHECKING:  # torch, tokenizers and transformers load inside the functions: the workflow's config
+    # parsing imports TinyModelConfig, and a dry run must not pay for them
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
         A ``PreTrainedTokenizerFast`` with bos/eos/pad set, right padding, and a role-token chat template.
     """
     corpus = list(texts)
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -104,6 +108,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
 
 def llama_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
     """The ``LlamaConfig`` for ``cfg``, sized to the tokenizer's real vocabulary, with its special ids."""
+    from transformers import LlamaConfig
+
     return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
@@ -129,6 +135,9 @@ def build_tiny_model(texts: Iterable[str], cfg: TinyModelConfig, out_dir: str | 
     Returns:
         ``out_dir`` as a ``Path``.
     """
+    import torch
+    from transformers import LlamaForCausalLM
+
     out = Path(out_dir)
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     tokenizer.model_max_length = cfg.max_position_embeddings  # so truncation=True cuts at the model's limit
