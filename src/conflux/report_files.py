@@ -1,0 +1,98 @@
+"""Writing tables (CSV + Markdown), figures (PNG + SVG) and report captions (rst), each atomically.
+
+Every file here is a Snakemake target that ``snakemake --report`` embeds, so each is written to a temporary
+sibling and renamed (a killed job leaves nothing that looks finished). Markdown is rendered here rather than
+through ``DataFrame.to_markdown`` because that needs ``tabulate``, which conflux does not depend on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+
+from conflux.atomic import atomic_path, write_text
+
+
+def fmt_number(value: object, digits: int = 3) -> str:
+    """A cell as text: floats to ``digits`` decimals, NaN as an en dash, anything else as ``str``."""
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def fmt_estimate(point: float, low: float, high: float, digits: int = 3) -> str:
+    """``0.712 [0.650, 0.770]``; the bracket is left out when there is no interval (resamples = 0)."""
+    if math.isnan(point):
+        return "–"
+    if math.isnan(low) or math.isnan(high):
+        return fmt_number(point, digits)
+    return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub-flavoured Markdown table of ``frame`` (column names as the header, no index)."""
+
+    def cell(value: object) -> str:
+        return fmt_number(value, digits).replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        "| " + " | ".join(cell(c) for c in frame.columns) + " |",
+        "|" + "|".join("---" for _ in frame.columns) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
+    """CSV with full float precision (the Markdown is the rounded view)."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, encoding="utf-8", lineterminator="\n")
+
+
+def write_markdown(
+    path: str | Path, title: str, notes: Sequence[str], sections: Sequence[tuple[str | None, pd.DataFrame]]
+) -> None:
+    """A Markdown file: ``# title``, the notes (n, seeds, interval method) as lines, then each table."""
+    parts = [f"# {title}\n", *(f"{line}  " for line in notes), ""]
+    for heading, frame in sections:
+        if heading:
+            parts.append(f"## {heading}\n")
+        parts.append(markdown_table(frame))
+    write_text(path, "\n".join(parts))
+
+
+def write_figure(fig: Figure, png: str | Path, svg: str | Path, *, dpi: int = 150) -> None:
+    """Save ``fig`` as PNG and SVG; no timestamp in the metadata, so a rerun gives the same bytes."""
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None}, bbox_inches="tight")
+    # A fixed hash salt makes the SVG's element ids (otherwise from uuid4) the same on every run.
+    with atomic_path(svg) as tmp, rc_context({"svg.hashsalt": "conflux"}):
+        fig.savefig(tmp, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight")
+
+
+def rst_caption(title: str, paragraphs: Sequence[str]) -> str:
+    """Caption text for Snakemake's ``report(..., caption=...)``: a bold title line, then paragraphs."""
+    body = "\n\n".join(p.strip() for p in paragraphs if p.strip())
+    return f"**{title}**\n\n{body}\n"
+
+
+def write_caption(path: str | Path, title: str, paragraphs: Sequence[str]) -> None:
+    """Write an rst caption file atomically."""
+    write_text(path, rst_caption(title, paragraphs))
+
+
+def interval_note(
+    resamples: int, level: float, seed: int, over: str = "eval pairs", rows: str = "method"
+) -> str:
+    """The sentence that says how an interval was made (or that there is none)."""
+    if resamples == 0:
+        return "No confidence intervals (bootstrap resamples = 0)."
+    return (
+        f"Brackets: {level:.0%} percentile bootstrap interval over {over} ({resamples} resamples, "
+        f"RNG seed {seed}), the same resampled {over} for every {rows} and seed."
+    )

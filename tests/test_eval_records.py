@@ -1,0 +1,213 @@
+"""Evaluating trained methods on the tiny model: DPO-Soup from two adapter runs, shared+dims, the reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from docutils.core import publish_parts
+from safetensors.torch import load_file
+
+from conflux.errors import ConfluxError
+from conflux.eval_records import evaluate_method, read_records, weighted_labels
+from conflux.eval_report import figure2_job, table1_job, table2_job
+from conflux.implicit_reward import implicit_reward_margins
+from conflux.logprobs import sequence_logps, tokenize_pairs
+from conflux.method_policy import adapter_dirs, run_beta
+from conflux.models import BaseModelSpec, load_base_model, write_manifest
+from conflux.pairs import read_pairs, write_pairs
+from conflux.policy import LoraSpec, PreferencePolicy
+from conflux.reference import TokenizeSettings, compute_reference_logps, write_reference
+from conflux.split import SplitConfig, split_pairs
+from conflux.synthetic import synthetic_pku
+from conflux.tinymodel import TinyModelConfig, build_tiny_model
+
+SETTINGS = TokenizeSettings(max_length=256)
+BETA = 0.1
+LORA = LoraSpec(r=4, alpha=8)
+
+
+def _perturb(policy: PreferencePolicy, seed: int) -> None:
+    """LoRA B starts at zero (no effect); give every adapter a delta that changes the log-probs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+
+def _save_run(policy: PreferencePolicy, names: list[str], out: Path, beta: float = BETA) -> Path:
+    """A training output as run_preference_job writes it: adapters/<name>/ and train_config.json."""
+    policy.model.save_pretrained(str(out / "adapters"), selected_adapters=names)
+    (out / "train_config.json").write_text(json.dumps({"beta": beta}), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    """Tiny model, held-out k=2 conflict pairs with their reference cache, a DPO-Soup and a curriculum run."""
+    root = tmp_path_factory.mktemp("eval_ws")
+    pairs = synthetic_pku(80, conflict_rate=0.5, seed=0)
+    write_pairs(
+        root / "eval.parquet", split_pairs(pairs, SplitConfig(eval_fraction=0.2)).parts["eval_conflict"]
+    )
+    cols = pairs.table.to_pydict()
+    texts = cols["prompt"] + cols["response_a"] + cols["response_b"]
+    cfg = TinyModelConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2)
+    build_tiny_model(texts, cfg, root / "hf")
+    write_manifest(
+        BaseModelSpec(name="tiny", source="embedded"), root / "manifest.json", built_dir=root / "hf"
+    )
+    model, tokenizer = load_base_model(root / "manifest.json", dtype="float32")
+    table = compute_reference_logps(model, tokenizer, read_pairs(root / "eval.parquet"), SETTINGS)
+    write_reference(root / "ref.parquet", table, SETTINGS, "tiny")
+    # DPO-Soup: k = 2 adapters without `shared`, each saved by its own run (as dpo_soup/dim<i>).
+    soup = PreferencePolicy.create(model, 2, LORA, shared=False, seed=1)
+    _perturb(soup, seed=2)
+    for i in range(2):
+        _save_run(soup, [f"dim{i}"], root / "soup" / f"dim{i}")
+    model, _ = load_base_model(root / "manifest.json", dtype="float32")
+    curriculum = PreferencePolicy.create(model, 2, LORA, shared=True, seed=3)
+    _perturb(curriculum, seed=4)
+    _save_run(curriculum, ["shared", "dim0", "dim1"], root / "curriculum")
+    return root
+
+
+def _evaluate(ws: Path, method: str, runs: list[Path], out: Path, **kwargs) -> pd.DataFrame:
+    return evaluate_method(
+        method=method,
+        seed=0,
+        run_dirs=runs,
+        manifest=ws / "manifest.json",
+        pairs=ws / "eval.parquet",
+        references=[ws / "ref.parquet"],
+        out=out,
+        settings=SETTINGS,
+        **kwargs,
+    )
+
+
+def _merged_logps(ws: Path, w: tuple[float, float], pairs) -> tuple[np.ndarray, np.ndarray]:
+    """log π at w with base + Σ_i w_i (α/r) B_i A_i written into the weights from the saved files alone."""
+    model, tokenizer = load_base_model(ws / "manifest.json", dtype="float32")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for i, wi in enumerate(w):
+            state = load_file(ws / "soup" / f"dim{i}" / "adapters" / f"dim{i}" / "adapter_model.safetensors")
+            for key, a in state.items():
+                if "lora_A" in key:
+                    b = state[key.replace("lora_A", "lora_B")]
+                    target = key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
+                    params[target] += wi * (LORA.alpha / LORA.r) * (b @ a)
+    cols = pairs.table.to_pydict()
+    batch, _ = tokenize_pairs(
+        tokenizer, cols["prompt"], cols["response_a"], cols["response_b"], max_length=SETTINGS.max_length
+    )
+    with torch.no_grad():
+        a, b = sequence_logps(model, batch)
+    return a.double().numpy(), b.double().numpy()
+
+
+@pytest.fixture(scope="module")
+def records(ws) -> dict[str, Path]:
+    """Records files of the DPO-Soup and the shared+dims run, each at the default plan of weights."""
+    files = {"dpo_soup": ws / "records" / "soup.parquet", "curriculum": ws / "records" / "cur.parquet"}
+    _evaluate(ws, "dpo_soup", [ws / "soup" / "dim0", ws / "soup" / "dim1"], files["dpo_soup"])
+    _evaluate(ws, "curriculum", [ws / "curriculum"], files["curriculum"])
+    return files
+
+
+def _at(frame: pd.DataFrame, w: tuple[float, float], ids: list[str]) -> pd.DataFrame:
+    return frame[(frame["w0"] == w[0]) & (frame["w1"] == w[1])].set_index("pair_id").loc[ids]
+
+
+def test_dpo_soup_of_two_adapter_runs_evaluates_as_the_interpolated_weights(ws, records):
+    assert list(adapter_dirs([ws / "soup" / "dim0", ws / "soup" / "dim1"])) == ["dim0", "dim1"]
+    frame, dims = read_records([records["dpo_soup"]])
+    assert dims == ("helpful", "harmless")
+    pairs = read_pairs(ws / "eval.parquet")
+    ids = pairs.table.column("pair_id").to_pylist()
+    weights = sorted({tuple(r) for r in frame[["w0", "w1"]].to_numpy()})
+    assert weights == [(0.0, 1.0), (0.25, 0.75), (0.5, 0.5), (0.75, 0.25), (1.0, 0.0)]
+    assert len(frame) == 5 * len(ids)  # k = 2 held-out pairs all conflict: every weight on every pair
+    ref = pd.read_parquet(ws / "ref.parquet").set_index("pair_id").loc[ids]
+    s_a, s_b = pairs.scores()
+    for w in [(1.0, 0.0), (0.75, 0.25)]:
+        la, lb = _merged_logps(ws, w, pairs)
+        expected = BETA * ((la - ref["ref_logp_a"].to_numpy()) - (lb - ref["ref_logp_b"].to_numpy()))
+        np.testing.assert_allclose(_at(frame, w, ids)["margin"].to_numpy(), expected, rtol=1e-4, atol=1e-5)
+    for w in weights:
+        assert _at(frame, w, ids)["label"].tolist() == weighted_labels(s_a, s_b, w).tolist()
+    assert not np.allclose(frame["margin"], 0.0)  # the adapters do move the policy off the reference
+
+
+def test_shared_and_dimension_adapters_of_one_run_evaluate_like_the_policy_in_memory(ws, records):
+    run = ws / "curriculum"
+    assert list(adapter_dirs([run])) == ["shared", "dim0", "dim1"]
+    frame, _ = read_records([records["curriculum"]])
+    pairs = read_pairs(ws / "eval.parquet")
+    model, tokenizer = load_base_model(ws / "manifest.json", dtype="float32")
+    policy = PreferencePolicy.load(model, adapter_dirs([run]))
+    expected = implicit_reward_margins(
+        policy, tokenizer, pairs, [ws / "ref.parquet"], (0.25, 0.75), SETTINGS, BETA
+    )
+    got = _at(frame, (0.25, 0.75), pairs.table.column("pair_id").to_pylist())["margin"].to_numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_explicit_weights_are_scored_on_every_pair(ws, tmp_path):
+    frame = _evaluate(ws, "curriculum", [ws / "curriculum"], tmp_path / "r.parquet", weights=[(0.5, 0.5)])
+    assert len(frame) == len(read_pairs(ws / "eval.parquet")) and (frame["w0"] == 0.5).all()
+
+
+def test_reports_from_records_of_two_methods(ws, records, tmp_path):
+    files = [records["dpo_soup"], records["curriculum"]]
+    out = tmp_path / "report"
+    wide = table1_job(files, csv=out / "t1.csv", md=out / "t1.md", caption=out / "t1.rst", resamples=100)
+    assert list(wide["method"]) == ["dpo_soup", "curriculum", "dpo_soup", "curriculum"]
+    assert pd.read_csv(out / "t1.csv").shape[0] == 4
+    md = (out / "t1.md").read_text(encoding="utf-8")
+    n = len(read_pairs(ws / "eval.parquet"))
+    assert f"helpful {n}" in md and "Seeds: 0 (1)" in md and "100 resamples" in md
+    settings, summary = table2_job(
+        files,
+        settings_csv=out / "s.csv",
+        settings_md=out / "s.md",
+        summary_csv=out / "w.csv",
+        summary_md=out / "w.md",
+        figure_png=out / "f.png",
+        figure_svg=out / "f.svg",
+        captions={"settings": out / "s.rst", "summary": out / "w.rst", "figure": out / "f.rst"},
+        resamples=50,
+    )
+    assert len(settings[settings["seed"] == "mean"]) == 5 * 2
+    mean = summary[summary["seed"] == "mean"]
+    assert mean["win_rate"].sum() == pytest.approx(1.0)
+    assert (out / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in (out / "f.svg").read_text(encoding="utf-8")
+    for name in ("t1.rst", "s.rst", "w.rst", "f.rst"):  # captions render as rst without a docutils message
+        html = publish_parts(
+            (out / name).read_text(encoding="utf-8"),
+            writer_name="html",
+            settings_overrides={"report_level": 1, "halt_level": 2},
+        )["body"]
+        assert html.startswith("<p><strong>") and "system-message" not in html
+    figure2_job(files, png=out / "g.png", svg=out / "g.svg", resamples=50)
+    assert (out / "g.svg").read_bytes() == (out / "f.svg").read_bytes()  # same numbers, same bytes
+    assert not list(out.glob(".*tmp*"))  # atomic writes leave no temporary files
+
+
+def test_inconsistent_runs_are_refused(ws, tmp_path):
+    with pytest.raises(ConfluxError, match="is in both"):
+        adapter_dirs([ws / "soup" / "dim0", ws / "soup" / "dim0"])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "train_config.json").write_text(json.dumps({"beta": 0.5}), encoding="utf-8")
+    with pytest.raises(ConfluxError, match="different beta"):
+        run_beta([ws / "soup" / "dim0", other])
+    with pytest.raises(ConfluxError, match="no adapters/ directory"):
+        adapter_dirs([other])

@@ -1,0 +1,214 @@
+"""Persona-study metrics: markers and perplexity by hand, generation, model variants, the table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from conflux.generation import GenerationSettings, encode_prompt, generate
+from conflux.model_variants import load_variant, resolve_model_dir
+from conflux.models import BaseModelSpec, load_base_model, write_manifest
+from conflux.pairs import make_pair_table, write_pairs, write_sft
+from conflux.persona_eval import perplexity, persona_eval_job, response_logps
+from conflux.persona_markers import count_markers, style_summary
+from conflux.persona_table import persona_table_job
+from conflux.persona_text import PERSONA_MARKERS, persona_sets
+from conflux.policy import LoraSpec
+from conflux.reference import TokenizeSettings
+from conflux.tinymodel import TinyModelConfig, build_tiny_model
+
+SETTINGS = TokenizeSettings(max_length=192)
+GEN = GenerationSettings(max_new_tokens=8, batch_size=4)
+OJOU = PERSONA_MARKERS["ojousama"]
+STUDENT = PERSONA_MARKERS["student"]
+
+
+# ---- markers -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "ojousama", "student"),
+    [
+        ("ごきげんよう。わたくし、お茶が大好きですわ。", 3, 0),  # ごきげんよう, わたくし, ですわ
+        ("ございますわ", 1, 0),  # the longest marker wins: not also ますわ
+        ("よろしくてよ、わたくしもそう思いますわ。", 3, 0),
+        ("俺、マジでバイト帰りっす。", 0, 4),  # 俺, マジで, バイト, っす
+        ("講義のあとサークルに行くじゃん", 0, 3),
+        ("はい、ラーメンは好きです。", 0, 0),
+        ("", 0, 0),
+    ],
+)
+def test_marker_counts_of_hand_written_replies(text, ojousama, student):
+    assert count_markers(text, OJOU) == ojousama
+    assert count_markers(text, STUDENT) == student
+
+
+def test_style_score_is_the_share_with_a_marker_and_the_mean_count():
+    assert style_summary(np.array([0, 2, 1, 0])) == {"share": 0.5, "mean_markers": 0.75, "n": 4}
+    assert np.isnan(style_summary(np.array([]))["share"])
+
+
+# ---- a tiny model and a held-out persona set ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("persona_ws")
+    sets = persona_sets(seed=0)
+    texts = [t for rows in sets.values() for pair in rows[:120] for t in pair]
+    cfg = TinyModelConfig(vocab_size=600, hidden_size=32, intermediate_size=64, num_layers=2)
+    build_tiny_model(texts, cfg, root / "hf")
+    write_manifest(
+        BaseModelSpec(name="tiny", source="embedded"), root / "manifest.json", built_dir=root / "hf"
+    )
+    held = list(range(200, 205))
+    ojou, general = sets["ojousama"], sets["general"]
+    prompts = [ojou[i][0] for i in held]
+    write_sft(
+        root / "sft_eval.parquet",
+        pa.table(
+            {"prompt": prompts, "response": [ojou[i][1] for i in held], "persona": ["ojousama"] * len(held)}
+        ),
+    )
+    # Pair 2 lists the general reply first, to check that the persona side is found from the scores.
+    flip = [i == 2 for i in range(len(held))]
+    a = [general[h][1] if f else ojou[h][1] for h, f in zip(held, flip, strict=True)]
+    b = [ojou[h][1] if f else general[h][1] for h, f in zip(held, flip, strict=True)]
+    s_a = np.array([[0.0] if f else [1.0] for f in flip])
+    write_pairs(
+        root / "pairs_eval.parquet",
+        make_pair_table(
+            pair_id=[f"p{i}" for i in held],
+            prompt=prompts,
+            response_a=a,
+            response_b=b,
+            scores_a=s_a,
+            scores_b=1.0 - s_a,
+            dims=("persona",),
+            source="test",
+        ),
+    )
+    # Variants: a LoRA adapter with a nonzero delta, and a full model directory (its merge).
+    from peft import get_peft_model
+
+    model, _ = load_base_model(root / "manifest.json", dtype="float32")
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraSpec(r=4, alpha=8).to_peft())
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape) * 0.3)
+    peft_model.save_pretrained(str(root / "dpo" / "model"))  # a TRL LoRA output: <run>/model/
+    peft_model.merge_and_unload().save_pretrained(str(root / "merged"))
+    return root
+
+
+def test_perplexity_is_exp_of_the_mean_token_nll_computed_by_hand(ws):
+    model, tokenizer = load_base_model(ws / "manifest.json", dtype="float32")
+    prompts, replies = ["ラーメンは好き？", "雨の日って好き？"], ["はい、好きです。", "ええ、好きですわ。"]
+    lp = response_logps(model, tokenizer, prompts, replies, replies, SETTINGS, prompt_format="plain")
+    nll, count = 0.0, 0
+    for prompt, reply in zip(prompts, replies, strict=True):
+        p = tokenizer(prompt)["input_ids"]
+        r = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p + r])).logits[0].double()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        for t in range(len(r)):  # the token at position len(p) + t is predicted from the position before
+            nll -= float(logprobs[len(p) + t - 1, r[t]])
+            count += 1
+    assert lp["tokens_a"].sum() == count
+    assert perplexity(lp["logp_a"], lp["tokens_a"]) == pytest.approx(np.exp(nll / count), rel=1e-5)
+
+
+def test_greedy_generation_is_the_argmax_continuation_and_batching_does_not_change_it(ws):
+    model, tokenizer = load_base_model(ws / "manifest.json", dtype="float32")
+    prompts = ["ラーメンは好き？", "おすすめの京都の楽しみ方はある？", "英語の勉強って好き？"]
+    batched = generate(model, tokenizer, prompts, GEN, max_length=192, prompt_format="plain")
+    ids = encode_prompt(tokenizer, prompts[1], "plain")
+    new = []
+    with torch.no_grad():
+        for _ in range(GEN.max_new_tokens):
+            token = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+            new.append(token)
+            if token == tokenizer.eos_token_id:
+                break
+    assert batched[1] == (tokenizer.decode(new, skip_special_tokens=True), len(new))
+    for i, prompt in enumerate(prompts):
+        assert (
+            generate(model, tokenizer, [prompt], GEN, max_length=192, prompt_format="plain")[0] == batched[i]
+        )
+
+
+def test_variants_load_from_an_adapter_a_training_output_and_a_full_model(ws):
+    assert resolve_model_dir(ws / "dpo") == ws / "dpo" / "model"
+    ids = torch.tensor([[5, 6, 7, 8]])
+    logits = {}
+    for name, path in (("adapter", ws / "dpo"), ("full", ws / "merged"), ("base", None)):
+        model, _ = load_variant(ws / "manifest.json", path, dtype="float32")
+        with torch.no_grad():
+            logits[name] = model(input_ids=ids).logits
+    torch.testing.assert_close(logits["adapter"], logits["full"], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(logits["adapter"], logits["base"])
+
+
+def test_persona_eval_job_and_the_table_of_its_variants(ws, tmp_path):
+    files = []
+    for variant, seed, path in (("base", None, None), ("dpo", 0, ws / "dpo")):
+        out = tmp_path / f"{variant}{seed}.json"
+        persona_eval_job(
+            variant=variant,
+            seed=seed,
+            manifest=ws / "manifest.json",
+            model_dir=path,
+            sft_eval=ws / "sft_eval.parquet",
+            pairs_eval=ws / "pairs_eval.parquet",
+            out=out,
+            settings=SETTINGS,
+            generation=GEN,
+        )
+        files.append(out)
+    # A second seed whose generations carry one more ojousama marker each: the mean must average the seeds.
+    second = json.loads(files[1].read_text(encoding="utf-8"))
+    second["seed"] = 1
+    for g in second["generations"]:
+        g["markers"]["ojousama"] += 1
+    files.append(tmp_path / "dpo1.json")
+    files[2].write_text(json.dumps(second, ensure_ascii=False), encoding="utf-8")
+    rec = json.loads(files[1].read_text(encoding="utf-8"))
+    assert rec["persona"] == "ojousama" and len(rec["generations"]) == 5 and len(rec["pairs"]) == 5
+    margins = np.array([p["logp_persona"] - p["logp_general"] for p in rec["pairs"]])
+    assert rec["metrics"]["persona_margin"]["accuracy"] == pytest.approx(float((margins > 0).mean()))
+    # The persona side of the flipped pair p202 is response_b: its token count is the ojousama reply's.
+    p202 = next(p for p in rec["pairs"] if p["pair_id"] == "p202")
+    assert p202["tokens_persona"] > p202["tokens_general"]
+    for g in rec["generations"]:
+        assert g["markers"]["ojousama"] == count_markers(g["text"], OJOU)
+    table = persona_table_job(
+        files,
+        csv=tmp_path / "p.csv",
+        md=tmp_path / "p.md",
+        caption=tmp_path / "p.rst",
+        pairs_eval=ws / "pairs_eval.parquet",
+        resamples=100,
+    )
+    rows = table.set_index(["variant", "seed"])
+    assert rows.loc[("dpo", "0"), "margin_accuracy"] == pytest.approx(float((margins > 0).mean()))
+    m0 = np.mean([g["markers"]["ojousama"] for g in rec["generations"]])
+    assert rows.loc[("dpo", "0"), "ojousama_markers"] == pytest.approx(m0)
+    assert rows.loc[("dpo", "1"), "ojousama_markers"] == pytest.approx(m0 + 1)
+    assert rows.loc[("dpo", "mean"), "ojousama_markers"] == pytest.approx(m0 + 0.5)
+    assert rows.loc[("dpo", "1"), "ojousama_share"] == 1.0
+    assert rows.loc[("dpo", "mean"), "ppl_general"] == pytest.approx(rows.loc[("dpo", "0"), "ppl_general"])
+    assert rows.loc[("dpo", "mean"), "seeds"] == 2
+    lo, hi = rows.loc[("dpo", "0"), ["ppl_general_ci_low", "ppl_general_ci_high"]]
+    assert lo <= rows.loc[("dpo", "0"), "ppl_general"] <= hi
+    assert rows.loc[("data: persona replies", "-"), "ojousama_share"] == 1.0
+    assert rows.loc[("data: general replies", "-"), "ojousama_share"] == 0.0
+    md = (tmp_path / "p.md").read_text(encoding="utf-8")
+    assert "n = 5 held-out prompts" in md and "dpo 0, 1" in md and "base -" in md
