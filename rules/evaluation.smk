@@ -1,0 +1,202 @@
+rule evaluate_method:
+    input:
+        runs=get_eval_runs,
+        pairs=split_part("eval_conflict"),
+        references=[reference("eval_conflict")],
+        manifest="results/models/{model}/manifest.json",
+    output:
+        "results/eval/{model}/{pair_dataset}/seed{seed}/{variant}.parquet",
+    log:
+        "logs/evaluate_method/{model}/{pair_dataset}/seed{seed}/{variant}.log",
+    benchmark:
+        "benchmarks/evaluate_method/{model}/{pair_dataset}/seed{seed}/{variant}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("evaluate_method")
+    resources:
+        **job_resources("evaluate_method"),
+    params:
+        tokenize=get_tokenize,
+        batch_size=CFG.evaluation.batch_size,
+    script:
+        "../workflow/scripts/evaluate_method.py"
+
+
+rule table1:
+    input:
+        get_eval_records,
+    output:
+        csv=report(
+            "results/tables/{model}/{pair_dataset}/table1.csv",
+            caption="../report/table1.rst",
+            category="Curriculum study",
+            subcategory="{pair_dataset} / {model}",
+            labels={"table": "Table 1 (csv)"},
+        ),
+        md=report(
+            "results/tables/{model}/{pair_dataset}/table1.md",
+            caption="../report/table1.rst",
+            category="Curriculum study",
+            subcategory="{pair_dataset} / {model}",
+            labels={"table": "Table 1"},
+        ),
+    log:
+        "logs/table1/{model}/{pair_dataset}.log",
+    benchmark:
+        "benchmarks/table1/{model}/{pair_dataset}.tsv"
+    wildcard_constraints:
+        pair_dataset=_alternatives(TWO_DIM_DATASETS),
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("table1")
+    resources:
+        **job_resources("table1"),
+    params:
+        bootstrap=get_bootstrap,
+    script:
+        "../workflow/scripts/table1.py"
+
+
+rule table2:
+    input:
+        get_eval_records,
+    output:
+        settings_csv="results/tables/{model}/{pair_dataset}/table2_settings.csv",
+        settings_md=report(
+            "results/tables/{model}/{pair_dataset}/table2_settings.md",
+            caption="../report/table2_settings.rst",
+            category="Curriculum study",
+            subcategory="{pair_dataset} / {model}",
+            labels={"table": "Table 2: all settings"},
+        ),
+        summary_csv="results/tables/{model}/{pair_dataset}/table2_summary.csv",
+        summary_md=report(
+            "results/tables/{model}/{pair_dataset}/table2_summary.md",
+            caption="../report/table2_summary.rst",
+            category="Curriculum study",
+            subcategory="{pair_dataset} / {model}",
+            labels={"table": "Table 2: win rate and mean accuracy"},
+        ),
+    log:
+        "logs/table2/{model}/{pair_dataset}.log",
+    benchmark:
+        "benchmarks/table2/{model}/{pair_dataset}.tsv"
+    wildcard_constraints:
+        pair_dataset=_alternatives(MULTI_DIM_DATASETS),
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("table2")
+    resources:
+        **job_resources("table2"),
+    params:
+        bootstrap=get_bootstrap,
+    script:
+        "../workflow/scripts/table2.py"
+
+
+rule figure2:
+    input:
+        get_eval_records,
+    output:
+        png=report(
+            "results/tables/{model}/{pair_dataset}/figure2.png",
+            caption="../report/figure2.rst",
+            category="Curriculum study",
+            subcategory="{pair_dataset} / {model}",
+            labels={"figure": "Figure 2"},
+        ),
+        svg="results/tables/{model}/{pair_dataset}/figure2.svg",
+    log:
+        "logs/figure2/{model}/{pair_dataset}.log",
+    benchmark:
+        "benchmarks/figure2/{model}/{pair_dataset}.tsv"
+    wildcard_constraints:
+        pair_dataset=_alternatives(MULTI_DIM_DATASETS),
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("figure2")
+    resources:
+        **job_resources("figure2"),
+    params:
+        bootstrap=get_bootstrap,
+    script:
+        "../workflow/scripts/figure2.py"
+
+
+rule persona_eval_base:
+    input:
+        sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
+        pairs_eval="results/data/{persona_dataset}/persona/pairs_eval.parquet",
+        manifest="results/models/{model}/manifest.json",
+    output:
+        "results/eval/{model}/{persona_dataset}/base/persona.json",
+    log:
+        "logs/persona_eval_base/{model}/{persona_dataset}.log",
+    benchmark:
+        "benchmarks/persona_eval_base/{model}/{persona_dataset}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("persona_eval_base")
+    resources:
+        **job_resources("persona_eval_base"),
+    params:
+        variant="base",
+        seed=None,
+        tokenize=get_persona_tokenize,
+        generation=CFG.evaluation.generation,
+    script:
+        "../workflow/scripts/persona_eval.py"
+
+
+rule persona_eval:
+    input:
+        model="results/train/{model}/{persona_dataset}/seed{seed}/{persona_variant}",
+        sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
+        pairs_eval="results/data/{persona_dataset}/persona/pairs_eval.parquet",
+        manifest="results/models/{model}/manifest.json",
+    output:
+        "results/eval/{model}/{persona_dataset}/seed{seed}/persona_{persona_variant}.json",
+    log:
+        "logs/persona_eval/{model}/{persona_dataset}/seed{seed}/{persona_variant}.log",
+    benchmark:
+        "benchmarks/persona_eval/{model}/{persona_dataset}/seed{seed}/{persona_variant}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("persona_eval")
+    resources:
+        **job_resources("persona_eval"),
+    params:
+        variant=lambda wildcards: wildcards.persona_variant,
+        seed=lambda wildcards: int(wildcards.seed),
+        tokenize=get_persona_tokenize,
+        generation=CFG.evaluation.generation,
+    script:
+        "../workflow/scripts/persona_eval.py"
+
+
+rule persona_table:
+    input:
+        metrics=get_persona_metrics,
+        pairs_eval="results/data/{persona_dataset}/persona/pairs_eval.parquet",
+    output:
+        csv="results/tables/{model}/{persona_dataset}/persona.csv",
+        md=report(
+            "results/tables/{model}/{persona_dataset}/persona.md",
+            caption="../report/persona.rst",
+            category="Persona study",
+            subcategory="{persona_dataset} / {model}",
+            labels={"table": "Persona style, preference and perplexity"},
+        ),
+    log:
+        "logs/persona_table/{model}/{persona_dataset}.log",
+    benchmark:
+        "benchmarks/persona_table/{model}/{persona_dataset}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("persona_table")
+    resources:
+        **job_resources("persona_table"),
+    params:
+        bootstrap=get_bootstrap,
+    script:
+        "../workflow/scripts/persona_table.py"

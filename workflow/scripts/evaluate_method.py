@@ -1,0 +1,18 @@
+from _bootstrap import start
+
+start(snakemake)
+
+from conflux.eval_records import evaluate_method
+from conflux.reference import TokenizeSettings
+
+evaluate_method(
+    method=snakemake.wildcards.variant,
+    seed=int(snakemake.wildcards.seed),
+    run_dirs=list(snakemake.input.runs),
+    manifest=snakemake.input.manifest,
+    pairs=snakemake.input.pairs,
+    references=list(snakemake.input.references),
+    out=snakemake.output[0],
+    settings=TokenizeSettings(**snakemake.params.tokenize),
+    batch_size=snakemake.params.batch_size,
+)
