@@ -10,7 +10,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from conflux.config import config_error_from, offline_requested, parse_config  # noqa: E402
-from conflux.sources import source_fingerprint  # noqa: E402
+from conflux.source_paths import source_fingerprint  # noqa: E402
 
 try:
     validate(config, "../config/config.schema.yaml")
@@ -37,8 +37,48 @@ wildcard_constraints:
     model=_alternatives(sorted(CFG.models)),
     tiny_model=_alternatives(EMBEDDED_MODELS),
     ref_part="agree|conflict|eval_conflict|eval_agree",
+    variant="curriculum_stage[123]|panacea|dpo_soup",
+    persona_variant="sft|dpo",
     seed=r"\d+",
     dim=r"\d+",
+
+
+# ---- cluster resources --------------------------------------------------------------------------------------
+
+RULE_CLASSES = {
+    "load_pairs": "data",
+    "split_pairs": "data",
+    "load_persona": "data",
+    "build_tiny_model": "models",
+    "base_model_manifest": "models",
+    "reference_logps": "reference",
+    "curriculum_stage1": "training",
+    "curriculum_stage2": "training",
+    "curriculum_stage3": "training",
+    "panacea": "training",
+    "dpo_soup": "training",
+    "sft": "training",
+    "dpo": "training",
+    "evaluate_method": "evaluation",
+    "persona_eval_base": "evaluation",
+    "persona_eval": "evaluation",
+    "table1": "report",
+    "table2": "report",
+    "figure2": "report",
+    "persona_table": "report",
+}
+
+
+def job_resources(rule):
+    """resources: of a rule from the config (`resources.<class>` then `resources.rules.<rule>`); what the
+    config leaves out falls to the profile's default-resources, so a job asks for GPUs only when configured.
+    """
+    return CFG.resources_for(RULE_CLASSES[rule], rule)
+
+
+def job_threads(rule):
+    """threads: of a rule: its configured cpus_per_task (the SLURM job's --cpus-per-task), else 1."""
+    return CFG.resources_for(RULE_CLASSES[rule], rule).get("cpus_per_task", 1)
 
 
 # ---- params -------------------------------------------------------------------------------------------------
@@ -125,6 +165,82 @@ def persona_outputs(dataset):
     ]
 
 
+# ---- evaluation ---------------------------------------------------------------------------------------------
+
+# What each trained method is evaluated as: every curriculum stage (the paper reports the curriculum after each
+# stage), Panacea, and DPO-Soup's members interpolated at w.
+METHOD_VARIANTS = {
+    "curriculum": ["curriculum_stage1", "curriculum_stage2", "curriculum_stage3"],
+    "panacea": ["panacea"],
+    "dpo_soup": ["dpo_soup"],
+}
+TWO_DIM_DATASETS = [d for d in PAIR_DATASETS if CFG.datasets[d].k == 2]
+MULTI_DIM_DATASETS = [d for d in PAIR_DATASETS if CFG.datasets[d].k > 2]
+
+
+def eval_variants():
+    return [v for m in CFG.study("curriculum").methods for v in METHOD_VARIANTS[m]]
+
+
+def get_eval_runs(wildcards):
+    """The training outputs a method variant is evaluated from (DPO-Soup: all k members)."""
+    run = f"results/train/{wildcards.model}/{wildcards.pair_dataset}/seed{wildcards.seed}"
+    variant = wildcards.variant
+    if variant.startswith("curriculum_stage"):
+        return [f"{run}/curriculum/stage{variant[-1]}"]
+    if variant == "dpo_soup":
+        return [f"{run}/dpo_soup/dim{i}" for i in range(CFG.datasets[wildcards.pair_dataset].k)]
+    return [f"{run}/{variant}"]
+
+
+def get_eval_records(wildcards):
+    """Records of every method variant and seed of one (model, dataset): the input of its tables."""
+    return expand(
+        "results/eval/{model}/{dataset}/seed{seed}/{variant}.parquet",
+        model=wildcards.model,
+        dataset=wildcards.pair_dataset,
+        seed=CFG.seeds,
+        variant=eval_variants(),
+    )
+
+
+def get_bootstrap(wildcards):
+    ev = CFG.evaluation
+    return {"resamples": ev.bootstrap_resamples, "level": ev.ci_level, "seed": ev.bootstrap_seed}
+
+
+def get_persona_tokenize(wildcards):
+    cfg = CFG.train("sft", wildcards.persona_dataset)
+    return {"max_length": cfg.max_length, "truncation": cfg.truncation}
+
+
+def get_persona_metrics(wildcards):
+    """The base model once, and each trained persona variant per seed."""
+    root = f"results/eval/{wildcards.model}/{wildcards.persona_dataset}"
+    return [f"{root}/base/persona.json"] + expand(
+        "{root}/seed{seed}/persona_{variant}.json",
+        root=root,
+        seed=CFG.seeds,
+        variant=CFG.study("persona").methods,
+    )
+
+
+def evaluation_outputs(study_name, dataset, model):
+    tables = f"results/tables/{model}/{dataset}"
+    if study_name == "persona":
+        return [f"{tables}/persona.csv", f"{tables}/persona.md"]
+    if not eval_variants():
+        return []
+    if CFG.datasets[dataset].k == 2:
+        return [f"{tables}/table1.csv", f"{tables}/table1.md"]
+    return [
+        f"{tables}/table2_settings.csv",
+        f"{tables}/table2_summary.csv",
+        f"{tables}/figure2.png",
+        f"{tables}/figure2.svg",
+    ]
+
+
 def training_outputs(dataset, model, seed, method):
     run = f"results/train/{model}/{dataset}/seed{seed}"
     if method == "curriculum":
@@ -147,4 +263,5 @@ def get_final_output():
                 for seed in CFG.seeds:
                     for method in study.methods:
                         targets += training_outputs(dataset, model, seed, method)
+                targets += evaluation_outputs(study_name, dataset, model)
     return sorted(set(targets))

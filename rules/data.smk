@@ -8,6 +8,9 @@ rule load_pairs:
         "benchmarks/load_pairs/{pair_dataset}.tsv"
     conda:
         "../envs/conflux.yaml"
+    threads: job_threads("load_pairs")
+    resources:
+        **job_resources("load_pairs"),
     params:
         spec=get_dataset_spec,
         fingerprint=get_source_fingerprint,
@@ -32,6 +35,9 @@ rule split_pairs:
         "benchmarks/split_pairs/{pair_dataset}.tsv"
     conda:
         "../envs/conflux.yaml"
+    threads: job_threads("split_pairs")
+    resources:
+        **job_resources("split_pairs"),
     params:
         split=get_split_config,
     script:
@@ -51,6 +57,9 @@ rule load_persona:
         "benchmarks/load_persona/{persona_dataset}.tsv"
     conda:
         "../envs/conflux.yaml"
+    threads: job_threads("load_persona")
+    resources:
+        **job_resources("load_persona"),
     params:
         spec=get_dataset_spec,
         split=get_persona_split_config,

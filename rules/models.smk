@@ -7,6 +7,9 @@ rule build_tiny_model:
         "benchmarks/build_tiny_model/{tiny_model}.tsv"
     conda:
         "../envs/conflux.yaml"
+    threads: job_threads("build_tiny_model")
+    resources:
+        **job_resources("build_tiny_model"),
     params:
         tiny=get_tiny_config,
     script:
@@ -24,6 +27,9 @@ rule base_model_manifest:
         "benchmarks/base_model_manifest/{model}.tsv"
     conda:
         "../envs/conflux.yaml"
+    threads: job_threads("base_model_manifest")
+    resources:
+        **job_resources("base_model_manifest"),
     params:
         spec=get_model_spec,
         offline=OFFLINE,

@@ -10,6 +10,9 @@ rule reference_logps:
         "benchmarks/reference_logps/{model}/{pair_dataset}/{ref_part}.tsv"
     conda:
         "../envs/conflux.yaml"
+    threads: job_threads("reference_logps")
+    resources:
+        **job_resources("reference_logps"),
     params:
         tokenize=get_tokenize,
         batch_size=CFG.reference_batch_size,
@@ -30,6 +33,9 @@ rule curriculum_stage1:
         "benchmarks/curriculum_stage1/{model}/{pair_dataset}/seed{seed}.tsv"
     conda:
         "../envs/conflux.yaml"
+    threads: job_threads("curriculum_stage1")
+    resources:
+        **job_resources("curriculum_stage1"),
     params:
         method="curriculum_stage1",
         train=train_params("curriculum_stage1"),
@@ -53,6 +59,9 @@ rule curriculum_stage2:
         "benchmarks/curriculum_stage2/{model}/{pair_dataset}/seed{seed}.tsv"
     conda:
         "../envs/conflux.yaml"
+    threads: job_threads("curriculum_stage2")
+    resources:
+        **job_resources("curriculum_stage2"),
     params:
         method="curriculum_stage2",
         train=train_params("curriculum_stage2"),
@@ -76,6 +85,9 @@ rule curriculum_stage3:
         "benchmarks/curriculum_stage3/{model}/{pair_dataset}/seed{seed}.tsv"
     conda:
         "../envs/conflux.yaml"
+    threads: job_threads("curriculum_stage3")
+    resources:
+        **job_resources("curriculum_stage3"),
     params:
         method="curriculum_stage3",
         train=train_params("curriculum_stage3"),
@@ -98,6 +110,9 @@ rule panacea:
         "benchmarks/panacea/{model}/{pair_dataset}/seed{seed}.tsv"
     conda:
         "../envs/conflux.yaml"
+    threads: job_threads("panacea")
+    resources:
+        **job_resources("panacea"),
     params:
         method="panacea",
         train=train_params("panacea"),
@@ -120,6 +135,9 @@ rule dpo_soup:
         "benchmarks/dpo_soup/{model}/{pair_dataset}/seed{seed}/dim{dim}.tsv"
     conda:
         "../envs/conflux.yaml"
+    threads: job_threads("dpo_soup")
+    resources:
+        **job_resources("dpo_soup"),
     params:
         method="dpo_soup",
         train=train_params("dpo_soup"),
@@ -141,6 +159,9 @@ rule sft:
         "benchmarks/sft/{model}/{persona_dataset}/seed{seed}.tsv"
     conda:
         "../envs/conflux.yaml"
+    threads: job_threads("sft")
+    resources:
+        **job_resources("sft"),
     params:
         method="sft",
         train=train_params("sft"),
@@ -162,6 +183,9 @@ rule dpo:
         "benchmarks/dpo/{model}/{persona_dataset}/seed{seed}.tsv"
     conda:
         "../envs/conflux.yaml"
+    threads: job_threads("dpo")
+    resources:
+        **job_resources("dpo"),
     params:
         method="dpo",
         train=train_params("dpo"),

@@ -82,6 +82,15 @@ class Study:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    batch_size: int = 32
+    bootstrap_resamples: int = 1000
+    ci_level: float = 0.95
+    bootstrap_seed: int = 0
+    generation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class WorkflowConfig:
     seeds: tuple[int, ...]
     offline: bool
@@ -93,6 +102,18 @@ class WorkflowConfig:
     training: dict[str, Any] = field(default_factory=dict)  # the raw training/methods blocks, see train()
     reference_batch_size: int = 32
     keep_checkpoints: bool = False
+    evaluation: EvaluationConfig = field(default_factory=lambda: EvaluationConfig())
+    resources: dict[str, Any] = field(default_factory=dict)
+
+    def resources_for(self, rule_class: str, rule: str) -> dict[str, Any]:
+        """Cluster resources of one rule: ``resources.<class>`` updated by ``resources.rules.<rule>``.
+
+        ``gpu: 0`` (or no gpu) asks for none, so CPU jobs never wait for a GPU node.
+        """
+        spec = {**self.resources.get(rule_class, {}), **self.resources.get("rules", {}).get(rule, {})}
+        if not spec.get("gpu"):
+            spec.pop("gpu", None)
+        return spec
 
     def study(self, name: str) -> Study:
         return self.studies.get(name, Study())
@@ -199,6 +220,8 @@ def parse_config(raw: dict[str, Any]) -> WorkflowConfig:
         training=training,
         reference_batch_size=int(raw.get("reference", {}).get("batch_size", 32)),
         keep_checkpoints=bool(raw.get("keep_checkpoints", False)),
+        evaluation=EvaluationConfig(**raw.get("evaluation", {})),
+        resources=dict(raw.get("resources", {})),
     )
 
 

@@ -5,10 +5,11 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.preference_trainer import PreferenceJob, run_preference_job
+from conflux.launch import run_job
+from conflux.preference_trainer import PreferenceJob
 from conflux.train_config import train_config_from_dict
 
-run_preference_job(
+run_job(
     PreferenceJob(
         method=snakemake.params.method,
         pairs=[Path(p) for p in snakemake.input.pairs],
@@ -21,5 +22,6 @@ run_preference_job(
         init_adapters=Path(snakemake.input.init) if snakemake.input.get("init") else None,
         dim=int(snakemake.wildcards.dim) if snakemake.wildcards.get("dim") else None,
         keep_checkpoints=snakemake.params.keep_checkpoints,
-    )
+    ),
+    gpus=snakemake.resources.get("gpu", 0),
 )

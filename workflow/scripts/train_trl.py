@@ -5,10 +5,11 @@ from _bootstrap import start
 
 start(snakemake)
 
+from conflux.launch import run_job
 from conflux.train_config import train_config_from_dict
-from conflux.trl_training import TrlJob, run_trl_job
+from conflux.trl_training import TrlJob
 
-run_trl_job(
+run_job(
     TrlJob(
         method=snakemake.params.method,
         data=Path(snakemake.input.data),
@@ -18,5 +19,6 @@ run_trl_job(
         cfg=train_config_from_dict(snakemake.params.train),
         seed=int(snakemake.wildcards.seed),
         keep_checkpoints=snakemake.params.keep_checkpoints,
-    )
+    ),
+    gpus=snakemake.resources.get("gpu", 0),
 )
