@@ -1,0 +1,228 @@
+"""The workflow on SLURM: a slice run through a real single-node cluster equals the local run, and the paper
+matrix plans with the SLURM profile (dry-run, no cluster needed) with GPUs on every training job."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from slurm_cluster import SlurmCluster, session_cluster
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+# Data and base-model rules of the default workflow: four jobs, each a real sbatch job on the cluster.
+SLICE = ["results/data/synth_pku/split/stats.json", "results/models/tiny/manifest.json"]
+SLICE_RULES = {"load_pairs", "split_pairs", "build_tiny_model", "base_model_manifest"}
+TRAINING_RULES = {
+    "curriculum_stage1",
+    "curriculum_stage2",
+    "curriculum_stage3",
+    "panacea",
+    "dpo_soup",
+    "sft",
+    "dpo",
+}
+# Keys of the JSON outputs that record when or how long, not what; none today, listed here when added.
+TIMING_KEYS = {"elapsed_s", "seconds", "created_at", "started_at", "finished_at"}
+
+
+def snakemake(*args: str, workdir: Path, env: dict[str, str] | None = None) -> tuple[str, float]:
+    """Run snakemake on this checkout in ``workdir``; return its output and wall seconds, fail loudly."""
+    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir), *args]
+    env = env or dict(os.environ)
+    env["PATH"] = f"{BIN}:{env['PATH']}"
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    seconds = time.monotonic() - start
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{out[-6000:]}")
+    return out, seconds
+
+
+def planned(output: str) -> list[dict]:
+    """The jobs of a dry run, each as {'rule', 'threads', 'resources': {name: value}}."""
+    jobs: list[dict] = []
+    for line in output.splitlines():
+        if m := re.match(r"^(?:local)?rule (\w+):$", line):
+            jobs.append({"rule": m.group(1), "threads": 1, "resources": {}})
+        elif jobs and (m := re.match(r"^\s+threads: (\d+)$", line)):
+            jobs[-1]["threads"] = int(m.group(1))
+        elif jobs and (m := re.match(r"^\s+resources: (.*)$", line)):
+            pairs = re.findall(r"(\w+)=(.*?)(?=, \w+=|$)", m.group(1))
+            jobs[-1]["resources"] = dict(pairs)
+    return jobs
+
+
+def slice_config(path: Path) -> Path:
+    """The default config, shrunk so the slice runs in seconds per job."""
+    raw = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    raw["datasets"]["synth_pku"]["n_pairs"] = 400
+    raw["models"]["tiny"]["tiny"]["vocab_size"] = 600
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def equal_outputs(a: Path, b: Path) -> list[str]:
+    """Differences between two results/ trees: Parquet by table contents, JSON by value, the rest by bytes."""
+    files_a = {p.relative_to(a) for p in a.rglob("*") if p.is_file()}
+    files_b = {p.relative_to(b) for p in b.rglob("*") if p.is_file()}
+    diffs = [f"only in one run: {sorted(map(str, files_a ^ files_b))}"] if files_a != files_b else []
+    for rel in sorted(files_a & files_b):
+        fa, fb = a / rel, b / rel
+        if rel.suffix == ".parquet":
+            same = pq.read_table(fa).equals(pq.read_table(fb))
+        elif rel.suffix == ".json":
+            ja, jb = json.loads(fa.read_text()), json.loads(fb.read_text())
+            if isinstance(ja, dict) and isinstance(jb, dict):
+                ja, jb = ({k: v for k, v in j.items() if k not in TIMING_KEYS} for j in (ja, jb))
+            same = ja == jb
+        else:
+            same = fa.read_bytes() == fb.read_bytes()
+        if not same:
+            diffs.append(str(rel))
+    return diffs
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(request: pytest.FixtureRequest) -> SlurmCluster:
+    """A running single-node SLURM cluster (installed when missing), stopped by pid at the session's end."""
+    return session_cluster(request)
+
+
+@pytest.fixture(scope="module")
+def slice_runs(slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The slice run twice from the same config: as local processes, and as sbatch jobs on the cluster."""
+    cfg = slice_config(tmp_path_factory.mktemp("slice_cfg") / "config.yaml")
+    local, on_slurm = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("on_slurm")
+    with ThreadPoolExecutor(2) as pool:  # the SLURM run mostly waits for status checks: overlap the two
+        slurm_run = pool.submit(
+            snakemake,
+            "--executor", "slurm", "--profile", "profiles/slurm", "--jobs", "2",
+            # The test cluster's jobs finish in seconds: check their status early.
+            "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "5",
+            "--slurm-keep-successful-logs",
+            *SLICE, "--configfile", str(cfg),
+            workdir=on_slurm, env=slurm_cluster.env,
+        )  # fmt: skip
+        local_run = pool.submit(snakemake, "--cores", "2", *SLICE, "--configfile", str(cfg), workdir=local)
+        slurm_log, slurm_s = slurm_run.result()
+        _, local_s = local_run.result()
+    return {
+        "local": local,
+        "slurm": on_slurm,
+        "slurm_log": slurm_log,
+        "seconds": {"local": local_s, "slurm": slurm_s, **slurm_cluster.timings},
+    }
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_run_equals_local_run(slice_runs):
+    local, on_slurm = slice_runs["local"] / "results", slice_runs["slurm"] / "results"
+    assert (on_slurm / "data/synth_pku/split/conflict.parquet").exists()
+    assert (on_slurm / "models/tiny/hf").is_dir()
+    assert equal_outputs(local, on_slurm) == []
+    print("seconds:", {k: round(v, 1) for k, v in slice_runs["seconds"].items()})
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_run_submitted_every_job_with_sbatch(slice_runs, slurm_cluster):
+    log = slice_runs["slurm_log"]
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
+    assert len(submitted) == len(SLICE_RULES), log[-4000:]
+    finished = {job["JobId"]: job for job in slurm_cluster.finished_jobs()}
+    for job_id in submitted:
+        assert finished[job_id]["JobState"] == "COMPLETED", finished[job_id]
+        assert finished[job_id]["WorkDir"] == str(slice_runs["slurm"])
+    # Each job ran one rule of the slice, in its own sbatch allocation, and logged through SLURM.
+    slurm_logs = list((slice_runs["slurm"] / "logs/slurm").rglob("*.log"))
+    assert {p.parent.parent.name for p in slurm_logs} == {f"rule_{r}" for r in SLICE_RULES}
+
+
+@pytest.fixture(scope="module")
+def paper_plan(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], float]:
+    """The paper matrix planned with the SLURM profile (no cluster needed): its jobs and the wall seconds."""
+    out, seconds = snakemake(
+        "-n",
+        "--profile",
+        "profiles/slurm",
+        "--configfile",
+        str(ROOT / "config/paper.yaml"),
+        workdir=tmp_path_factory.mktemp("paper_plan"),
+    )
+    return planned(out), seconds
+
+
+def test_paper_dry_run_with_the_slurm_profile_plans_every_job(paper_plan):
+    jobs, seconds = paper_plan
+    counts = {rule: sum(j["rule"] == rule for j in jobs) for rule in {j["rule"] for j in jobs}}
+    runs = 2 * 2 * 3  # datasets x models x seeds, per study
+    assert counts["panacea"] == counts["curriculum_stage3"] == counts["sft"] == runs
+    assert counts["dpo_soup"] == (2 + 5) * 2 * 3
+    print(f"paper-matrix dry-run with profiles/slurm: {len(jobs)} jobs in {seconds:.2f} s")
+
+
+def test_paper_dry_run_requests_gpus_for_every_training_job(paper_plan):
+    jobs, _ = paper_plan
+    training = [j for j in jobs if j["rule"] in TRAINING_RULES]
+    assert len(training) > 0
+    for job in training + [j for j in jobs if j["rule"] == "reference_logps"]:
+        assert int(job["resources"].get("gpu", 0)) >= 1, job
+        assert "runtime" in job["resources"] and "mem_mb" in job["resources"], job
+    for job in jobs:
+        if job["rule"] in SLICE_RULES | {"load_persona"}:
+            assert "gpu" not in job["resources"], job
+
+
+def sbatch_call(resources: dict[str, str], threads: int = 1) -> str:
+    """The sbatch command line snakemake-executor-plugin-slurm builds for a job with these resources."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    values = Resources({k: int(v) if v.isdigit() else v for k, v in resources.items()})
+    job = SimpleNamespace(resources=values, threads=threads)
+    params = {"run_uuid": "x", "slurm_logfile": "x.log", "comment_str": "x", "account": "", "partition": ""}
+    return get_submit_command(job, {**params, "workdir": "."}) + set_gres_string(job)
+
+
+def test_a_training_job_submits_with_its_configured_gpus_cpus_memory_and_time(paper_plan):
+    jobs, _ = paper_plan
+    raw = yaml.safe_load((ROOT / "config/paper.yaml").read_text())["resources"]
+    for rule in ("panacea", "sft"):
+        want = {**raw["training"], **raw.get("rules", {}).get(rule, {})}
+        job = next(j for j in jobs if j["rule"] == rule)
+        call = sbatch_call(job["resources"])
+        assert f"--gpus={want['gpu']}" in call, call
+        assert f"--cpus-per-task={want['cpus_per_task']}" in call, call
+        assert f"--mem {want['mem_mb']}" in call and f"-t {want['runtime']}" in call, call
+
+
+def test_default_dry_run_with_the_slurm_profile_asks_for_no_gpu(tmp_path):
+    out, _ = snakemake(
+        "-n",
+        "--profile",
+        "profiles/slurm",
+        "--configfile",
+        str(ROOT / "config/config.yaml"),
+        workdir=tmp_path,
+    )
+    jobs = planned(out)
+    assert {j["rule"] for j in jobs} >= SLICE_RULES | TRAINING_RULES
+    assert all("gpu" not in j["resources"] for j in jobs)
+    assert all("runtime" in j["resources"] and "mem_mb" in j["resources"] for j in jobs)
