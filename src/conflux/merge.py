@@ -10,8 +10,10 @@ Task vectors of one parameter are stacked on dimension 0: ``task_vectors[i]`` is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from conflux.errors import ConfluxError
@@ -39,13 +41,86 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def trim_k(numel: int, density: float) -> int:
+    """Entries the TIES trim keeps of a tensor: k = max(1, int(density · numel)), at most numel."""
+    if not (isinstance(density, int | float) and 0.0 < density <= 1.0):  # NaN fails too
+        raise ConfluxError(f"density must be in (0, 1], got {density!r}")
+    return min(numel, max(1, int(density * numel)))
+
+
+def top_k_values(magnitude: np.ndarray, k: int) -> np.ndarray:
+    """The k largest entries of a flat array, unordered except that the smallest of them comes first.
+
+    Exact, and much cheaper than a sort (O(n log n), mergekit's way) or a full selection: a strided sample
+    gives a value ``lo`` just below the k-th largest, one pass keeps the entries >= ``lo`` (about k of them),
+    and ``np.partition`` (introselect) runs on that small remainder only. If the sample misjudged (fewer than
+    k entries >= ``lo``), the whole array is partitioned instead, so the result never depends on the sample.
+    """
+    return _top_k(magnitude, k)[0]
+
+
+def top_k_cut(magnitude: np.ndarray, k: int) -> tuple[float, int, int]:
+    """(t, #entries > t, #entries >= t) for t the k-th largest entry (as in :func:`top_k_values`)."""
+    top, candidates = _top_k(magnitude, k)
+    threshold = top[0]
+    return (
+        float(threshold),
+        int(np.count_nonzero(top > threshold)),
+        int(np.count_nonzero(candidates >= threshold)),
+    )
+
+
+def _top_k(magnitude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest entries and the candidate set they were selected from (every entry >= some lo <= t)."""
+    n = magnitude.size
+    if not 0 < k <= n:
+        raise ConfluxError(f"k must be in [1, {n}], got {k}")
+    candidates = None
+    if n > 1 << 16:
+        sample = magnitude[:: n // (1 << 15)]
+        m = sample.size
+        # rank of the k-th largest within the sample, pushed down by ~4 standard deviations plus a margin
+        rank = min(m, int(k * m / n + 4 * math.sqrt(k * m / n) + 32))
+        lo = np.partition(sample, m - rank)[m - rank]
+        candidates = np.compress(magnitude >= lo, magnitude)  # np.compress: 3x faster than a[mask]
+        if candidates.size < k:
+            candidates = None
+    if candidates is None:
+        candidates = magnitude.copy()
+    candidates.partition(candidates.size - k)  # in place: candidates stays a superset of the top k
+    return candidates[candidates.size - k :], candidates
+
+
+def top_k_mask(magnitude: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the k largest entries of a flat ``magnitude``, ties at the cut going to lower indices.
+
+    Equal to taking the first k of a *stable* descending argsort, in O(n): :func:`top_k_values` finds the
+    k-th largest value t, every entry > t is kept, and the lowest-indexed entries equal to t fill the
+    remaining places. A full argsort (mergekit's way) is O(n log n) and 50-100x slower on the
+    10⁷-10⁸-entry tensors of a 7B model, which made trimming the cost of a whole merge.
+    """
+    n = magnitude.numel()
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=magnitude.device)
+    if magnitude.device.type == "cpu":
+        threshold = float(top_k_values(magnitude.numpy(), k)[0])
+    else:  # no introselect on accelerators; topk is their fast path
+        threshold = float(torch.topk(magnitude, k, sorted=False).values.min())
+    mask = magnitude > threshold
+    missing = k - int(mask.sum())
+    if missing > 0:
+        mask[torch.nonzero(magnitude == threshold).view(-1)[:missing]] = True
+    return mask
+
+
 def trim_top_k(tensor: torch.Tensor, density: float) -> torch.Tensor:
     """Keep the k = max(1, int(density · numel)) entries of largest magnitude and zero the rest (TIES "trim").
 
     Same selection as mergekit's ``sparsify.magnitude``: the first k indices of ``argsort(|x|, descending)``
     (magnitudes compared in float32). mergekit's argsort is not stable, so its choice among equal magnitudes
-    at the cut is unspecified; conflux sorts stably, so among equal magnitudes the lower flat index is kept.
-    Unlike mergekit (which refuses k = 0) at least one entry is kept. ``density`` 1 returns the tensor as is.
+    at the cut is unspecified; conflux keeps the lower flat index among equal magnitudes (as a stable sort
+    would; see :func:`top_k_mask`). Unlike mergekit (which refuses k = 0) at least one entry is kept.
+    ``density`` 1 returns the tensor as is.
 
     Args:
         tensor: Any shape and floating dtype.
@@ -54,15 +129,11 @@ def trim_top_k(tensor: torch.Tensor, density: float) -> torch.Tensor:
     Returns:
         A tensor of the same shape and dtype with exactly k entries kept (fewer nonzeros if some were 0).
     """
-    if not (isinstance(density, int | float) and 0.0 < density <= 1.0):  # NaN fails too
-        raise ConfluxError(f"density must be in (0, 1], got {density!r}")
+    k = trim_k(tensor.numel(), density)
     if density >= 1.0 or tensor.numel() == 0:
         return tensor
-    k = min(tensor.numel(), max(1, int(density * tensor.numel())))
     magnitude = tensor.detach().abs().reshape(-1).to(_work_dtype(tensor.dtype))
-    keep = torch.argsort(magnitude, descending=True, stable=True)[:k]
-    mask = torch.zeros(tensor.numel(), dtype=torch.bool, device=tensor.device)
-    mask[keep] = True
+    mask = top_k_mask(magnitude, k)
     return torch.where(mask.view(tensor.shape), tensor, torch.zeros_like(tensor))
 
 

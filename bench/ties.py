@@ -1,0 +1,225 @@
+"""conflux's streamed TIES merge against mergekit's ``ties`` on the same ~100M-parameter inputs.
+
+    .venv/bin/python bench/ties.py [--hidden 768 --layers 12 --vocab 16000] [--models 2]
+                                   [--density 0.2 --lam 0.8] [--threads 1] [--mergekit-python PATH]
+
+Writes a random Llama-shaped float32 base and ``--models`` synthetic fine-tunes (base + noise), then runs,
+each in its own child process with the same thread count:
+
+- conflux: ``merge_task_vectors(base, [FullTaskVectors(ft_i, base)], method="ties", ...)``;
+- mergekit 0.1.5: ``mergekit-yaml`` with ``merge_method: ties``, the same weights, density and ``lambda``,
+  ``normalize: true`` and ``dtype: float32``.
+
+Prints wall time and peak RSS of each (``os.wait4``: the child's own high-water mark), the speed-up, and the
+output comparison: max |difference| and the number of differing entries over every tensor.
+
+Tie-breaking: both keep k = max(1, int(density·n)) entries per task vector. Among entries of *equal*
+magnitude at the cut, mergekit's ``torch.argsort`` (not stable) keeps an unspecified one; conflux keeps the
+lowest flat index. Differences can only come from such ties; the bench counts the differing entries that are
+*not* explained by a magnitude tie at some source's cut (it must print 0).
+
+mergekit comes from ``--mergekit-python`` (default: ``bench/.venv-mergekit/bin/python`` when it exists,
+else this interpreter when it can import mergekit). mergekit 0.1.5 installs beside conflux's pins
+(it needs torch>=2, transformers>=5,<6, peft>=0.18, pydantic>=2.10.6,<3; it adds scipy, sentencepiece and
+protobuf), so either ``pip install mergekit==0.1.5`` into .venv or a separate venv::
+
+    python3 -m venv bench/.venv-mergekit
+    bench/.venv-mergekit/bin/pip install mergekit==0.1.5 torch==2.13.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+MERGEKIT_VENV = ROOT / "bench" / ".venv-mergekit"
+
+
+def write_models(root: Path, args: argparse.Namespace) -> tuple[Path, list[Path], int]:
+    """base/ and ft<i>/ as float32 Llama checkpoints; returns them and the parameter count."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from conflux.tensor_io import ShardedWriter
+
+    config = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 8 // 3 // 64 * 64,
+        num_hidden_layers=args.layers,
+        num_attention_heads=max(1, args.hidden // 64),
+        num_key_value_heads=max(1, args.hidden // 256),
+        dtype="float32",
+        architectures=["LlamaForCausalLM"],  # mergekit picks its tensor layout from this
+    )
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in LlamaForCausalLM(config).state_dict().items()}
+    dirs = [root / "base"] + [root / f"ft{i}" for i in range(args.models)]
+    writers = []
+    for d in dirs:
+        d.mkdir()
+        config.save_pretrained(d)
+        writers.append(ShardedWriter(d, max_shard_bytes=256 * 2**20))
+    gen = torch.Generator().manual_seed(0)
+    for name, shape in shapes.items():
+        base = torch.randn(shape, generator=gen) * 0.02
+        writers[0].add(name, base)
+        for writer in writers[1:]:
+            writer.add(name, base + torch.randn(shape, generator=gen) * 1e-3)
+    for writer in writers:
+        writer.close()
+    return dirs[0], dirs[1:], sum(torch.Size(s).numel() for s in shapes.values())
+
+
+CONFLUX_CHILD = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from conflux.taskvec import FullTaskVectors
+from conflux.weight_merge import merge_task_vectors
+a = json.loads(sys.argv[2])
+sources = [FullTaskVectors(m, a["base"]) for m in a["models"]]
+merge_task_vectors(a["base"], sources, a["out"], method="ties", weights=a["weights"], lam=a["lam"],
+                   density=a["density"])
+"""
+
+
+def run_child(argv: list[str], threads: int) -> dict:
+    """Run a command; wall time and its own peak RSS (ru_maxrss of the waited child, KiB on Linux)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = proc.stderr.read() if proc.stderr else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed ({proc.returncode}):\n{stderr.decode()[-4000:]}")
+    return {"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024}
+
+
+def mergekit_config(base: Path, models: list[Path], args: argparse.Namespace) -> str:
+    import yaml
+
+    weights = [float(w) for w in args.weights.split(",")]
+    config = {
+        "merge_method": "ties",
+        "base_model": str(base),
+        "models": [
+            {"model": str(m), "parameters": {"weight": w, "density": args.density}}
+            for m, w in zip(models, weights, strict=True)
+        ],
+        "parameters": {"normalize": True, "lambda": args.lam},
+        "dtype": "float32",
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def find_mergekit(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    if (MERGEKIT_VENV / "bin" / "python").exists():
+        return str(MERGEKIT_VENV / "bin" / "python")
+    probe = subprocess.run([sys.executable, "-c", "import mergekit"], capture_output=True)
+    if probe.returncode == 0:
+        return sys.executable
+    raise SystemExit(
+        "mergekit is not installed. Either `.venv/bin/pip install mergekit==0.1.5`, or create "
+        f"{MERGEKIT_VENV.relative_to(ROOT)}: `python3 -m venv bench/.venv-mergekit && "
+        "bench/.venv-mergekit/bin/pip install mergekit==0.1.5 torch==2.13.0`, or pass --mergekit-python."
+    )
+
+
+def compare(ours: Path, theirs: Path, base: Path, models: list[Path], density: float) -> dict:
+    """Max |difference|, differing entries, and those not explained by a magnitude tie at a source's cut."""
+    from conflux.merge import top_k_values
+    from conflux.tensor_io import WeightFiles
+
+    a, b, base_files = WeightFiles(ours), WeightFiles(theirs), WeightFiles(base)
+    sources = [WeightFiles(m) for m in models]
+    if set(a.names) != set(b.names):
+        return {"same_names": False}
+    max_diff, n_diff, unexplained = 0.0, 0, 0
+    for name in a.names:
+        x, y = a.get(name), b.get(name)
+        if x.dtype != y.dtype or x.shape != y.shape:
+            return {"same_names": True, "same_dtypes": False, "tensor": name}
+        differ = (x != y).reshape(-1)
+        count = int(differ.sum())
+        if not count:
+            continue
+        n_diff += count
+        max_diff = max(max_diff, float((x.double() - y.double()).abs().max()))
+        theta = base_files.get(name).reshape(-1)
+        at_cut = torch.zeros_like(differ)
+        for source in sources:
+            magnitude = (source.get(name).reshape(-1) - theta).abs()
+            k = max(1, int(density * magnitude.numel()))
+            at_cut |= magnitude == float(top_k_values(magnitude.numpy(), k)[0])
+        unexplained += int((differ & ~at_cut).sum())
+    return {
+        "same_names": True,
+        "same_dtypes": True,
+        "max_abs_diff": max_diff,
+        "n_diff": n_diff,
+        "unexplained": unexplained,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--vocab", type=int, default=16000)
+    parser.add_argument("--models", type=int, default=2)
+    parser.add_argument("--weights", default="1.0,0.5")
+    parser.add_argument("--density", type=float, default=0.2)
+    parser.add_argument("--lam", type=float, default=0.8)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--mergekit-python", default=None)
+    args = parser.parse_args()
+    if len(args.weights.split(",")) != args.models:
+        raise SystemExit(f"--weights needs {args.models} values")
+    mergekit_python = find_mergekit(args.mergekit_python)
+    with tempfile.TemporaryDirectory(prefix="conflux-bench-ties-") as tmp:
+        root = Path(tmp)
+        base, models, n_params = write_models(root, args)
+        spec = {
+            "base": str(base),
+            "models": [str(m) for m in models],
+            "out": str(root / "conflux"),
+            "weights": [float(w) for w in args.weights.split(",")],
+            "lam": args.lam,
+            "density": args.density,
+        }
+        ours = run_child(
+            [sys.executable, "-c", CONFLUX_CHILD, str(ROOT / "src"), json.dumps(spec)], args.threads
+        )
+        (root / "mergekit.yml").write_text(mergekit_config(base, models, args))
+        runner = "from mergekit.scripts.run_yaml import main; main()"
+        mk_argv = [mergekit_python, "-c", runner, str(root / "mergekit.yml"), str(root / "mergekit")]
+        mk_argv += ["--no-copy-tokenizer", "--no-write-model-card", "--quiet", "-j", str(args.threads)]
+        theirs = run_child(mk_argv, args.threads)
+        result = compare(root / "conflux", root / "mergekit", base, models, args.density)
+    size = f"{n_params / 1e6:.0f}M parameters"
+    print(
+        f"inputs: base + {args.models} fine-tunes, float32, {size} each; density {args.density}, λ {args.lam}"
+    )
+    for label, r in (("conflux", ours), ("mergekit", theirs)):
+        print(f"{label:>8}: {r['seconds']:7.1f} s  peak RSS {r['peak_rss'] / 2**20:7.0f} MiB")
+    print(f"speed-up conflux vs mergekit: {theirs['seconds'] / ours['seconds']:.1f}x  (goal >= 5x)")
+    print(f"outputs: {json.dumps(result)}")
+
+
+if __name__ == "__main__":
+    main()

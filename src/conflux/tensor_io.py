@@ -1,0 +1,290 @@
+"""Streamed safetensors I/O: read a model one tensor at a time, write one shard at a time.
+
+The weight analysis must run on 7-8B models on machines that cannot hold two of them, so nothing here ever
+loads a whole model: :class:`WeightFiles` knows every tensor's name, shape, dtype and file from the headers
+alone, and :meth:`WeightFiles.get` reads one tensor. Files are opened with safetensors' ``pread`` backend:
+the default ``mmap`` backend returns tensors that are views of a memory map, and every page a read has
+touched stays resident (and counts in the process's RSS) while the file is open, so reading a whole shard
+through one handle grows the process by the shard's size. With ``pread`` each tensor is copied into memory
+the caller owns (and may modify in place) and freed with it; a handle holds only a file descriptor.
+
+:class:`ShardedWriter` is the other half, in the layout ``save_pretrained`` writes: ``model.safetensors``,
+or ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json`` when the output is larger than
+one shard. Memory is bounded by one shard's buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from conflux.errors import ConfluxError, DataError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+ADAPTER_FILE = "adapter_model.safetensors"
+DEFAULT_SHARD_BYTES = 2 * 1024**3
+
+# safetensors' dtype codes -> torch dtypes (the ones a checkpoint holds in practice).
+DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+# config.json keys that must agree for two checkpoints to share a base (a fine-tune never changes them).
+ARCHITECTURE_KEYS = (
+    "model_type",
+    "architectures",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+)
+
+
+class ScratchBuffer:
+    """A flat buffer grown to the largest size asked for and then reused.
+
+    A fresh multi-megabyte allocation is page-faulted in on first touch, which costs more than the arithmetic
+    done on it; streaming code that needs a temporary per tensor takes it from here instead.
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        self._buf = torch.empty(0, dtype=dtype)
+
+    def take(self, numel: int) -> torch.Tensor:
+        """A flat view of ``numel`` entries (contents undefined; valid until the next ``take``)."""
+        if self._buf.numel() < numel:
+            self._buf = torch.empty(numel, dtype=self._buf.dtype)
+        return self._buf[:numel]
+
+
+class WeightFiles:
+    """The tensors of a checkpoint: a directory (sharded with an index, one file, a PEFT adapter) or a file.
+
+    Only headers are read at construction; :meth:`get` reads one tensor.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file_of: dict[str, Path] = {}
+        self._meta: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._handles: dict[Path, Any] = {}
+        for file, expected in self._files().items():
+            if not file.is_file():
+                raise DataError("shard named in the index is missing", file=file, row="all", field="file")
+            try:
+                with safe_open(file, framework="pt", backend="pread") as handle:
+                    names = handle.keys()
+                    for name in names:
+                        view = handle.get_slice(name)
+                        self._meta[name] = (tuple(view.get_shape()), view.get_dtype())
+                        self._file_of[name] = file
+            except (OSError, SafetensorError) as exc:
+                msg = f"not a readable safetensors file: {exc}"
+                raise DataError(msg, file=file, row="all", field="header") from exc
+            missing = sorted(set(expected) - set(names))
+            if missing:
+                msg = f"the index maps {len(missing)} tensor(s) to this file that it does not hold"
+                raise DataError(msg, file=file, row=missing[0], field="tensor")
+
+    def _files(self) -> dict[Path, list[str]]:
+        """Weight file -> tensor names the index promises in it (empty list: no index, take what is there)."""
+        if self.path.is_file():
+            return {self.path: []}
+        if not self.path.is_dir():
+            raise ConfluxError(f"{self.path}: no such checkpoint (file or directory)")
+        index = self.path / INDEX_FILE
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                msg = f"cannot read the weight map: {exc}"
+                raise DataError(msg, file=index, row="all", field="weight_map") from exc
+            files: dict[Path, list[str]] = {}
+            for name, shard in weight_map.items():
+                files.setdefault(self.path / shard, []).append(name)
+            return files
+        for name in (SINGLE_FILE, ADAPTER_FILE):
+            if (self.path / name).is_file():
+                return {self.path / name: []}
+        raise ConfluxError(
+            f"{self.path}: no {SINGLE_FILE}, {INDEX_FILE} or {ADAPTER_FILE}; conflux reads safetensors only"
+        )
+
+    @property
+    def names(self) -> list[str]:
+        """Tensor names shard by shard, each shard's sorted (as safetensors stores them)."""
+        return list(self._meta)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._meta
+
+    def file(self, name: str) -> Path:
+        self._check(name)
+        return self._file_of[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        self._check(name)
+        return self._meta[name][0]
+
+    def dtype(self, name: str) -> torch.dtype:
+        self._check(name)
+        code = self._meta[name][1]
+        if code not in DTYPES:
+            raise DataError(f"unsupported dtype {code}", file=self._file_of[name], row=name, field="dtype")
+        return DTYPES[code]
+
+    def nbytes(self, name: str) -> int:
+        return math.prod(self.shape(name)) * self.dtype(name).itemsize
+
+    def get(self, name: str) -> torch.Tensor:
+        """Read one tensor, in its stored dtype, into memory the caller owns."""
+        self._check(name)
+        file = self._file_of[name]
+        try:
+            if file not in self._handles:
+                self._handles[file] = safe_open(file, framework="pt", backend="pread")
+            return self._handles[file].get_tensor(name)
+        except (OSError, SafetensorError) as exc:  # e.g. a shard deleted or truncated since the headers
+            raise DataError(f"cannot read the tensor: {exc}", file=file, row=name, field="tensor") from exc
+
+    def close(self) -> None:
+        """Close the open files (they are also closed when this object is garbage-collected)."""
+        for handle in self._handles.values():
+            handle.__exit__(None, None, None)
+        self._handles.clear()
+
+    def __enter__(self) -> WeightFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check(self, name: str) -> None:
+        if name not in self._meta:
+            where = self.path / INDEX_FILE if (self.path / INDEX_FILE).is_file() else self.path
+            raise DataError("no such tensor in the checkpoint", file=where, row=name, field="tensor")
+
+
+def read_config(model_dir: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a model directory as a dict."""
+    path = Path(model_dir) / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the model config: {exc}", file=path, row="all", field="config") from exc
+
+
+def check_same_base(model_dir: str | Path, base_dir: str | Path) -> None:
+    """Raise :class:`DataError` when two model directories' configs disagree on the architecture.
+
+    A task vector between checkpoints of different bases is meaningless even where shapes happen to agree.
+    """
+    model, base = read_config(model_dir), read_config(base_dir)
+    for key in ARCHITECTURE_KEYS:
+        if model.get(key) != base.get(key):
+            raise DataError(
+                f"{key} is {model.get(key)!r} here but {base.get(key)!r} in the base {base_dir}",
+                file=Path(model_dir) / "config.json",
+                row="all",
+                field=key,
+            )
+
+
+def check_same_tensors(model: WeightFiles, base: WeightFiles) -> None:
+    """Raise :class:`DataError` naming the file and tensor unless both hold the same names and shapes."""
+    extra = [n for n in model.names if n not in base]
+    if extra:
+        msg = f"tensor is not in the base {base.path}"
+        raise DataError(msg, file=model.file(extra[0]), row=extra[0], field="tensor")
+    missing = [n for n in base.names if n not in model]
+    if missing:
+        msg = f"tensor of the base {base.path} is missing here"
+        raise DataError(msg, file=model.path, row=missing[0], field="tensor")
+    for name in base.names:
+        if model.shape(name) != base.shape(name):
+            msg = f"shape {model.shape(name)} differs from the base's {base.shape(name)} ({base.file(name)})"
+            raise DataError(msg, file=model.file(name), row=name, field="shape")
+
+
+def copy_side_files(src_dir: str | Path, out_dir: str | Path) -> list[str]:
+    """Copy the config, generation config and tokenizer files (every top-level file but weights)."""
+    copied = []
+    for path in sorted(Path(src_dir).iterdir()):
+        weights = path.suffix in {".safetensors", ".bin", ".pt", ".pth"} or path.name == INDEX_FILE
+        if path.is_file() and not weights:
+            shutil.copy2(path, Path(out_dir) / path.name)
+            copied.append(path.name)
+    return copied
+
+
+class ShardedWriter:
+    """Collect tensors and write them as ``save_pretrained``-style safetensors shards into ``out_dir``.
+
+    Shards are written as ``.part-<i>.safetensors`` while their total count is unknown and renamed by
+    :meth:`close`; write into an :func:`conflux.atomic.atomic_path` directory so a failure leaves nothing.
+    """
+
+    def __init__(self, out_dir: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+        if max_shard_bytes <= 0:
+            raise ConfluxError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
+        self.out_dir = Path(out_dir)
+        self.max_shard_bytes = max_shard_bytes
+        self._buffer: dict[str, torch.Tensor] = {}
+        self._buffered = 0
+        self._shards: list[tuple[Path, list[str]]] = []
+        self.total_size = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self._buffer or any(name in names for _, names in self._shards):
+            raise ConfluxError(f"tensor {name} written twice")
+        size = tensor.numel() * tensor.element_size()
+        if self._buffer and self._buffered + size > self.max_shard_bytes:
+            self._flush()
+        self._buffer[name] = tensor.contiguous()
+        self._buffered += size
+        self.total_size += size
+
+    def _flush(self) -> None:
+        path = self.out_dir / f".part-{len(self._shards)}.safetensors"
+        save_file(self._buffer, path, metadata={"format": "pt"})
+        self._shards.append((path, list(self._buffer)))
+        self._buffer, self._buffered = {}, 0
+
+    def close(self) -> list[Path]:
+        """Write the last shard, give the shards their final names (and the index); return the files."""
+        if self._buffer or not self._shards:
+            self._flush()
+        n = len(self._shards)
+        if n == 1:
+            final = self.out_dir / SINGLE_FILE
+            self._shards[0][0].rename(final)
+            return [final]
+        weight_map: dict[str, str] = {}
+        files = []
+        for i, (path, names) in enumerate(self._shards, start=1):
+            final = self.out_dir / f"model-{i:05d}-of-{n:05d}.safetensors"
+            path.rename(final)
+            files.append(final)
+            weight_map.update(dict.fromkeys(names, final.name))
+        index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(weight_map.items()))}
+        (self.out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        return files

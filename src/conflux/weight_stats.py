@@ -1,0 +1,194 @@
+"""Per-parameter statistics of a task vector, streamed to Parquet: where does fine-tuning move the weights?
+
+One row per (model, parameter) with the parameter name parsed into its layer index (null for embeddings, the
+final norm and the head) and module type (q/k/v/o/gate/up/down/embed/norm/lm_head, ``other`` for anything
+else), so a layer × module heatmap is one ``pivot_table`` away. Columns:
+
+- ``numel``, ``l2`` = ‖τ‖₂, ``mean``, ``std`` (population, ddof 0), ``max_abs`` = max|τ|,
+  ``frac_positive`` (τ > 0), ``frac_zero`` (τ = 0: untouched or frozen entries);
+- the TIES trim at ``density`` (default 0.2, k = max(1, int(density·numel)) as in
+  :func:`conflux.merge.trim_top_k`): ``trim_threshold`` (the k-th largest |τ|), ``frac_above_trim`` (share
+  of entries the trim keeps *and* that are nonzero: ≈ density for a dense τ, less when most of τ is 0) and
+  ``trim_l2_share`` = ‖trim(τ)‖₂ / ‖τ‖₂ (how much of the update the top-k entries carry).
+
+Everything is computed in float32 from one τ at a time, in two scratch buffers of the largest tensor's size
+(τ, and |τ| or τ − mean), so peak memory is a few of the largest tensors whatever the model size. The
+k largest |τ| come from :func:`conflux.merge.top_k_values` (a selection, not a sort).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from conflux.atomic import atomic_path
+from conflux.errors import ConfluxError
+from conflux.merge import top_k_values, trim_k
+from conflux.param_names import parse_param_name
+from conflux.taskvec import TaskVectors
+from conflux.tensor_io import ScratchBuffer
+
+log = logging.getLogger(__name__)
+
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # pyarrow's hive name for a null partition value
+DUMP_CHUNK = 1 << 22
+
+STATS_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("param", pa.string()),
+        ("layer", pa.int32()),
+        ("module", pa.string()),
+        ("numel", pa.int64()),
+        ("l2", pa.float64()),
+        ("mean", pa.float64()),
+        ("std", pa.float64()),
+        ("max_abs", pa.float64()),
+        ("frac_positive", pa.float64()),
+        ("frac_zero", pa.float64()),
+        ("trim_threshold", pa.float64()),
+        ("frac_above_trim", pa.float64()),
+        ("trim_l2_share", pa.float64()),
+    ]
+)
+
+
+def _stats(flat: torch.Tensor, density: float, work: torch.Tensor) -> dict[str, float]:
+    """Statistics of a flat float32 τ; ``work`` is a float32 buffer of the same size that gets overwritten."""
+    n = flat.numel()
+    if n == 0:
+        raise ConfluxError("empty tensor")
+    values = flat.numpy()
+    l2 = float(torch.linalg.vector_norm(flat))
+    mean = float(flat.sum()) / n
+    mean_square = l2 * l2 / n
+    if mean * mean <= 1e-4 * mean_square:  # task vectors: mean ≈ 0, E[τ²] − mean² loses nothing
+        std = math.sqrt(max(mean_square - mean * mean, 0.0))
+    else:  # a second pass, ‖τ − mean‖, where the one-pass formula would cancel
+        std = float(torch.linalg.vector_norm(torch.sub(flat, mean, out=work))) / math.sqrt(n)
+    positive = int(np.count_nonzero(values > 0))
+    nonzero = int(np.count_nonzero(values))
+    k = trim_k(n, density)
+    top = top_k_values(torch.abs(flat, out=work).numpy(), k)  # the k largest |τ|, the k-th first
+    trim_l2 = float(torch.linalg.vector_norm(torch.from_numpy(top)))
+    return {
+        "numel": n,
+        "l2": l2,
+        "mean": mean,
+        "std": std,
+        "max_abs": float(top.max()),
+        "frac_positive": positive / n,
+        "frac_zero": (n - nonzero) / n,
+        "trim_threshold": float(top[0]),
+        "frac_above_trim": min(k, nonzero) / n,  # zeros are the smallest |τ|: kept only when k > nonzero
+        "trim_l2_share": trim_l2 / l2 if l2 > 0 else 0.0,
+    }
+
+
+def tensor_stats(tau: torch.Tensor, density: float = 0.2) -> dict[str, float]:
+    """The statistics of one task vector (see the module docstring); ``tau`` is not modified."""
+    flat = tau.detach().to(torch.float32, copy=True).reshape(-1)
+    return _stats(flat, density, torch.empty_like(flat))
+
+
+DUMP_SCHEMA = pa.schema(
+    [("param", pa.dictionary(pa.int32(), pa.string())), ("index", pa.int64()), ("value", pa.float32())]
+)
+
+
+def _dump(root: Path, layer: int | None, seq: int, name: str, flat: torch.Tensor) -> None:
+    """Write every entry of one τ to ``root/layer=<i>/part-<seq>.parquet`` (param, flat index, value)."""
+    part = root / f"layer={NULL_PARTITION if layer is None else layer}"
+    part.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(part / f"part-{seq:05d}.parquet", DUMP_SCHEMA) as writer:
+        for start in range(0, flat.numel(), DUMP_CHUNK):  # chunks bound the Arrow copies' memory
+            values = flat[start : start + DUMP_CHUNK].numpy()
+            param = pa.DictionaryArray.from_arrays(np.zeros(len(values), dtype=np.int32), pa.array([name]))
+            index = pa.array(np.arange(start, start + len(values), dtype=np.int64))
+            writer.write_table(pa.Table.from_arrays([param, index, pa.array(values)], schema=DUMP_SCHEMA))
+
+
+def task_vector_stats(
+    tv: TaskVectors,
+    *,
+    model: str | None = None,
+    density: float = 0.2,
+    dump_dir: str | Path | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Statistics of every parameter ``tv`` changes, reading one τ at a time.
+
+    Args:
+        tv: Task-vector source (:class:`conflux.taskvec.FullTaskVectors`, a LoRA adapter, a policy at w).
+        model: Value of the ``model`` column (default ``tv.label``).
+        density: Trim density for the ``trim_*`` columns.
+        dump_dir: Write every entry of every τ here as a hive-partitioned Parquet dataset
+            (``layer=<i>/part-*.parquet``; non-layer parameters under ``layer=__HIVE_DEFAULT_PARTITION__``,
+            read back as a null layer). This directory must not exist yet or is replaced; written atomically.
+        progress: Show a tqdm bar.
+
+    Returns:
+        One row per parameter with the columns of ``STATS_SCHEMA``.
+    """
+    trim_k(1, density)  # fail on a bad density before reading anything
+    label = model or tv.label
+    tau_buffer, work_buffer = ScratchBuffer(), ScratchBuffer()
+    rows: list[dict[str, Any]] = []
+
+    def run(dump_root: Path | None) -> None:
+        for seq, name in enumerate(tqdm(tv.names, desc=f"stats {label}", disable=not progress)):
+            numel = math.prod(tv.shape(name))
+            flat = tv.tau(name, out=tau_buffer.take(numel)).reshape(-1)
+            layer, module = parse_param_name(name)
+            stats = _stats(flat, density, work_buffer.take(numel))
+            if not math.isfinite(stats["l2"]):
+                raise ConfluxError(f"{label}: task vector of {name} has non-finite entries (NaN or inf)")
+            rows.append({"model": label, "param": name, "layer": layer, "module": module, **stats})
+            if dump_root is not None:
+                _dump(dump_root, layer, seq, name, flat)
+
+    if dump_dir is None:
+        run(None)
+    else:
+        with atomic_path(dump_dir, directory=True) as tmp:
+            run(tmp)
+    return to_frame(rows, STATS_SCHEMA)
+
+
+def write_task_vector_stats(
+    tv: TaskVectors,
+    out: str | Path,
+    *,
+    model: str | None = None,
+    density: float = 0.2,
+    dump_dir: str | Path | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """:func:`task_vector_stats` written atomically to the Parquet file ``out`` (density in its metadata)."""
+    frame = task_vector_stats(tv, model=model, density=density, dump_dir=dump_dir, progress=progress)
+    write_frame(frame, out, STATS_SCHEMA, {"density": density, "model": model or tv.label})
+    log.info("task-vector stats of %s: %d parameters -> %s", model or tv.label, len(frame), out)
+    return frame
+
+
+def to_frame(rows: list[dict[str, Any]], schema: pa.Schema) -> pd.DataFrame:
+    """Rows as a DataFrame with the schema's types; ``layer`` stays an integer column with nulls (Int32)."""
+    return pa.Table.from_pylist(rows, schema=schema).to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
+
+
+def write_frame(frame: pd.DataFrame, out: str | Path, schema: pa.Schema, meta: dict[str, Any]) -> None:
+    """Write a table with a fixed schema and ``conflux.*`` key-value metadata to Parquet, atomically."""
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    extra = {f"conflux.{k}".encode(): str(v).encode() for k, v in meta.items()}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
