@@ -14,6 +14,7 @@ include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/training.smk"
 include: "rules/evaluation.smk"
+include: "rules/analysis.smk"
 
 
 rule all:

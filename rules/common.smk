@@ -38,7 +38,10 @@ wildcard_constraints:
     tiny_model=_alternatives(EMBEDDED_MODELS),
     ref_part="agree|conflict|eval_conflict|eval_agree",
     variant="curriculum_stage[123]|panacea|dpo_soup",
-    persona_variant="sft|dpo",
+    persona_variant="|".join(["sft", "dpo", *CFG.analysis.merge_variants()]).replace(".", r"\."),
+    analysis_variant="curriculum_stage3|panacea|dpo_soup",
+    merge_method="ties|task_arithmetic",
+    lam=r"[0-9.]+",
     seed=r"\d+",
     dim=r"\d+",
 
@@ -66,6 +69,11 @@ RULE_CLASSES = {
     "table2": "report",
     "figure2": "report",
     "persona_table": "report",
+    "taskvec_stats_persona": "analysis",
+    "conflict_sft_dpo": "analysis",
+    "taskvec_stats_adapters": "analysis",
+    "conflict_dims": "analysis",
+    "merge_sft_dpo": "analysis",
 }
 
 
@@ -185,7 +193,7 @@ def eval_variants():
 def get_eval_runs(wildcards):
     """The training outputs a method variant is evaluated from (DPO-Soup: all k members)."""
     run = f"results/train/{wildcards.model}/{wildcards.pair_dataset}/seed{wildcards.seed}"
-    variant = wildcards.variant
+    variant = wildcards.get("variant") or wildcards.analysis_variant
     if variant.startswith("curriculum_stage"):
         return [f"{run}/curriculum/stage{variant[-1]}"]
     if variant == "dpo_soup":
@@ -214,15 +222,50 @@ def get_persona_tokenize(wildcards):
     return {"max_length": cfg.max_length, "truncation": cfg.truncation}
 
 
+def persona_variants():
+    """Trained persona variants: SFT and DPO, and their merges when both are trained."""
+    methods = list(CFG.study("persona").methods)
+    return methods + (CFG.analysis.merge_variants() if {"sft", "dpo"} <= set(methods) else [])
+
+
+def get_persona_model(wildcards):
+    """A persona variant's weights: a training output, or a merge of SFT and DPO."""
+    v = wildcards.persona_variant
+    if v in ("sft", "dpo"):
+        return f"results/train/{wildcards.model}/{wildcards.persona_dataset}/seed{wildcards.seed}/{v}"
+    return f"results/merges/{wildcards.model}/{wildcards.persona_dataset}/seed{wildcards.seed}/{v}"
+
+
 def get_persona_metrics(wildcards):
-    """The base model once, and each trained persona variant per seed."""
+    """The base model once, and each trained or merged persona variant per seed."""
     root = f"results/eval/{wildcards.model}/{wildcards.persona_dataset}"
     return [f"{root}/base/persona.json"] + expand(
         "{root}/seed{seed}/persona_{variant}.json",
         root=root,
         seed=CFG.seeds,
-        variant=CFG.study("persona").methods,
+        variant=persona_variants(),
     )
+
+
+def get_analysis_runs(wildcards):
+    """Training outputs whose adapters are analysed, keyed by label (DPO-Soup: one run per dimension)."""
+    runs = get_eval_runs(wildcards)
+    if wildcards.analysis_variant == "dpo_soup":
+        return {f"dim{i}": run for i, run in enumerate(runs)}
+    return {wildcards.analysis_variant: runs[0]}
+
+
+def analysis_outputs(study_name, dataset, model, seed):
+    root = f"results/analysis/{model}/{dataset}/seed{seed}"
+    methods = CFG.study(study_name).methods
+    if study_name == "persona":
+        return (
+            [f"{root}/taskvec_stats.parquet", f"{root}/conflict_sft_dpo.parquet"]
+            if {"sft", "dpo"} <= set(methods)
+            else []
+        )
+    variants = [v for v in ("curriculum_stage3", "dpo_soup") if v in eval_variants()]
+    return [f"{root}/{kind}_{v}.parquet" for v in variants for kind in ("taskvec_stats", "conflict_dims")]
 
 
 def evaluation_outputs(study_name, dataset, model):
@@ -263,5 +306,6 @@ def get_final_output():
                 for seed in CFG.seeds:
                     for method in study.methods:
                         targets += training_outputs(dataset, model, seed, method)
+                    targets += analysis_outputs(study_name, dataset, model, seed)
                 targets += evaluation_outputs(study_name, dataset, model)
     return sorted(set(targets))

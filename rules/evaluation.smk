@@ -150,7 +150,7 @@ rule persona_eval_base:
 
 rule persona_eval:
     input:
-        model="results/train/{model}/{persona_dataset}/seed{seed}/{persona_variant}",
+        model=get_persona_model,
         sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
         pairs_eval="results/data/{persona_dataset}/persona/pairs_eval.parquet",
         manifest="results/models/{model}/manifest.json",

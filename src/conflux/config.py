@@ -91,6 +91,17 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class AnalysisConfig:
+    density: float = 0.2
+    merge_method: str = "ties"
+    lambdas: tuple[float, ...] = (0.5, 1.0)
+
+    def merge_variants(self) -> list[str]:
+        """Names of the merged models, e.g. ``ties_lam0.5``: persona-evaluation variants like sft and dpo."""
+        return [f"{self.merge_method}_lam{lam:g}" for lam in self.lambdas]
+
+
+@dataclass(frozen=True)
 class WorkflowConfig:
     seeds: tuple[int, ...]
     offline: bool
@@ -104,6 +115,7 @@ class WorkflowConfig:
     keep_checkpoints: bool = False
     evaluation: EvaluationConfig = field(default_factory=lambda: EvaluationConfig())
     resources: dict[str, Any] = field(default_factory=dict)
+    analysis: AnalysisConfig = field(default_factory=lambda: AnalysisConfig())
 
     def resources_for(self, rule_class: str, rule: str) -> dict[str, Any]:
         """Cluster resources of one rule: ``resources.<class>`` updated by ``resources.rules.<rule>``.
@@ -222,6 +234,9 @@ def parse_config(raw: dict[str, Any]) -> WorkflowConfig:
         keep_checkpoints=bool(raw.get("keep_checkpoints", False)),
         evaluation=EvaluationConfig(**raw.get("evaluation", {})),
         resources=dict(raw.get("resources", {})),
+        analysis=AnalysisConfig(
+            **{k: tuple(v) if k == "lambdas" else v for k, v in raw.get("analysis", {}).items()}
+        ),
     )
 
 

@@ -1,0 +1,10 @@
+# Shared by conflict_sft_dpo (SFT vs DPO) and conflict_dims (dim_i vs dim_j adapters).
+from _bootstrap import start
+
+start(snakemake)
+
+from conflux.analysis_jobs import conflict_job
+
+conflict_job(
+    snakemake.params.runs, snakemake.input.manifest, snakemake.output[0], density=snakemake.params.density
+)

@@ -1,0 +1,10 @@
+# Shared by taskvec_stats_persona (SFT and DPO full fine-tunes) and taskvec_stats_adapters (LoRA adapters).
+from _bootstrap import start
+
+start(snakemake)
+
+from conflux.analysis_jobs import stats_job
+
+stats_job(
+    snakemake.params.runs, snakemake.input.manifest, snakemake.output[0], density=snakemake.params.density
+)
