@@ -52,9 +52,13 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     assert jobs["load_pairs"] == 2 and jobs["split_pairs"] == 2
     assert jobs["load_persona"] == 2
     assert jobs["build_tiny_model"] == 1 and jobs["base_model_manifest"] == 1
-    # Reference log-probs once per (model, split part) that training reads: 1 model x 2 datasets x 2 parts,
-    # shared by the three curriculum stages, Panacea and every DPO-Soup member.
-    assert jobs["reference_logps"] == 2 * 2
+    # Reference log-probs once per (model, split part): 1 model x 2 datasets x 3 parts (agree, conflict,
+    # eval_conflict),
+    # shared by the three curriculum stages, Panacea, every DPO-Soup member and every evaluation.
+    assert jobs["reference_logps"] == 2 * 3
+    assert jobs["evaluate_method"] == 2 * 5  # datasets x (3 curriculum stages, Panacea, DPO-Soup)
+    assert jobs["table1"] == jobs["table2"] == jobs["figure2"] == 1  # synth_pku k=2; synth_hs2 k=5
+    assert jobs["persona_eval_base"] == 2 and jobs["persona_eval"] == 2 * 2 and jobs["persona_table"] == 2
     for rule in ("curriculum_stage1", "curriculum_stage2", "curriculum_stage3", "panacea"):
         assert jobs[rule] == 2
     assert jobs["dpo_soup"] == 2 + 5  # one job per dimension: k=2 and k=5
@@ -69,7 +73,7 @@ def test_paper_dry_run_plans_the_full_matrix(project_root, tmp_path):
     assert jobs["split_pairs"] == 2 and jobs["load_persona"] == 2
     assert jobs["base_model_manifest"] == 4 and "build_tiny_model" not in jobs
     runs = 2 * 2 * 3  # datasets x models x seeds
-    assert jobs["reference_logps"] == 2 * 2 * 2  # models x datasets x {agree, conflict}, not per seed
+    assert jobs["reference_logps"] == 2 * 2 * 3  # models x datasets x parts, not per seed
     assert jobs["curriculum_stage1"] == jobs["curriculum_stage3"] == jobs["panacea"] == runs
     assert jobs["dpo_soup"] == (2 + 5) * 2 * 3
     assert jobs["sft"] == jobs["dpo"] == runs
@@ -238,3 +242,48 @@ def test_changing_one_method_reruns_only_that_method_and_its_table(small_run, tm
     proc = snakemake(root, "-n", target, "--configfile", str(cfg), workdir=small_run)
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert jobs == {"panacea": 1, "evaluate_method": 1, "table1": 1, "total": 3}
+
+
+def test_forcerun_of_one_stage_reruns_only_what_depends_on_it(small_run):
+    root = Path(__file__).resolve().parents[1]
+    target = "results/tables/tiny/synth_pku/table1.md"
+    proc = snakemake(
+        root, "-n", target, "--forcerun", "curriculum_stage2", "--configfile", str(small_run / "config.yaml"),
+        workdir=small_run,
+    )  # fmt: skip
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    # stage 2 and 3 retrain; the curriculum after stage 2 and 3 is evaluated again; the table is rebuilt.
+    assert jobs == {
+        "curriculum_stage2": 1,
+        "curriculum_stage3": 1,
+        "evaluate_method": 2,
+        "table1": 1,
+        "total": 5,
+    }
+
+
+def test_naming_a_table_plans_only_its_ancestors(project_root, tmp_path):
+    target = "results/tables/tiny/synth_pku/table1.md"
+    proc = snakemake(project_root, "-n", target, "--configfile", str(project_root / "config/config.yaml"),
+                     workdir=tmp_path)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    jobs = planned_jobs(out)
+    assert "synth_hs2" not in out and "persona" not in out
+    assert jobs["load_pairs"] == 1 and jobs["dpo_soup"] == 2 and jobs["evaluate_method"] == 5
+    assert "sft" not in jobs and "table2" not in jobs and "all" not in jobs
+
+
+def test_run_writes_task_vector_stats_conflict_tables_and_merges(small_run):
+    import pandas as pd
+
+    persona = small_run / "results/analysis/tiny/persona_ojousama/seed0"
+    stats = pd.read_parquet(persona / "taskvec_stats.parquet")
+    assert set(stats["model"]) == {"sft", "dpo"} and (stats["l2"] > 0).any()
+    conflict = pd.read_parquet(persona / "conflict_sft_dpo.parquet")
+    assert ((conflict["a"] == "sft") & (conflict["b"] == "dpo")).all()
+    assert ((conflict["share_a"] >= 0) & (conflict["share_a"] <= 1)).all()
+    dims = pd.read_parquet(small_run / "results/analysis/tiny/synth_hs2/seed0/conflict_dims_dpo_soup.parquet")
+    assert len({(a, b) for a, b in zip(dims["a"], dims["b"], strict=True)}) == 10  # every dim pair of k=5
+    merged = small_run / "results/merges/tiny/persona_ojousama/seed0/ties_lam0.5"
+    assert (merged / "config.json").exists()
+    assert "ties_lam0.5" in (small_run / "results/tables/tiny/persona_ojousama/persona.md").read_text()
