@@ -4,13 +4,10 @@ start(snakemake)
 
 from conflux.eval_report import figure2_job
 
-boot = snakemake.params.bootstrap
 figure2_job(
     list(snakemake.input),
     png=snakemake.output.png,
     svg=snakemake.output.svg,
-    resamples=boot["resamples"],
-    level=boot["level"],
-    seed=boot["seed"],
+    **snakemake.params.bootstrap,  # resamples, level, seed
     label=f"{snakemake.wildcards.pair_dataset} / {snakemake.wildcards.model}",
 )

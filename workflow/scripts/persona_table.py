@@ -4,14 +4,11 @@ start(snakemake)
 
 from conflux.persona_table import persona_table_job
 
-boot = snakemake.params.bootstrap
 persona_table_job(
     list(snakemake.input.metrics),
     csv=snakemake.output.csv,
     md=snakemake.output.md,
     pairs_eval=snakemake.input.pairs_eval,
-    resamples=boot["resamples"],
-    level=boot["level"],
-    seed=boot["seed"],
+    **snakemake.params.bootstrap,  # resamples, level, seed
     label=f"{snakemake.wildcards.persona_dataset} / {snakemake.wildcards.model}",
 )

@@ -4,15 +4,12 @@ start(snakemake)
 
 from conflux.eval_report import table2_job
 
-boot = snakemake.params.bootstrap
 table2_job(
     list(snakemake.input),
     settings_csv=snakemake.output.settings_csv,
     settings_md=snakemake.output.settings_md,
     summary_csv=snakemake.output.summary_csv,
     summary_md=snakemake.output.summary_md,
-    resamples=boot["resamples"],
-    level=boot["level"],
-    seed=boot["seed"],
+    **snakemake.params.bootstrap,  # resamples, level, seed
     label=f"{snakemake.wildcards.pair_dataset} / {snakemake.wildcards.model}",
 )
