@@ -226,3 +226,52 @@ def test_default_dry_run_with_the_slurm_profile_asks_for_no_gpu(tmp_path):
     assert {j["rule"] for j in jobs} >= SLICE_RULES | TRAINING_RULES
     assert all("gpu" not in j["resources"] for j in jobs)
     assert all("runtime" in j["resources"] and "mem_mb" in j["resources"] for j in jobs)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_training_job_cancelled_with_scancel_resumes_to_the_uninterrupted_result(
+    slurm_cluster, tmp_path_factory
+):
+    """scancel a training job after its first checkpoints; the profile's retry resubmits it, the log shows
+    the resumed step, and the adapters equal those of an uninterrupted local run of the same target."""
+    raw = yaml.safe_load(slice_config(tmp_path_factory.mktemp("resume_cfg") / "c.yaml").read_text())
+    raw["training"].update(max_steps=40, save_steps=4, logging_steps=1)
+    cfg = tmp_path_factory.mktemp("resume_cfg2") / "config.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    target = "results/train/tiny/synth_pku/seed0/curriculum/stage1"
+    inputs = ["results/reference/tiny/synth_pku/agree.parquet", "results/models/tiny/manifest.json"]
+    straight, cancelled = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("cancelled")
+    snakemake("--cores", "2", target, "--configfile", str(cfg), workdir=straight)
+    snakemake("--cores", "2", *inputs, "--configfile", str(cfg), workdir=cancelled)
+
+    ckpt = cancelled / target.replace("results/train/", "results/checkpoints/")
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(
+            snakemake,
+            "--executor", "slurm", "--profile", "profiles/slurm", "--jobs", "1",
+            "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "5",
+            target, "--configfile", str(cfg),
+            workdir=cancelled, env=slurm_cluster.env,
+        )  # fmt: skip
+        deadline = time.monotonic() + 600
+        while not any((p / "trainer_state.json").exists() for p in ckpt.glob("checkpoint-*")):
+            assert not run.done(), run.result()[0][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.2)
+        jobs = slurm_cluster.run("squeue", "-h", "-o", "%i").stdout.split()
+        assert jobs, "the training job is not in the queue"
+        slurm_cluster.run("scancel", *jobs)
+        log, _ = run.result()
+    summary = json.loads((cancelled / target / "summary.json").read_text())
+    assert summary["resumed_from"] is not None and summary["global_steps"] == 40, summary
+    rule_log = (cancelled / "logs/curriculum_stage1/tiny/synth_pku/seed0.log").read_text()
+    assert "resuming from" in rule_log and summary["resumed_from"] in rule_log
+    assert "attempt 2" in log.lower() or "retry" in log.lower() or len(re.findall(r"SLURM jobid", log)) >= 2
+    from safetensors.torch import load_file
+
+    for name in ("shared", "dim0", "dim1"):
+        rel = f"{target}/adapters/{name}/adapter_model.safetensors"
+        got, want = load_file(cancelled / rel), load_file(straight / rel)
+        assert got.keys() == want.keys()
+        assert all((got[k] == want[k]).all() for k in want), name
