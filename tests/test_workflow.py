@@ -58,7 +58,10 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     assert jobs["reference_logps"] == 2 * 3
     assert jobs["evaluate_method"] == 2 * 5  # datasets x (3 curriculum stages, Panacea, DPO-Soup)
     assert jobs["table1"] == jobs["table2"] == jobs["figure2"] == 1  # synth_pku k=2; synth_hs2 k=5
-    assert jobs["persona_eval_base"] == 2 and jobs["persona_eval"] == 2 * 2 and jobs["persona_table"] == 2
+    # persona variants per dataset: sft, dpo and the TIES merges at lambda 0.5 and 1
+    assert jobs["persona_eval_base"] == 2 and jobs["persona_eval"] == 2 * 4 and jobs["persona_table"] == 2
+    assert jobs["merge_sft_dpo"] == 2 * 2 and jobs["taskvec_stats_persona"] == jobs["conflict_sft_dpo"] == 2
+    assert jobs["taskvec_stats_adapters"] == jobs["conflict_dims"] == 2 * 2  # stage 3 and DPO-Soup
     for rule in ("curriculum_stage1", "curriculum_stage2", "curriculum_stage3", "panacea"):
         assert jobs[rule] == 2
     assert jobs["dpo_soup"] == 2 + 5  # one job per dimension: k=2 and k=5
