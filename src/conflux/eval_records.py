@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from conflux.atomic import atomic_path
 from conflux.errors import ConfluxError, DataError
@@ -252,16 +251,14 @@ def evaluate_method(
         settings: the tokenization the reference cache was computed with (checked against its metadata).
         weights: score exactly these w on every pair; default: :func:`evaluation_plan` over ``grid``.
     """
-    from conflux.models import load_base_model
+    from conflux.models import load_base_model, to_work_device, working_dtype
 
     pair_table = read_pairs(pairs)
     ids = pair_table.table.column("pair_id").to_pylist()
     ref_a, ref_b = read_reference(references, settings, ids)
     beta = run_beta(run_dirs)
-    cuda = torch.cuda.is_available()
-    model, tokenizer = load_base_model(manifest, dtype=None if cuda else "float32")
-    if cuda:
-        model.to("cuda")
+    model, tokenizer = load_base_model(manifest, dtype=working_dtype())
+    model = to_work_device(model)
     policy = load_method_policy(model, run_dirs)
     if weights is None:
         s_a, s_b = pair_table.scores()

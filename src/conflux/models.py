@@ -163,3 +163,18 @@ def load_base_model(manifest: dict[str, Any] | str | Path, *, dtype: str | None 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def working_dtype() -> str | None:
+    """Weights dtype for jobs that score or train: float32 on CPU (bf16 sums of a thousand token log-probs
+    lose the DPO margin, and CPUs gain little from bf16); on a GPU the manifest's dtype (None)."""
+    import torch
+
+    return None if torch.cuda.is_available() else "float32"
+
+
+def to_work_device(model: Any) -> Any:
+    """The model on the GPU when there is one (jobs that run outside the Trainer place it themselves)."""
+    import torch
+
+    return model.to("cuda") if torch.cuda.is_available() else model

@@ -35,6 +35,7 @@ from conflux.errors import ConfluxError, DataError
 from conflux.generation import GenerationSettings, encode_prompt, generate
 from conflux.logprobs import _fit_pair, collate_rows, pad_id_of, response_ids, sequence_logps
 from conflux.model_variants import load_variant
+from conflux.models import to_work_device, working_dtype
 from conflux.pairs import read_pairs, read_sft
 from conflux.persona_markers import count_markers, style_summary
 from conflux.persona_text import PERSONA_MARKERS
@@ -220,10 +221,8 @@ def persona_eval_job(
     persona = persona_of(sft_eval)
     prompts = list(dict.fromkeys(read_sft(sft_eval).column("prompt").to_pylist()))
     pairs = held_out_pairs(pairs_eval)
-    cuda = torch.cuda.is_available()
-    model, tokenizer = load_variant(manifest, model_dir, dtype=None if cuda else "float32")
-    if cuda:
-        model.to("cuda")
+    model, tokenizer = load_variant(manifest, model_dir, dtype=working_dtype())
+    model = to_work_device(model)
     result = evaluate_variant(
         model,
         tokenizer,

@@ -31,8 +31,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from conflux.atomic import atomic_path, write_json
 from conflux.errors import ConfluxError, DataError
-from conflux.logprobs import Row, collate_rows, encode_pair, pad_id_of
-from conflux.models import load_base_model, read_manifest
+from conflux.logprobs import PairBatch, Row, collate_rows, encode_pair, pad_id_of
+from conflux.models import load_base_model, read_manifest, working_dtype
 from conflux.objectives import Objective, StepContext, StepInputs, make_objective
 from conflux.pairs import PairTable, read_pairs
 from conflux.policy import SHARED, PreferencePolicy, dim_name
@@ -112,8 +112,6 @@ class PairDataset(torch.utils.data.Dataset):
 
 
 def step_inputs(inputs: dict[str, torch.Tensor]) -> StepInputs:
-    from conflux.logprobs import PairBatch
-
     n = inputs["pref_labels"].shape[0]
     batch = PairBatch(inputs["input_ids"], inputs["attention_mask"], inputs["loss_mask"], n_pairs=n)
     # Reference log-probs are stored in float64; the policy's sums are float32 (see logprobs.token_logps).
@@ -297,10 +295,6 @@ def write_run_outputs(tmp: Path, work_dir: Path, cfg: TrainConfig, summary: dict
     write_json(tmp / "summary.json", summary)
 
 
-def _base_dtype(cfg: TrainConfig) -> str | None:
-    return "float32" if not torch.cuda.is_available() else None  # on GPU keep the manifest's dtype
-
-
 def load_policy(job: PreferenceJob, base_model: Any, k: int) -> PreferencePolicy:
     """The previous stage's adapters when there is one, else fresh adapters seeded by the job's seed."""
     if job.init_adapters is not None:
@@ -326,7 +320,7 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
     ids = pairs.table.column("pair_id").to_pylist()
     ref_a, ref_b = read_reference(job.references, settings, ids)
     manifest = read_manifest(job.manifest)
-    model, tokenizer = load_base_model(manifest, dtype=_base_dtype(job.cfg))
+    model, tokenizer = load_base_model(manifest, dtype=working_dtype())
     policy = load_policy(job, model, pairs.k)
     objective = make_objective(job.method, pairs.k, job.cfg.beta, job.dim)
     policy.train_only(objective.trained(policy))

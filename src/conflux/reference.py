@@ -153,13 +153,12 @@ def reference_job(
     batch_size: int,
 ) -> None:
     """The ``reference_logps`` rule: the base model (no adapters) scores one split part."""
-    from conflux.models import load_base_model, read_manifest
+    from conflux.models import load_base_model, read_manifest, to_work_device, working_dtype
     from conflux.pairs import read_pairs
 
     manifest = read_manifest(manifest_path)
-    model, tokenizer = load_base_model(manifest, dtype="float32" if not torch.cuda.is_available() else None)
-    if torch.cuda.is_available():
-        model.to("cuda")
+    model, tokenizer = load_base_model(manifest, dtype=working_dtype())
+    model = to_work_device(model)
     pairs = read_pairs(pairs_path, allow_empty=True)
     table = compute_reference_logps(model, tokenizer, pairs, settings, batch_size=batch_size)
     write_reference(out, table, settings, manifest["name"])

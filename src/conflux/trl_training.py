@@ -19,11 +19,10 @@ from datasets import Dataset
 
 from conflux.atomic import atomic_path
 from conflux.errors import ConfluxError
-from conflux.models import load_base_model, read_manifest
+from conflux.models import load_base_model, read_manifest, working_dtype
 from conflux.pairs import read_pairs, read_sft
 from conflux.preference_trainer import (
     MetricsFile,
-    _base_dtype,
     resume_point,
     trainer_kwargs,
     world_size,
@@ -89,7 +88,7 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     started = time.time()
-    model, tokenizer = load_base_model(read_manifest(job.manifest), dtype=_base_dtype(job.cfg))
+    model, tokenizer = load_base_model(read_manifest(job.manifest), dtype=working_dtype())
     job.work_dir.mkdir(parents=True, exist_ok=True)
     common = trainer_kwargs(job.cfg, job.work_dir, job.seed, world_size())
     if job.method == "sft":
