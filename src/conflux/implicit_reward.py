@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from conflux.logprobs import collate_rows, encode_pair, pad_id_of, sequence_logps
+from conflux.logprobs import pad_id_of
 from conflux.pairs import PairTable
 from conflux.policy import PreferencePolicy
-from conflux.reference import TokenizeSettings, length_sorted_batches, read_reference
+from conflux.reference import TokenizeSettings, encode_pairs, read_reference, score_rows
 
 
 @torch.no_grad()
@@ -29,23 +29,10 @@ def policy_logps(
     batch_size: int = 32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """log π(y_a|x; w), log π(y_b|x; w) of every pair, in the pairs' order."""
-    cols = pairs.table.to_pydict()
-    rows = [
-        encode_pair(tokenizer, p, a, b, max_length=settings.max_length, truncation=settings.truncation)[:2]
-        for p, a, b in zip(cols["prompt"], cols["response_a"], cols["response_b"], strict=True)
-    ]
-    pad = pad_id_of(tokenizer)
-    out_a = np.zeros(len(rows))
-    out_b = np.zeros(len(rows))
-    lengths = [len(ra[0]) + max(len(ra[1]), len(rb[1])) for ra, rb in rows]
+    rows_a, rows_b, _ = encode_pairs(tokenizer, pairs, settings)
     policy.model.eval()
     with policy.at(w) as model:
-        for idx in length_sorted_batches(lengths, batch_size):
-            batch = collate_rows([rows[i][0] for i in idx], [rows[i][1] for i in idx], pad)
-            a, b = sequence_logps(model, batch)
-            out_a[idx] = a.double().cpu().numpy()
-            out_b[idx] = b.double().cpu().numpy()
-    return out_a, out_b
+        return score_rows(model, rows_a, rows_b, pad_id_of(tokenizer), batch_size=batch_size)
 
 
 def implicit_reward_margins(

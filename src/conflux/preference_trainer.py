@@ -17,7 +17,7 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +217,6 @@ class PreferenceJob:
     init_adapters: Path | None = None
     dim: int | None = None
     keep_checkpoints: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def trainer_kwargs(cfg: TrainConfig, work_dir: Path, seed: int, world_size: int) -> dict[str, Any]:
@@ -367,7 +366,6 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
         "train_loss": result.training_loss,
         "trained_adapters": objective.trained(policy),
         "seconds": round(time.time() - started, 2),
-        **job.extra,
     }
     saved = objective.trained(policy) if job.method == "dpo_soup" else policy.adapter_names
     with atomic_path(job.out_dir, directory=True) as tmp:

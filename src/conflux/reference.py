@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from conflux.atomic import atomic_path
 from conflux.errors import DataError
-from conflux.logprobs import collate_rows, encode_pair, pad_id_of, sequence_logps
+from conflux.logprobs import Row, collate_rows, encode_pair, pad_id_of, sequence_logps
 from conflux.pairs import PairTable
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,45 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.nd
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerBase, pairs: PairTable, settings: TokenizeSettings
+) -> tuple[list[Row], list[Row], list[bool]]:
+    """Token rows of every pair (a rows, b rows) and whether each pair was cut to ``max_length``."""
+    cols = pairs.table.to_pydict()
+    rows_a, rows_b, cut = [], [], []
+    for prompt, a, b in zip(cols["prompt"], cols["response_a"], cols["response_b"], strict=True):
+        row_a, row_b, n_cut = encode_pair(
+            tokenizer, prompt, a, b, max_length=settings.max_length, truncation=settings.truncation
+        )
+        rows_a.append(row_a)
+        rows_b.append(row_b)
+        cut.append(n_cut > 0)
+    return rows_a, rows_b, cut
+
+
 @torch.no_grad()
+def score_rows(
+    model: PreTrainedModel,
+    rows_a: Sequence[Row],
+    rows_b: Sequence[Row],
+    pad_id: int,
+    *,
+    batch_size: int,
+    desc: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sequence log-probs of every pair's rows, in their order, in length-sorted batches (float64)."""
+    logp_a = np.zeros(len(rows_a), dtype=np.float64)
+    logp_b = np.zeros(len(rows_b), dtype=np.float64)
+    lengths = [len(p) + max(len(ra), len(rb)) for (p, ra), (_, rb) in zip(rows_a, rows_b, strict=True)]
+    batches = length_sorted_batches(lengths, batch_size)
+    for idx in tqdm(batches, desc=desc, unit="batch", disable=desc is None):
+        batch = collate_rows([rows_a[i] for i in idx], [rows_b[i] for i in idx], pad_id)
+        a, b = sequence_logps(model, batch)
+        logp_a[idx] = a.double().cpu().numpy()
+        logp_b[idx] = b.double().cpu().numpy()
+    return logp_a, logp_b
+
+
 def compute_reference_logps(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -65,30 +103,16 @@ def compute_reference_logps(
 ) -> pa.Table:
     """Reference log-probs of every pair, in the pairs' order, as a :data:`REFERENCE_SCHEMA` table."""
     model.eval()
-    cols = pairs.table.to_pydict()
-    rows_a, rows_b, cut = [], [], []
-    for prompt, a, b in zip(cols["prompt"], cols["response_a"], cols["response_b"], strict=True):
-        row_a, row_b, n_cut = encode_pair(
-            tokenizer, prompt, a, b, max_length=settings.max_length, truncation=settings.truncation
-        )
-        rows_a.append(row_a)
-        rows_b.append(row_b)
-        cut.append(n_cut > 0)
-    pad = pad_id_of(tokenizer)
-    logp_a = np.zeros(len(pairs), dtype=np.float64)
-    logp_b = np.zeros(len(pairs), dtype=np.float64)
-    lengths = [len(p) + max(len(ra), len(rb)) for (p, ra), (_, rb) in zip(rows_a, rows_b, strict=True)]
-    for idx in tqdm(length_sorted_batches(lengths, batch_size), desc="reference log-probs", unit="batch"):
-        batch = collate_rows([rows_a[i] for i in idx], [rows_b[i] for i in idx], pad)
-        a, b = sequence_logps(model, batch)
-        logp_a[idx] = a.double().cpu().numpy()
-        logp_b[idx] = b.double().cpu().numpy()
+    rows_a, rows_b, cut = encode_pairs(tokenizer, pairs, settings)
+    logp_a, logp_b = score_rows(
+        model, rows_a, rows_b, pad_id_of(tokenizer), batch_size=batch_size, desc="reference log-probs"
+    )
     n_cut = int(sum(cut))
     if n_cut:
         log.warning("%d of %d pairs were truncated to max_length=%d", n_cut, len(pairs), settings.max_length)
     return pa.table(
         {
-            "pair_id": cols["pair_id"],
+            "pair_id": pairs.table.column("pair_id"),
             "ref_logp_a": logp_a,
             "ref_logp_b": logp_b,
             "n_tokens_a": np.array([len(r) for _, r in rows_a], dtype=np.int32),
