@@ -118,11 +118,15 @@ class WorkflowConfig:
     analysis: AnalysisConfig = field(default_factory=lambda: AnalysisConfig())
 
     def resources_for(self, rule_class: str, rule: str) -> dict[str, Any]:
-        """Cluster resources of one rule: ``resources.<class>`` updated by ``resources.rules.<rule>``.
+        """Cluster resources of one rule: ``resources.default``, then ``.<class>``, then ``.rules.<rule>``.
 
         ``gpu: 0`` (or no gpu) asks for none, so CPU jobs never wait for a GPU node.
         """
-        spec = {**self.resources.get(rule_class, {}), **self.resources.get("rules", {}).get(rule, {})}
+        spec = {
+            **self.resources.get("default", {}),
+            **self.resources.get(rule_class, {}),
+            **self.resources.get("rules", {}).get(rule, {}),
+        }
         if not spec.get("gpu"):
             spec.pop("gpu", None)
         return spec
