@@ -108,3 +108,139 @@ rule merge_sft_dpo:
         density=CFG.analysis.density,
     script:
         "../workflow/scripts/merge_sft_dpo.py"
+
+
+rule revert_sweep:
+    input:
+        model="results/train/{model}/{persona_dataset}/seed{seed}/{revert_method}",
+        sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
+        pairs_eval="results/data/{persona_dataset}/persona/pairs_eval.parquet",
+        manifest="results/models/{model}/manifest.json",
+    output:
+        "results/analysis/{model}/{persona_dataset}/seed{seed}/revert_{revert_method}.json",
+    log:
+        "logs/revert_sweep/{model}/{persona_dataset}/seed{seed}/{revert_method}.log",
+    benchmark:
+        "benchmarks/revert_sweep/{model}/{persona_dataset}/seed{seed}/{revert_method}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("revert_sweep")
+    resources:
+        **job_resources("revert_sweep"),
+    params:
+        seed=lambda wildcards: int(wildcards.seed),
+        tokenize=get_persona_tokenize,
+        generation=CFG.evaluation.generation,
+        revert=asdict(CFG.analysis.revert),
+    script:
+        "../workflow/scripts/revert_sweep.py"
+
+
+rule key_layers:
+    input:
+        sweeps=get_revert_sweeps,
+        base="results/eval/{model}/{persona_dataset}/base/persona.json",
+    output:
+        csv="results/tables/{model}/{persona_dataset}/key_layers_{revert_method}.csv",
+        md=report(
+            "results/tables/{model}/{persona_dataset}/key_layers_{revert_method}.md",
+            caption="../report/key_layers.rst",
+            category="Weight analysis",
+            subcategory="{persona_dataset} / {model}",
+            labels={"table": "Key layers and parameters ({revert_method})"},
+        ),
+        png=report(
+            "results/tables/{model}/{persona_dataset}/key_layers_{revert_method}.png",
+            caption="../report/key_layers.rst",
+            category="Weight analysis",
+            subcategory="{persona_dataset} / {model}",
+            labels={"figure": "Revert effect ({revert_method})"},
+        ),
+        svg="results/tables/{model}/{persona_dataset}/key_layers_{revert_method}.svg",
+    log:
+        "logs/key_layers/{model}/{persona_dataset}/{revert_method}.log",
+    benchmark:
+        "benchmarks/key_layers/{model}/{persona_dataset}/{revert_method}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("key_layers")
+    resources:
+        **job_resources("key_layers"),
+    params:
+        label=lambda wildcards: f"{wildcards.persona_dataset} / {wildcards.model}",
+    script:
+        "../workflow/scripts/key_layers.py"
+
+
+rule weight_figures_persona:
+    input:
+        stats="results/analysis/{model}/{persona_dataset}/seed{seed}/taskvec_stats.parquet",
+        conflict="results/analysis/{model}/{persona_dataset}/seed{seed}/conflict_sft_dpo.parquet",
+    output:
+        heatmap_png=report(
+            "results/tables/{model}/{persona_dataset}/seed{seed}/weight_heatmaps.png",
+            caption="../report/weight_heatmaps.rst",
+            category="Weight analysis",
+            subcategory="{persona_dataset} / {model}",
+            labels={"figure": "Task-vector heatmaps, seed {seed}"},
+        ),
+        heatmap_svg="results/tables/{model}/{persona_dataset}/seed{seed}/weight_heatmaps.svg",
+        norms_png=report(
+            "results/tables/{model}/{persona_dataset}/seed{seed}/layer_norms.png",
+            caption="../report/layer_norms.rst",
+            category="Weight analysis",
+            subcategory="{persona_dataset} / {model}",
+            labels={"figure": "Per-layer norms SFT vs DPO, seed {seed}"},
+        ),
+        norms_svg="results/tables/{model}/{persona_dataset}/seed{seed}/layer_norms.svg",
+    log:
+        "logs/weight_figures_persona/{model}/{persona_dataset}/seed{seed}.log",
+    benchmark:
+        "benchmarks/weight_figures_persona/{model}/{persona_dataset}/seed{seed}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("weight_figures_persona")
+    resources:
+        **job_resources("weight_figures_persona"),
+    params:
+        label=lambda wildcards: f"{wildcards.persona_dataset} / {wildcards.model}, seed {wildcards.seed}",
+    script:
+        "../workflow/scripts/weight_figures.py"
+
+
+rule weight_figures_adapters:
+    input:
+        stats="results/analysis/{model}/{pair_dataset}/seed{seed}/taskvec_stats_{analysis_variant}.parquet",
+        conflict="results/analysis/{model}/{pair_dataset}/seed{seed}/conflict_dims_{analysis_variant}.parquet",
+    output:
+        heatmap_png=report(
+            "results/tables/{model}/{pair_dataset}/seed{seed}/weight_heatmaps_{analysis_variant}.png",
+            caption="../report/weight_heatmaps.rst",
+            category="Weight analysis",
+            subcategory="{pair_dataset} / {model}",
+            labels={"figure": "Adapter heatmaps, {analysis_variant}, seed {seed}"},
+        ),
+        heatmap_svg="results/tables/{model}/{pair_dataset}/seed{seed}/weight_heatmaps_{analysis_variant}.svg",
+        norms_png=report(
+            "results/tables/{model}/{pair_dataset}/seed{seed}/layer_norms_{analysis_variant}.png",
+            caption="../report/layer_norms.rst",
+            category="Weight analysis",
+            subcategory="{pair_dataset} / {model}",
+            labels={"figure": "Per-layer adapter norms, {analysis_variant}, seed {seed}"},
+        ),
+        norms_svg="results/tables/{model}/{pair_dataset}/seed{seed}/layer_norms_{analysis_variant}.svg",
+    log:
+        "logs/weight_figures_adapters/{model}/{pair_dataset}/seed{seed}/{analysis_variant}.log",
+    benchmark:
+        "benchmarks/weight_figures_adapters/{model}/{pair_dataset}/seed{seed}/{analysis_variant}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("weight_figures_adapters")
+    resources:
+        **job_resources("weight_figures_adapters"),
+    params:
+        label=lambda wildcards: (
+            f"{wildcards.analysis_variant}, {wildcards.pair_dataset} / {wildcards.model}, seed {wildcards.seed}"
+        ),
+    script:
+        "../workflow/scripts/weight_figures.py"

@@ -41,6 +41,7 @@ wildcard_constraints:
     persona_variant="|".join(["sft", "dpo", *CFG.analysis.merge_variants()]).replace(".", r"\."),
     analysis_variant="curriculum_stage3|panacea|dpo_soup",
     merge_method="ties|task_arithmetic",
+    revert_method="sft|dpo",
     lam=r"[0-9.]+",
     seed=r"\d+",
     dim=r"\d+",
@@ -74,6 +75,10 @@ RULE_CLASSES = {
     "taskvec_stats_adapters": "analysis",
     "conflict_dims": "analysis",
     "merge_sft_dpo": "analysis",
+    "revert_sweep": "evaluation",  # loads the model and scores/generates like persona_eval: a GPU job
+    "key_layers": "report",
+    "weight_figures_persona": "report",
+    "weight_figures_adapters": "report",
 }
 
 
@@ -255,23 +260,44 @@ def get_analysis_runs(wildcards):
     return {wildcards.analysis_variant: runs[0]}
 
 
+def revert_methods():
+    """Persona variants the revert sweep covers: those of analysis.revert that the study trains."""
+    return [m for m in CFG.analysis.revert.methods if m in CFG.study("persona").methods]
+
+
+def get_revert_sweeps(wildcards):
+    root = f"results/analysis/{wildcards.model}/{wildcards.persona_dataset}"
+    return [f"{root}/seed{seed}/revert_{wildcards.revert_method}.json" for seed in CFG.seeds]
+
+
+def _figures(root, suffix=""):
+    return [
+        f"{root}/{name}{suffix}.{ext}"
+        for name in ("weight_heatmaps", "layer_norms")
+        for ext in ("png", "svg")
+    ]
+
+
 def analysis_outputs(study_name, dataset, model, seed):
     root = f"results/analysis/{model}/{dataset}/seed{seed}"
+    figures = f"results/tables/{model}/{dataset}/seed{seed}"
     methods = CFG.study(study_name).methods
     if study_name == "persona":
-        return (
-            [f"{root}/taskvec_stats.parquet", f"{root}/conflict_sft_dpo.parquet"]
-            if {"sft", "dpo"} <= set(methods)
-            else []
-        )
+        if not {"sft", "dpo"} <= set(methods):
+            return []
+        return [f"{root}/taskvec_stats.parquet", f"{root}/conflict_sft_dpo.parquet", *_figures(figures)]
     variants = [v for v in ("curriculum_stage3", "dpo_soup") if v in eval_variants()]
-    return [f"{root}/{kind}_{v}.parquet" for v in variants for kind in ("taskvec_stats", "conflict_dims")]
+    tables = [f"{root}/{kind}_{v}.parquet" for v in variants for kind in ("taskvec_stats", "conflict_dims")]
+    return tables + [f for v in variants for f in _figures(figures, f"_{v}")]
 
 
 def evaluation_outputs(study_name, dataset, model):
     tables = f"results/tables/{model}/{dataset}"
     if study_name == "persona":
-        return [f"{tables}/persona.csv", f"{tables}/persona.md"]
+        key_layers = [
+            f"{tables}/key_layers_{m}.{ext}" for m in revert_methods() for ext in ("csv", "md", "png", "svg")
+        ]
+        return [f"{tables}/persona.csv", f"{tables}/persona.md", *key_layers]
     if not eval_variants():
         return []
     if CFG.datasets[dataset].k == 2:

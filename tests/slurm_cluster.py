@@ -10,7 +10,8 @@ leftover jobs and stop the daemons by the pids in their pid files, whatever happ
 Why the settings are what they are (measured on Debian 12, slurm 22.05, a 2-core container):
 - ``TaskPlugin=task/none`` and ``ProctrackType=proctrack/linuxproc``: the cgroup plugins fail in containers.
 - ``SlurmdParameters=config_overrides``: the node claims more memory than a CI runner may have, so the
-  config's default ``mem_mb`` (resources.default) fits; jobs are tiny and nothing enforces the limit (no cgroups).
+  config's default ``mem_mb`` (resources.default) fits; jobs are tiny and nothing enforces the limit (no
+  cgroups).
 - ``AccountingStorageType=accounting_storage/none``: no slurmdbd, so job status comes from ``squeue``;
   ``JobCompType=jobcomp/filetxt`` still records every finished job in a file the tests read.
 - munged gets its own socket (``AuthInfo=socket=...``): a system munged, if any, is neither used nor touched.

@@ -28,6 +28,23 @@ def test_default_config_parses_with_schema_defaults(project_root):
     assert cfg.models["tiny"].source == "embedded" and cfg.models["tiny"].tiny.hidden_size == 64
     assert cfg.study("curriculum").datasets == ("synth_pku", "synth_hs2")
     assert cfg.datasets["synth_hs2"].hub_split == "train"  # filled from the schema's default
+    revert = cfg.analysis.revert  # 'all' means every layer / module type of the model: None
+    assert revert.methods == ("dpo",) and revert.layers is None and revert.modules is None and revert.cells
+    assert cfg.resources_for("training", "sft") == {"mem_mb": 4000, "runtime": 60}  # resources.default
+
+
+def test_paper_config_lists_revert_modules_and_per_class_resources(project_root):
+    cfg = load_config(project_root / "config" / "paper.yaml")
+    assert cfg.analysis.revert.modules == ("q", "k", "v", "o", "gate", "up", "down")
+    assert not cfg.analysis.revert.cells and cfg.analysis.revert.methods == ("sft", "dpo")
+    # the class overrides the default, the rule overrides the class; analysis jobs keep the default
+    assert cfg.resources_for("training", "dpo") == {
+        "gpu": 4,
+        "cpus_per_task": 32,
+        "mem_mb": 256000,
+        "runtime": 1440,
+    }
+    assert cfg.resources_for("analysis", "conflict_dims") == {"mem_mb": 4000, "runtime": 60}
 
 
 def test_paper_config_parses(project_root):
@@ -71,6 +88,12 @@ def test_paper_config_parses(project_root):
             "kind fits study",
         ),
         (lambda c: c["models"]["tiny"]["tiny"].update(num_heads=5), "models.tiny.tiny", "divisible"),
+        (
+            lambda c: c["analysis"].update(revert={"modules": ["q", "mlp"]}),
+            "analysis.revert.modules",
+            "oneOf",
+        ),
+        (lambda c: c.update(resources={"default": {"mem_mb": 0}}), "resources.default.mem_mb", "minimum"),
     ],
 )
 def test_bad_config_value_names_key_and_rule(tmp_path, default_raw, edit, key, rule):

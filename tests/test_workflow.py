@@ -62,6 +62,8 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     assert jobs["persona_eval_base"] == 2 and jobs["persona_eval"] == 2 * 4 and jobs["persona_table"] == 2
     assert jobs["merge_sft_dpo"] == 2 * 2 and jobs["taskvec_stats_persona"] == jobs["conflict_sft_dpo"] == 2
     assert jobs["taskvec_stats_adapters"] == jobs["conflict_dims"] == 2 * 2  # stage 3 and DPO-Soup
+    assert jobs["weight_figures_persona"] == 2 and jobs["weight_figures_adapters"] == 2 * 2
+    assert jobs["revert_sweep"] == jobs["key_layers"] == 2  # analysis.revert.methods: [dpo]
     for rule in ("curriculum_stage1", "curriculum_stage2", "curriculum_stage3", "panacea"):
         assert jobs[rule] == 2
     assert jobs["dpo_soup"] == 2 + 5  # one job per dimension: k=2 and k=5
@@ -80,6 +82,8 @@ def test_paper_dry_run_plans_the_full_matrix(project_root, tmp_path):
     assert jobs["curriculum_stage1"] == jobs["curriculum_stage3"] == jobs["panacea"] == runs
     assert jobs["dpo_soup"] == (2 + 5) * 2 * 3
     assert jobs["sft"] == jobs["dpo"] == runs
+    assert jobs["revert_sweep"] == 2 * runs and jobs["key_layers"] == 2 * 2 * 2  # sft, dpo; no seeds
+    assert jobs["weight_figures_persona"] == runs and jobs["weight_figures_adapters"] == 2 * runs
 
 
 def test_lint_is_clean(project_root):
@@ -229,6 +233,8 @@ def test_report_html_holds_the_tables_and_the_figure(small_run, tmp_path):
         "Figure 2",
         "Persona study",
         "figure2.png",
+        "Weight analysis",
+        "key_layers_dpo.md",
     ):
         assert needle in text, needle
 
@@ -290,3 +296,26 @@ def test_run_writes_task_vector_stats_conflict_tables_and_merges(small_run):
     merged = small_run / "results/merges/tiny/persona_ojousama/seed0/ties_lam0.5"
     assert (merged / "config.json").exists()
     assert "ties_lam0.5" in (small_run / "results/tables/tiny/persona_ojousama/persona.md").read_text()
+
+
+def test_run_writes_the_key_layers_table_and_the_weight_figures(small_run):
+    """The default config reverts every layer, module type and cell of the DPO model of each persona."""
+    import pandas as pd
+
+    tables = small_run / "results/tables/tiny/persona_ojousama"
+    key = pd.read_csv(tables / "key_layers_dpo.csv")
+    mean = key[key["seed"] == "mean"]
+    assert list(mean["kind"].drop_duplicates()) == ["layer", "module", "cell"]
+    assert sorted(mean[mean["kind"] == "layer"]["target"]) == ["layer0", "layer1"]  # the tiny model's layers
+    assert mean.groupby("kind")["rank"].min().eq(1).all()
+    assert (mean["tau_l2"] > 0).all() and mean["effect_removed"].notna().all()
+    assert "## layer reverts" in (tables / "key_layers_dpo.md").read_text()
+    sweep = json.loads(
+        (small_run / "results/analysis/tiny/persona_ojousama/seed0/revert_dpo.json").read_text()
+    )
+    dpo = json.loads((small_run / "results/eval/tiny/persona_ojousama/seed0/persona_dpo.json").read_text())
+    # the sweep's unreverted model is the evaluated DPO model: same metrics
+    assert sweep["finetuned"]["persona_margin"] == pytest.approx(dpo["metrics"]["persona_margin"])
+    for name in ("weight_heatmaps", "layer_norms"):
+        assert (tables / f"seed0/{name}.png").stat().st_size > 1000
+        assert (small_run / f"results/tables/tiny/synth_hs2/seed0/{name}_dpo_soup.png").stat().st_size > 1000

@@ -91,10 +91,36 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class RevertConfig:
+    """Which reverts the persona study's sweep evaluates (see :mod:`conflux.layer_revert`)."""
+
+    methods: tuple[str, ...] = ("dpo",)
+    layers: tuple[int, ...] | None = None  # None: every layer of the model
+    modules: tuple[str, ...] | None = None  # None: every module type the model has
+    cells: bool = False
+    generate: bool = True
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RevertConfig:
+        def listed(key: str) -> tuple | None:
+            value = raw.get(key, "all")
+            return None if value == "all" else tuple(value)
+
+        return cls(
+            methods=tuple(raw.get("methods", cls.methods)),
+            layers=listed("layers"),
+            modules=listed("modules"),
+            cells=raw.get("cells", cls.cells),
+            generate=raw.get("generate", cls.generate),
+        )
+
+
+@dataclass(frozen=True)
 class AnalysisConfig:
     density: float = 0.2
     merge_method: str = "ties"
     lambdas: tuple[float, ...] = (0.5, 1.0)
+    revert: RevertConfig = field(default_factory=RevertConfig)
 
     def merge_variants(self) -> list[str]:
         """Names of the merged models, e.g. ``ties_lam0.5``: persona-evaluation variants like sft and dpo."""
@@ -239,7 +265,10 @@ def parse_config(raw: dict[str, Any]) -> WorkflowConfig:
         evaluation=EvaluationConfig(**raw.get("evaluation", {})),
         resources=dict(raw.get("resources", {})),
         analysis=AnalysisConfig(
-            **{k: tuple(v) if k == "lambdas" else v for k, v in raw.get("analysis", {}).items()}
+            **{
+                k: tuple(v) if k == "lambdas" else RevertConfig.from_dict(v) if k == "revert" else v
+                for k, v in raw.get("analysis", {}).items()
+            }
         ),
     )
 

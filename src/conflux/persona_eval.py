@@ -122,11 +122,16 @@ def evaluate_variant(
     prompt_format: str = "plain",
     lexicon: Mapping[str, Sequence[str]] = PERSONA_MARKERS,
 ) -> dict[str, Any]:
-    """Metrics and per-item values of one loaded model; ``pairs`` has pair_id, prompt, persona, general."""
+    """Metrics and per-item values of one loaded model; ``pairs`` has pair_id, prompt, persona, general.
+
+    No prompts: no generation (the style metrics then have n = 0), e.g. for a sweep that scores pairs only.
+    """
     if persona not in lexicon:
         raise ConfluxError(f"no marker lexicon for persona {persona!r}; known: {sorted(lexicon)}")
-    answers = generate(
-        model, tokenizer, prompts, gen, max_length=settings.max_length, prompt_format=prompt_format
+    answers = (
+        generate(model, tokenizer, prompts, gen, max_length=settings.max_length, prompt_format=prompt_format)
+        if prompts
+        else []
     )
     counts = {
         style: [count_markers(text, markers) for text, _ in answers] for style, markers in lexicon.items()
@@ -195,6 +200,12 @@ def held_out_pairs(pairs_eval: str | Path) -> dict[str, list]:
     }
 
 
+def held_out_inputs(sft_eval: str | Path, pairs_eval: str | Path) -> tuple[str, list[str], dict[str, list]]:
+    """(persona, distinct held-out prompts to generate from, held-out persona-vs-general pairs)."""
+    prompts = list(dict.fromkeys(read_sft(sft_eval).column("prompt").to_pylist()))
+    return persona_of(sft_eval), prompts, held_out_pairs(pairs_eval)
+
+
 def persona_eval_job(
     *,
     variant: str,
@@ -218,9 +229,7 @@ def persona_eval_job(
             base model.
         sft_eval, pairs_eval: the held-out SFT rows (their prompts are generated from) and pairs.
     """
-    persona = persona_of(sft_eval)
-    prompts = list(dict.fromkeys(read_sft(sft_eval).column("prompt").to_pylist()))
-    pairs = held_out_pairs(pairs_eval)
+    persona, prompts, pairs = held_out_inputs(sft_eval, pairs_eval)
     model, tokenizer = load_variant(manifest, model_dir, dtype=working_dtype())
     model = to_work_device(model)
     result = evaluate_variant(

@@ -1,0 +1,165 @@
+"""Layer and module reverts: the targets of a sweep, the in-place swap, and the key-layers table's numbers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conflux.errors import ConfluxError
+from conflux.layer_revert import BaseSwap, RevertTarget, key_layers_table, revert_targets
+from conflux.tensor_io import WeightFiles
+from conflux.weight_merge import revert_to_base
+from weight_checkpoints import perturbed, tiny_llama
+
+NAMES = [
+    "model.embed_tokens.weight",
+    *(f"model.layers.{i}.self_attn.{p}_proj.weight" for i in (0, 1) for p in "qkvo"),
+    *(f"model.layers.{i}.mlp.{p}_proj.weight" for i in (0, 1) for p in ("gate", "up", "down")),
+    *(
+        f"model.layers.{i}.{n}.weight"
+        for i in (0, 1)
+        for n in ("input_layernorm", "post_attention_layernorm")
+    ),
+    "model.norm.weight",
+    "lm_head.weight",
+]
+
+
+def test_targets_cover_every_layer_and_module_type_and_the_cells_that_exist() -> None:
+    targets = revert_targets(NAMES, layers=None, modules=None, cells=True)
+    labels = [t.label for t in targets]
+    modules = ["q", "k", "v", "o", "gate", "up", "down", "embed", "norm", "lm_head"]
+    assert labels[:2] == ["layer0", "layer1"]
+    assert labels[2:12] == [f"module-{m}" for m in modules]
+    # cells: only (layer, module) pairs with parameters; embed and lm_head live outside the layers
+    cells = labels[12:]
+    assert len(cells) == 2 * 8 and "layer0-embed" not in cells and "layer1-norm" in cells
+    assert RevertTarget("cell", 1, "norm").select(NAMES) == [
+        "model.layers.1.input_layernorm.weight",
+        "model.layers.1.post_attention_layernorm.weight",
+    ]
+    # a module target spans every layer and the non-layer parameters of that type
+    assert RevertTarget("module", module="norm").select(NAMES)[-1] == "model.norm.weight"
+    assert len(RevertTarget("layer", layer=0).select(NAMES)) == 9
+
+
+def test_targets_reject_layers_and_modules_the_model_lacks() -> None:
+    assert [t.label for t in revert_targets(NAMES, layers=[1], modules=["q"], cells=False)] == [
+        "layer1",
+        "module-q",
+    ]
+    with pytest.raises(ConfluxError, match=r"not \[5\]"):
+        revert_targets(NAMES, layers=[5], modules=["q"], cells=False)
+    with pytest.raises(ConfluxError, match="no \\['gate'\\] parameters"):
+        revert_targets([n for n in NAMES if "gate" not in n], layers=None, modules=["gate"], cells=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("revert")
+    base = tiny_llama()
+    base.save_pretrained(root / "base")
+    ft = tiny_llama()
+    ft.load_state_dict(perturbed(base, seed=3))
+    ft.save_pretrained(root / "ft")
+    return root
+
+
+def test_in_place_swap_equals_the_written_revert_and_restores_the_fine_tune(
+    checkpoints: Path, tmp_path: Path
+) -> None:
+    """Inside the block the model computes what the reverted checkpoint of revert_to_base computes; after
+    it every parameter is bit-identical to the fine-tune again; the yielded norm is ‖τ‖ of the target."""
+    model = AutoModelForCausalLM.from_pretrained(checkpoints / "ft").eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    base_files = WeightFiles(checkpoints / "base")
+    swap = BaseSwap(model, base_files)
+    ids = torch.tensor([[1, 5, 7, 2, 9, 11]])
+    for target in (RevertTarget("layer", layer=1), RevertTarget("module", module="v")):
+        names = target.select(base_files.names)
+        layers = [target.layer] if target.layer is not None else None
+        modules = [target.module] if target.module is not None else None
+        written = tmp_path / target.label
+        assert revert_to_base(
+            checkpoints / "ft", checkpoints / "base", written, layers=layers, modules=modules
+        )
+        reference = AutoModelForCausalLM.from_pretrained(written).eval()
+        tau_sq = sum(float((before[n].double() - base_files.get(n).double()).square().sum()) for n in names)
+        with torch.no_grad(), swap.reverted(names) as l2:
+            assert torch.equal(model(ids).logits, reference(ids).logits)
+        assert l2 == pytest.approx(math.sqrt(tau_sq), rel=1e-12)
+        assert swap.tau_l2(names) == pytest.approx(l2, rel=1e-6)
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, before[name]), name
+
+
+def test_swap_restores_the_fine_tune_when_evaluation_fails(checkpoints: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(checkpoints / "ft").eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    swap = BaseSwap(model, WeightFiles(checkpoints / "base"))
+    with pytest.raises(RuntimeError, match="boom"), swap.reverted(["model.layers.0.mlp.up_proj.weight"]):
+        raise RuntimeError("boom")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def metrics(margin: float, accuracy: float = 0.9, ppl: float = 10.0, style: float = 0.5) -> dict:
+    return {
+        "persona_margin": {"mean": margin, "accuracy": accuracy, "n": 4},
+        "perplexity_general": ppl,
+        "style": {"student": {"share": style, "mean_markers": 1.0, "n": 8}},
+    }
+
+
+def sweep(seed: int, ft: float, layer_margins: list[float]) -> dict:
+    return {
+        "method": "dpo",
+        "seed": seed,
+        "persona": "student",
+        "tau_l2_total": 4.0,
+        "finetuned": metrics(ft),
+        "targets": [
+            {"kind": "layer", "layer": i, "module": None, "label": f"layer{i}", "n_params": 9, "tau_l2": 2.0,
+             "metrics": metrics(m, accuracy=0.8, ppl=12.0, style=0.25)}
+            for i, m in enumerate(layer_margins)
+        ] + [
+            {"kind": "module", "layer": None, "module": "q", "label": "module-q", "n_params": 2,
+             "tau_l2": 1.0, "metrics": metrics(ft)}
+        ],
+    }  # fmt: skip
+
+
+def test_key_layers_table_numbers_by_hand() -> None:
+    """Base margin 2; seed 0: fine-tune 10, layer reverts 6 and 9; seed 1: fine-tune 12, reverts 2 and 11.
+    effect_removed = (ft - revert) / (ft - base): seed 0 → 0.5, 0.125; seed 1 → 1.0, 0.1."""
+    table = key_layers_table([sweep(0, 10.0, [6.0, 9.0]), sweep(1, 12.0, [2.0, 11.0])], metrics(2.0))
+    layer = table[table["kind"] == "layer"].set_index(["seed", "target"])
+    assert layer.loc[("0", "layer0"), "effect_removed"] == pytest.approx(0.5)
+    assert layer.loc[("0", "layer1"), "effect_removed"] == pytest.approx(0.125)
+    assert layer.loc[("1", "layer0"), "effect_removed"] == pytest.approx(1.0)
+    assert layer.loc[("mean", "layer0"), "effect_removed"] == pytest.approx(0.75)
+    assert layer.loc[("mean", "layer1"), "effect_removed"] == pytest.approx(0.1125)
+    assert layer.loc[("mean", "layer0"), "margin"] == pytest.approx(4.0)
+    assert layer.loc[("mean", "layer0"), "rank"] == 1 and layer.loc[("mean", "layer1"), "rank"] == 2
+    row = layer.loc[("0", "layer0")]
+    assert row["tau_l2_share"] == pytest.approx(0.5)
+    assert row["d_accuracy"] == pytest.approx(-0.1)
+    assert row["ppl_ratio"] == pytest.approx(1.2)
+    assert row["d_style_share"] == pytest.approx(-0.25)
+    module = table[(table["kind"] == "module") & (table["seed"] == "mean")]
+    assert module["effect_removed"].tolist() == [0.0] and module["tau_l2_share"].tolist() == [0.25]
+    assert set(table["n_seeds"]) == {2} and table["layer"].dtype == pd.Int64Dtype()
+    assert list(table["seed"].drop_duplicates()) == ["0", "1", "mean"]
+
+
+def test_key_layers_table_refuses_sweeps_that_do_not_match() -> None:
+    other = sweep(1, 12.0, [2.0])  # one layer fewer
+    with pytest.raises(ConfluxError, match="same targets"):
+        key_layers_table([sweep(0, 10.0, [6.0, 9.0]), other], metrics(2.0))
+    sft = {**sweep(1, 12.0, [2.0, 11.0]), "method": "sft"}
+    with pytest.raises(ConfluxError, match="share their method"):
+        key_layers_table([sweep(0, 10.0, [6.0, 9.0]), sft], metrics(2.0))

@@ -1,0 +1,15 @@
+from _bootstrap import start
+
+start(snakemake)
+
+from conflux.layer_revert import key_layers_job
+
+key_layers_job(
+    list(snakemake.input.sweeps),
+    snakemake.input.base,
+    csv=snakemake.output.csv,
+    md=snakemake.output.md,
+    png=snakemake.output.png,
+    svg=snakemake.output.svg,
+    label=snakemake.params.label,
+)
