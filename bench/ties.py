@@ -19,12 +19,9 @@ lowest flat index. Differences can only come from such ties; the bench counts th
 *not* explained by a magnitude tie at some source's cut (it must print 0).
 
 mergekit comes from ``--mergekit-python`` (default: ``bench/.venv-mergekit/bin/python`` when it exists,
-else this interpreter when it can import mergekit). mergekit 0.1.5 installs beside conflux's pins
-(it needs torch>=2, transformers>=5,<6, peft>=0.18, pydantic>=2.10.6,<3; it adds scipy, sentencepiece and
-protobuf), so either ``pip install mergekit==0.1.5`` into .venv or a separate venv::
-
-    python3 -m venv bench/.venv-mergekit
-    bench/.venv-mergekit/bin/pip install mergekit==0.1.5 torch==2.13.0
+else this interpreter, where ``make setup`` installs mergekit==0.1.5 from the dev extra; it installs beside
+conflux's pins and adds scipy, sentencepiece and protobuf). tests/test_mergekit_parity.py makes the same
+comparison on a tiny model in the test suite.
 """
 
 from __future__ import annotations
