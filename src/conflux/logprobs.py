@@ -55,7 +55,7 @@ def response_ids(tokenizer: PreTrainedTokenizerBase, response: str) -> list[int]
     return [*tokenizer(response, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
 
 
-def _fit_pair(
+def fit_pair(
     prompt: list[int], responses: tuple[list[int], list[int]], max_length: int, truncation: str
 ) -> tuple[list[tuple[list[int], list[int]]], int]:
     """Cut one pair to ``max_length``; return the two (prompt, response) rows and how many rows were cut.
@@ -104,7 +104,7 @@ def encode_pair(
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2 (a prompt and a response token), got {max_length}")
     p = prompt_ids(tokenizer, prompt)
-    (row_a, row_b), n_cut = _fit_pair(
+    (row_a, row_b), n_cut = fit_pair(
         p, (response_ids(tokenizer, response_a), response_ids(tokenizer, response_b)), max_length, truncation
     )
     return row_a, row_b, n_cut

@@ -12,6 +12,7 @@ Why hand-written: no library has multi-adapter, weight-conditioned DPO passes; e
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ def overall_labels(labels: Tensor) -> Tensor:
     return pos.long() - neg.long()
 
 
-class Objective:
+class Objective(ABC):
     """Base class: ``adapters`` are those the policy has, ``trained`` those this objective updates."""
 
     name = "objective"
@@ -93,13 +94,13 @@ class Objective:
         self.k = k
         self.beta = beta
 
-    def trained(self, policy: PreferencePolicy) -> list[str]:
-        raise NotImplementedError
+    @abstractmethod
+    def trained(self, policy: PreferencePolicy) -> list[str]: ...
 
+    @abstractmethod
     def passes(
         self, policy: PreferencePolicy, ctx: StepContext, inputs: StepInputs
-    ) -> Iterator[tuple[Tensor, Metrics]]:
-        raise NotImplementedError
+    ) -> Iterator[tuple[Tensor, Metrics]]: ...
 
     def _dim_pass(
         self, policy: PreferencePolicy, ctx: StepContext, inputs: StepInputs, i: int, suffix: str

@@ -33,7 +33,7 @@ import torch
 from conflux.atomic import write_json
 from conflux.errors import ConfluxError, DataError
 from conflux.generation import GenerationSettings, encode_prompt, generate
-from conflux.logprobs import _fit_pair, collate_rows, pad_id_of, response_ids, sequence_logps
+from conflux.logprobs import collate_rows, fit_pair, pad_id_of, response_ids, sequence_logps
 from conflux.model_variants import load_variant
 from conflux.models import to_work_device, working_dtype
 from conflux.pairs import read_pairs, read_sft
@@ -67,7 +67,7 @@ def response_logps(
     for prompt, a, b in zip(prompts, responses_a, responses_b, strict=True):
         ids = encode_prompt(tokenizer, prompt, prompt_format)
         # The same cut as conflux.logprobs.encode_pair, applied to a prompt tokenized in either format.
-        pair_rows, n_cut = _fit_pair(
+        pair_rows, n_cut = fit_pair(
             ids,
             (response_ids(tokenizer, a), response_ids(tokenizer, b)),
             settings.max_length,
