@@ -48,32 +48,45 @@ def quadrature_grid(frame: pd.DataFrame, num: str, den: str | None = None) -> pd
     return _ordered(grid)
 
 
-def stats_panels(stats: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+Panel = tuple[str, str, pd.DataFrame]  # (family: panels of one family share a colour scale, title, grid)
+
+
+def stats_panels(stats: pd.DataFrame) -> list[Panel]:
     """One L2 grid per model of a task-vector statistics frame."""
-    return [(f"‖τ‖₂ {m}", quadrature_grid(part, "l2")) for m, part in stats.groupby("model", sort=False)]
+    return [
+        ("l2", f"‖τ‖₂ {m}", quadrature_grid(part, "l2")) for m, part in stats.groupby("model", sort=False)
+    ]
 
 
-def share_panels(conflict: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+def share_panels(conflict: pd.DataFrame) -> list[Panel]:
     """CL-L2 share grids of a pairwise conflict frame: per pair, each side's conflicting share."""
     panels = []
     for (a, b), part in conflict.groupby(["a", "b"], sort=False):
-        panels.append((f"CL-L2 share {a} (vs {b})", quadrature_grid(part, "cl_l2_a", "l2_a")))
-        panels.append((f"CL-L2 share {b} (vs {a})", quadrature_grid(part, "cl_l2_b", "l2_b")))
+        panels.append(("share", f"CL-L2 share {a} (vs {b})", quadrature_grid(part, "cl_l2_a", "l2_a")))
+        panels.append(("share", f"CL-L2 share {b} (vs {a})", quadrature_grid(part, "cl_l2_b", "l2_b")))
     return panels
 
 
-def heatmaps(panels: Sequence[tuple[str, pd.DataFrame]], *, title: str, ncols: int = 4) -> Figure:
-    """One heatmap per (title, grid); cells are annotated when the grid is small enough to read."""
+def heatmaps(panels: Sequence[Panel], *, title: str, ncols: int = 4) -> Figure:
+    """One heatmap per panel, one colour scale per family (runs and pairs compare at a glance); cells are
+    annotated when the grid is small enough to read."""
     ncols = max(1, min(ncols, len(panels)))
     nrows = int(np.ceil(len(panels) / ncols)) if panels else 1
-    height = max((len(g.index) for _, g in panels), default=4)
+    height = max((len(g.index) for _, _, g in panels), default=4)
+    limits: dict[str, tuple[float, float]] = {}
+    for family, _, grid in panels:
+        values = grid.to_numpy(dtype=float)
+        if np.isfinite(values).any():
+            lo, hi = limits.get(family, (np.inf, -np.inf))
+            limits[family] = (min(lo, float(np.nanmin(values))), max(hi, float(np.nanmax(values))))
     fig = Figure(figsize=(3.6 * ncols, (0.28 * height + 1.6) * nrows + 0.5), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
-    for ax, (name, grid) in zip(axes.flat, panels, strict=False):
+    for ax, (family, name, grid) in zip(axes.flat, panels, strict=False):
         values = grid.to_numpy(dtype=float)
-        image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis")
+        vmin, vmax = limits.get(family, (None, None))
+        image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
         ax.set_xticks(range(len(grid.columns)), [str(c) for c in grid.columns], fontsize=7, rotation=45)
         ax.set_yticks(range(len(grid.index)), [str(r) for r in grid.index], fontsize=7)
         ax.set_xlabel("module", fontsize=8)
