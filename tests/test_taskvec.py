@@ -94,6 +94,27 @@ def test_sharded_reading_equals_single_file(tmp_path: Path) -> None:
         torch.testing.assert_close(sharded.get(name), single.get(name), rtol=0, atol=0)
 
 
+def test_read_into_reads_any_range_of_a_tensor(tmp_path: Path) -> None:
+    tensors = {"a": torch.arange(12.0).view(3, 4), "b": torch.arange(5, dtype=torch.bfloat16)}
+    files = WeightFiles(save_checkpoint(tmp_path / "m", tensors, shards=2))
+    out = torch.empty(5)
+    assert files.read_into("a", 3, out).tolist() == [3.0, 4.0, 5.0, 6.0, 7.0]
+    assert files.read_into("b", 1, torch.empty(3, dtype=torch.bfloat16)).tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(ConfluxError, match="bfloat16 buffer"):
+        files.read_into("b", 0, torch.empty(2))
+    with pytest.raises(ConfluxError, match="out of range"):
+        files.read_into("a", 10, out)
+
+
+def test_read_into_a_truncated_shard_is_a_data_error(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "m", {"a": torch.ones(1000)}) / "model.safetensors"
+    files = WeightFiles(path.parent)
+    path.write_bytes(path.read_bytes()[:-100])  # truncated after the headers were read
+    with pytest.raises(DataError, match="end of file") as err:
+        files.read_into("a", 0, torch.empty(1000))
+    assert err.value.row == "a"
+
+
 def test_transformers_sharded_checkpoint_reads_like_the_model(tmp_path: Path) -> None:
     model = tiny_llama()
     model.save_pretrained(tmp_path / "m", max_shard_size="20KB")
