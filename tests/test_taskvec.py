@@ -115,6 +115,20 @@ def test_read_into_a_truncated_shard_is_a_data_error(tmp_path: Path) -> None:
     assert err.value.row == "a"
 
 
+def test_task_vector_read_in_many_chunks_with_mixed_dtypes(tmp_path: Path) -> None:
+    # 300 000 entries: read and subtracted in chunks; bf16 fine-tune against an fp16 base meet in float32.
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(600, 500, generator=gen).half()
+    ft = (base.float() + torch.randn(600, 500, generator=gen) * 1e-2).bfloat16()
+    tv = FullTaskVectors(
+        save_checkpoint(tmp_path / "ft", {"w": ft}), save_checkpoint(tmp_path / "b", {"w": base})
+    )
+    expected = ft.float() - base.float()
+    torch.testing.assert_close(tv.tau("w"), expected, rtol=0, atol=0)
+    out = torch.full((400_000,), float("nan"))
+    torch.testing.assert_close(tv.tau("w", out=out), expected, rtol=0, atol=0)
+
+
 def test_transformers_sharded_checkpoint_reads_like_the_model(tmp_path: Path) -> None:
     model = tiny_llama()
     model.save_pretrained(tmp_path / "m", max_shard_size="20KB")
