@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from conflux.merge import trim_k
 from conflux.streaming_topk import SAMPLE, StreamingTopK, TopK, exact_top_k, kth_largest, sum_squares
+from conflux.threads import ordered_map
 
 
 def reference(values: np.ndarray, k: int) -> TopK:
@@ -102,3 +106,26 @@ def test_sum_squares_is_accurate_on_long_arrays() -> None:
     exact = float(np.sum(values.astype(np.float64) ** 2))
     assert sum_squares(values) == pytest.approx(exact, rel=1e-6)
     assert sum_squares(np.zeros(0, dtype=np.float32)) == 0.0
+
+
+def test_ordered_map_keeps_order_and_cancels_after_an_error() -> None:
+    def slow_square(i: int) -> int:
+        time.sleep(0.002 * (i % 3))  # uneven work: results complete out of order
+        return i * i
+
+    assert list(ordered_map(slow_square, range(20))) == [i * i for i in range(20)]
+
+    started = []
+    lock = threading.Lock()
+
+    def fail_at_three(i: int) -> int:
+        with lock:
+            started.append(i)
+        time.sleep(0.01)
+        if i == 3:
+            raise ValueError("three")
+        return i
+
+    with pytest.raises(ValueError, match="three"):
+        list(ordered_map(fail_at_three, range(200)))
+    assert len(started) < 20  # the items after the failure were cancelled, not run

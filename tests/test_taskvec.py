@@ -334,6 +334,39 @@ def test_stats_match_torch_references() -> None:
     assert stats["max_abs"] == pytest.approx(float(flat.abs().max()), rel=1e-7)
 
 
+@pytest.mark.parametrize("quantised", [False, True])
+def test_stats_of_a_large_task_vector_match_plain_definitions(quantised: bool) -> None:
+    # Large enough for the chunked pass and the streamed trim selection; bf16-quantised τ has exact zeros
+    # and long runs of equal magnitudes at the trim threshold.
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(1031, 1029, generator=gen) * 0.02
+    ft = base + torch.randn(1031, 1029, generator=gen) * 1e-3
+    tau = ft.bfloat16().float() - base.bfloat16().float() if quantised else ft - base
+    stats = tensor_stats(tau, density=0.2)
+    flat = tau.reshape(-1).double()
+    n, k = flat.numel(), int(0.2 * flat.numel())
+    top = flat.abs().sort(descending=True).values[:k]
+    assert stats["numel"] == n and stats["max_abs"] == float(top[0])
+    assert stats["trim_threshold"] == float(top[-1])  # exact: an entry of τ
+    assert (
+        stats["frac_positive"] == int((flat > 0).sum()) / n
+        and stats["frac_zero"] == int((flat == 0).sum()) / n
+    )
+    assert (stats["frac_zero"] > 0.01) == quantised
+    assert stats["frac_above_trim"] == min(k, int((flat != 0).sum())) / n
+    assert stats["l2"] == pytest.approx(float(flat.norm()), rel=1e-6)
+    assert stats["mean"] == pytest.approx(float(flat.mean()), rel=1e-5, abs=1e-12)
+    assert stats["std"] == pytest.approx(float(flat.std(correction=0)), rel=1e-6)
+    assert stats["trim_l2_share"] == pytest.approx(float(top.norm() / flat.norm()), rel=1e-6)
+
+
+def test_stats_of_a_non_finite_task_vector_are_nan_beyond_l2() -> None:
+    tau = torch.zeros(100_000)
+    tau[5] = float("inf")
+    stats = tensor_stats(tau)
+    assert stats["l2"] == math.inf and math.isnan(stats["trim_threshold"]) and math.isnan(stats["mean"])
+
+
 def test_stats_parquet_and_layer_dump(tmp_path: Path) -> None:
     base = save_checkpoint(tmp_path / "base", BASE)
     tv = FullTaskVectors(save_checkpoint(tmp_path / "ft", FT, shards=2), base, label="sft")
