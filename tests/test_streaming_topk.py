@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -129,3 +130,16 @@ def test_ordered_map_keeps_order_and_cancels_after_an_error() -> None:
     with pytest.raises(ValueError, match="three"):
         list(ordered_map(fail_at_three, range(200)))
     assert len(started) < 20  # the items after the failure were cancelled, not run
+
+
+def test_ordered_map_works_in_a_forked_child() -> None:
+    # The worker threads persist between calls; a forked child has none of them and must start its own.
+    assert list(ordered_map(abs, [-1, -2])) == [1, 2]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        os.write(write, bytes(ordered_map(abs, [-3, -4])))
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and os.read(read, 2) == bytes([3, 4])

@@ -21,7 +21,16 @@ R = TypeVar("R")
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
-os.register_at_fork(after_in_child=_pools.clear)  # a forked child has none of the parent's threads
+
+
+def _forget_pools() -> None:
+    """In a forked child: the parent's worker threads do not exist there (and the lock may be held)."""
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
 
 
 def ordered_map(fn: Callable[[T], R], items: Sequence[T], workers: int = 2) -> Iterator[R]:
