@@ -41,9 +41,9 @@ def ordered_map(fn: Callable[[T], R], items: Sequence[T], workers: int = 2) -> I
     call :func:`ordered_map` itself (it would wait on the pool it runs in).
     """
     with _pools_lock:
-        pool = _pools.get(workers) or _pools.setdefault(
-            workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="conflux")
-        )
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = _pools[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="conflux")
     futures = [pool.submit(fn, item) for item in items]
     try:
         for future in futures:
