@@ -94,6 +94,41 @@ def test_sharded_reading_equals_single_file(tmp_path: Path) -> None:
         torch.testing.assert_close(sharded.get(name), single.get(name), rtol=0, atol=0)
 
 
+def test_read_into_reads_any_range_of_a_tensor(tmp_path: Path) -> None:
+    tensors = {"a": torch.arange(12.0).view(3, 4), "b": torch.arange(5, dtype=torch.bfloat16)}
+    files = WeightFiles(save_checkpoint(tmp_path / "m", tensors, shards=2))
+    out = torch.empty(5)
+    assert files.read_into("a", 3, out).tolist() == [3.0, 4.0, 5.0, 6.0, 7.0]
+    assert files.read_into("b", 1, torch.empty(3, dtype=torch.bfloat16)).tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(ConfluxError, match="bfloat16 buffer"):
+        files.read_into("b", 0, torch.empty(2))
+    with pytest.raises(ConfluxError, match="out of range"):
+        files.read_into("a", 10, out)
+
+
+def test_read_into_a_truncated_shard_is_a_data_error(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "m", {"a": torch.ones(1000)}) / "model.safetensors"
+    files = WeightFiles(path.parent)
+    path.write_bytes(path.read_bytes()[:-100])  # truncated after the headers were read
+    with pytest.raises(DataError, match="end of file") as err:
+        files.read_into("a", 0, torch.empty(1000))
+    assert err.value.row == "a"
+
+
+def test_task_vector_read_in_many_chunks_with_mixed_dtypes(tmp_path: Path) -> None:
+    # 300 000 entries: read and subtracted in chunks; bf16 fine-tune against an fp16 base meet in float32.
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(600, 500, generator=gen).half()
+    ft = (base.float() + torch.randn(600, 500, generator=gen) * 1e-2).bfloat16()
+    tv = FullTaskVectors(
+        save_checkpoint(tmp_path / "ft", {"w": ft}), save_checkpoint(tmp_path / "b", {"w": base})
+    )
+    expected = ft.float() - base.float()
+    torch.testing.assert_close(tv.tau("w"), expected, rtol=0, atol=0)
+    out = torch.full((400_000,), float("nan"))
+    torch.testing.assert_close(tv.tau("w", out=out), expected, rtol=0, atol=0)
+
+
 def test_transformers_sharded_checkpoint_reads_like_the_model(tmp_path: Path) -> None:
     model = tiny_llama()
     model.save_pretrained(tmp_path / "m", max_shard_size="20KB")
@@ -297,6 +332,39 @@ def test_stats_match_torch_references() -> None:
     assert stats["trim_threshold"] == pytest.approx(float(top[-1]), rel=1e-7)
     assert stats["trim_l2_share"] == pytest.approx(float(top.norm() / flat.norm()), rel=1e-5)
     assert stats["max_abs"] == pytest.approx(float(flat.abs().max()), rel=1e-7)
+
+
+@pytest.mark.parametrize("quantised", [False, True])
+def test_stats_of_a_large_task_vector_match_plain_definitions(quantised: bool) -> None:
+    # Large enough for the chunked pass and the streamed trim selection; bf16-quantised τ has exact zeros
+    # and long runs of equal magnitudes at the trim threshold.
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(1031, 1029, generator=gen) * 0.02
+    ft = base + torch.randn(1031, 1029, generator=gen) * 1e-3
+    tau = ft.bfloat16().float() - base.bfloat16().float() if quantised else ft - base
+    stats = tensor_stats(tau, density=0.2)
+    flat = tau.reshape(-1).double()
+    n, k = flat.numel(), int(0.2 * flat.numel())
+    top = flat.abs().sort(descending=True).values[:k]
+    assert stats["numel"] == n and stats["max_abs"] == float(top[0])
+    assert stats["trim_threshold"] == float(top[-1])  # exact: an entry of τ
+    assert (
+        stats["frac_positive"] == int((flat > 0).sum()) / n
+        and stats["frac_zero"] == int((flat == 0).sum()) / n
+    )
+    assert (stats["frac_zero"] > 0.01) == quantised
+    assert stats["frac_above_trim"] == min(k, int((flat != 0).sum())) / n
+    assert stats["l2"] == pytest.approx(float(flat.norm()), rel=1e-6)
+    assert stats["mean"] == pytest.approx(float(flat.mean()), rel=1e-5, abs=1e-12)
+    assert stats["std"] == pytest.approx(float(flat.std(correction=0)), rel=1e-6)
+    assert stats["trim_l2_share"] == pytest.approx(float(top.norm() / flat.norm()), rel=1e-6)
+
+
+def test_stats_of_a_non_finite_task_vector_are_nan_beyond_l2() -> None:
+    tau = torch.zeros(100_000)
+    tau[5] = float("inf")
+    stats = tensor_stats(tau)
+    assert stats["l2"] == math.inf and math.isnan(stats["trim_threshold"]) and math.isnan(stats["mean"])
 
 
 def test_stats_parquet_and_layer_dump(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ a LoRA adapter changes only its target modules (every other τ is 0).
 
 τ is always float32 whatever the stored dtype: the difference of two bf16 weights is exact in float32 (both
 are float32 values), whereas rounding it back to bf16 loses the small updates that are the whole point of a
-task vector. Full-model task vectors are read with :class:`conflux.tensor_io.WeightFiles` (one tensor of
-each model in memory at a time); LoRA matrices are small and read per module.
+task vector. Full-model task vectors are read with :class:`conflux.tensor_io.WeightFiles` in chunks (never
+a whole stored tensor in memory, only τ); LoRA matrices are small and read per module.
 
 LoRA: PEFT stores A [r, in] and B [out, r] per target module under
 ``base_model.model.<module>.lora_A.weight``; the merged update is ΔW = s·B·A with s = α/r (α/√r with
@@ -27,10 +27,19 @@ from typing import Any, Protocol
 import torch
 
 from conflux.errors import ConfluxError, DataError
-from conflux.tensor_io import ADAPTER_FILE, ScratchBuffer, WeightFiles, check_same_base, check_same_tensors
+from conflux.tensor_io import (
+    ADAPTER_FILE,
+    ScratchBuffer,
+    WeightFiles,
+    check_same_base,
+    check_same_tensors,
+    chunk_entries,
+    thread_buffer,
+)
 
 ADAPTER_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
+READ_CHUNK = 1 << 18  # entries of one stored tensor read (and subtracted) at a time
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B|embedding_A|embedding_B)\.weight$")
 
 
@@ -46,7 +55,8 @@ class TaskVectors(Protocol):
 
     def tau(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         """float32 τ of one parameter: a fresh tensor, or written into the flat float32 buffer ``out``
-        (at least numel entries) and returned as a view of it with the parameter's shape."""
+        (at least numel entries) and returned as a view of it with the parameter's shape. Safe to call
+        from several threads at once (with different ``out``)."""
         ...
 
 
@@ -64,7 +74,6 @@ class FullTaskVectors:
             check_same_base(self.model_dir, self.base_dir)
         self.model, self.base = WeightFiles(self.model_dir), WeightFiles(self.base_dir)
         check_same_tensors(self.model, self.base)
-        self._scratch = ScratchBuffer()
 
     @property
     def names(self) -> list[str]:
@@ -74,18 +83,31 @@ class FullTaskVectors:
         return self.base.shape(name)
 
     def tau(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
-        """float32 θ_ft − θ_base of one parameter (see :class:`TaskVectors` for ``out``)."""
-        theta, base = self.model.get(name), self.base.get(name)
-        if out is not None and theta.dtype == base.dtype == torch.float32:
-            return torch.sub(theta, base, out=out[: theta.numel()].view(theta.shape))
-        if out is None:  # pread gives memory we own: subtract in place, no second buffer
-            tau = theta if theta.dtype == torch.float32 else theta.to(torch.float32)
-        else:
-            tau = out[: theta.numel()].view(theta.shape).copy_(theta)
-        if base.dtype != torch.float32:
-            # A widening copy, then a same-dtype subtraction, is ~3x faster than a mixed-dtype sub_.
-            base = self._scratch.take(base.numel()).view(base.shape).copy_(base)
-        return tau.sub_(base)
+        """float32 θ_ft − θ_base of one parameter (see :class:`TaskVectors` for ``out``).
+
+        Read and subtracted in chunks (up to ``READ_CHUNK`` entries), so both stored chunks are still in cache
+        when they are widened and subtracted, and no buffer of the stored tensors' size is ever needed.
+        """
+        shape = self.shape(name)
+        numel = math.prod(shape)
+        flat = torch.empty(numel) if out is None else out[:numel]
+        theta_chunk, base_chunk = thread_buffer("theta", torch.uint8), thread_buffer("base", torch.uint8)
+        step = chunk_entries(numel, READ_CHUNK)
+        for start in range(0, numel, step):
+            count = min(step, numel - start)
+            theta = self._read(self.model, name, start, count, theta_chunk)
+            base = self._read(self.base, name, start, count, base_chunk)
+            dst = flat[start : start + count]
+            if theta.dtype == base.dtype == torch.float32:
+                torch.sub(theta, base, out=dst)
+            else:  # widening a cache-resident chunk, then a mixed-dtype sub_, beats two widening copies
+                dst.copy_(theta).sub_(base)
+        return flat.view(shape)
+
+    @staticmethod
+    def _read(files: WeightFiles, name: str, start: int, count: int, scratch: ScratchBuffer) -> torch.Tensor:
+        dtype = files.dtype(name)
+        return files.read_into(name, start, scratch.take(count * dtype.itemsize).view(dtype))
 
 
 def lora_scale(config: Mapping[str, Any], module: str) -> tuple[int, float]:

@@ -15,9 +15,13 @@ one shard. Memory is bounded by one shard's buffer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
+import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +80,31 @@ class ScratchBuffer:
         return self._buf[:numel]
 
 
+_thread_buffers = threading.local()
+
+
+def thread_buffer(key: str, dtype: torch.dtype) -> ScratchBuffer:
+    """The calling thread's :class:`ScratchBuffer` named ``key``, kept for the life of the thread.
+
+    For chunk-sized temporaries of streaming passes (bounded by a chunk size, not by the model): every pass
+    after a thread's first reuses memory that is already faulted in.
+    """
+    buffers = _thread_buffers.__dict__
+    if key not in buffers:
+        buffers[key] = ScratchBuffer(dtype)
+    return buffers[key]
+
+
+def chunk_entries(numel: int, largest: int) -> int:
+    """Entries per step of a chunked pass over a tensor of ``numel`` entries.
+
+    ``largest`` for big tensors: fewer Python-level calls per entry, each long enough that worker threads
+    seldom wait on each other for the GIL. A quarter of the tensor (at least 2^16 entries) for small ones,
+    so per-step buffers stay a fraction of the largest tensor's size whatever ``largest`` is.
+    """
+    return min(largest, max(numel // 4, 1 << 16))
+
+
 class WeightFiles:
     """The tensors of a checkpoint: a directory (sharded with an index, one file, a PEFT adapter) or a file.
 
@@ -87,6 +116,9 @@ class WeightFiles:
         self._file_of: dict[str, Path] = {}
         self._meta: dict[str, tuple[tuple[int, ...], str]] = {}
         self._handles: dict[Path, Any] = {}
+        self._data: dict[Path, tuple[int, int]] = {}  # file -> (descriptor, where the data section starts)
+        self._offsets: dict[tuple[Path, str], int] = {}  # (file, tensor) -> offset in the data section
+        self._opening = threading.Lock()  # readers in several threads open each file once
         for file, expected in self._files().items():
             if not file.is_file():
                 raise DataError("shard named in the index is missing", file=file, row="all", field="file")
@@ -160,17 +192,70 @@ class WeightFiles:
         self._check(name)
         file = self._file_of[name]
         try:
-            if file not in self._handles:
-                self._handles[file] = safe_open(file, framework="pt", backend="pread")
+            with self._opening:
+                if file not in self._handles:
+                    self._handles[file] = safe_open(file, framework="pt", backend="pread")
             return self._handles[file].get_tensor(name)
         except (OSError, SafetensorError) as exc:  # e.g. a shard deleted or truncated since the headers
             raise DataError(f"cannot read the tensor: {exc}", file=file, row=name, field="tensor") from exc
+
+    def read_into(self, name: str, start: int, out: torch.Tensor) -> torch.Tensor:
+        """Read the flat entries [start, start + out.numel()) of one tensor into ``out`` and return it.
+
+        ``out`` is a contiguous tensor of the stored dtype. Streaming code reads chunks into buffers it
+        reuses: a fresh tensor per read (what :meth:`get` returns) costs a page fault per 4 KiB on first
+        touch, more than the copy itself for tensors above the allocator's mmap threshold. One ``pread`` per
+        chunk, with the GIL released, so reads overlap with other threads' computation.
+        """
+        file, dtype = self.file(name), self.dtype(name)
+        if out.dtype != dtype or not out.is_contiguous():
+            raise ConfluxError(f"{name}: read_into needs a contiguous {dtype} buffer, got {out.dtype}")
+        if not 0 <= start <= start + out.numel() <= math.prod(self.shape(name)):
+            raise ConfluxError(f"{name}: entries [{start}, {start + out.numel()}) are out of range")
+        try:
+            with self._opening:
+                fd, data_start = self._data.get(file) or self._open_data(file)
+            offset = data_start + self._offsets[file, name] + start * dtype.itemsize
+            view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+            done = 0
+            while done < len(view):
+                got = os.preadv(fd, [view[done:]], offset + done)
+                if got == 0:
+                    raise OSError("unexpected end of file")
+                done += got
+        except OSError as exc:
+            raise DataError(f"cannot read the tensor: {exc}", file=file, row=name, field="tensor") from exc
+        return out
+
+    def _open_data(self, file: Path) -> tuple[int, int]:
+        """Open ``file`` for :meth:`read_into` and learn where each tensor's bytes are (safetensors' header:
+        an 8-byte little-endian length, then JSON with ``data_offsets`` relative to the end of the header)."""
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            (length,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+            header = json.loads(os.pread(fd, length, 8))
+        except (struct.error, ValueError) as exc:
+            os.close(fd)
+            raise OSError(f"unreadable safetensors header: {exc}") from exc
+        for key, entry in header.items():
+            if key != "__metadata__":
+                self._offsets[file, key] = entry["data_offsets"][0]
+        self._data[file] = (fd, 8 + length)
+        return self._data[file]
 
     def close(self) -> None:
         """Close the open files (they are also closed when this object is garbage-collected)."""
         for handle in self._handles.values():
             handle.__exit__(None, None, None)
         self._handles.clear()
+        for fd, _ in self._data.values():
+            os.close(fd)
+        self._data.clear()
+
+    def __del__(self) -> None:
+        for fd, _ in getattr(self, "_data", {}).values():  # descriptors of read_into; safe_open's close alone
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def __enter__(self) -> WeightFiles:
         return self

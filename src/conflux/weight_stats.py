@@ -11,17 +11,21 @@ else), so a layer × module heatmap is one ``pivot_table`` away. Columns:
   of entries the trim keeps *and* that are nonzero: ≈ density for a dense τ, less when most of τ is 0) and
   ``trim_l2_share`` = ‖trim(τ)‖₂ / ‖τ‖₂ (how much of the update the top-k entries carry).
 
-Everything is computed in float32 from one τ at a time, in two scratch buffers of the largest tensor's size
-(τ, and |τ| or τ − mean), so peak memory is a few of the largest tensors whatever the model size. The
-k largest |τ| come from :func:`conflux.merge.top_k_values` (a selection, not a sort).
+Everything is computed in float32, two parameters at a time in two threads (one τ being read while the other
+is analysed), each τ in one pass over cache-sized chunks; peak memory is two τ buffers of the largest
+tensor's size (a third per thread in the rare cases that need a second pass) whatever the model size. The
+trim threshold is exact: :class:`conflux.streaming_topk.StreamingTopK` selects it during the same pass from
+the few % of entries a sample places near it, not by sorting or partitioning all of |τ|.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
+from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -32,15 +36,18 @@ from tqdm import tqdm
 
 from conflux.atomic import atomic_path
 from conflux.errors import ConfluxError
-from conflux.merge import top_k_values, trim_k
+from conflux.merge import trim_k
 from conflux.param_names import parse_param_name
+from conflux.streaming_topk import SAMPLE, StreamingTopK, sum_squares
 from conflux.taskvec import TaskVectors
-from conflux.tensor_io import ScratchBuffer
+from conflux.tensor_io import ScratchBuffer, chunk_entries, thread_buffer
+from conflux.threads import ordered_map
 
 log = logging.getLogger(__name__)
 
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # pyarrow's hive name for a null partition value
 DUMP_CHUNK = 1 << 22
+CHUNK = 1 << 19  # most entries of τ per step of the statistics pass: a chunk and its |τ| stay in cache
 
 STATS_SCHEMA = pa.schema(
     [
@@ -62,42 +69,77 @@ STATS_SCHEMA = pa.schema(
 )
 
 
-def _stats(flat: torch.Tensor, density: float, work: torch.Tensor) -> dict[str, float]:
-    """Statistics of a flat float32 τ; ``work`` is a float32 buffer of the same size that gets overwritten."""
+class _Sums(NamedTuple):
+    total: float  # Σ τ
+    squares: float  # Σ τ²
+    positive: int  # entries > 0
+    zero: int  # entries == 0 (either sign)
+
+
+def _chunked_pass(flat: torch.Tensor, top: StreamingTopK) -> _Sums:
+    """Σ τ, Σ τ², the sign counts, and |τ| fed to ``top``, in one pass over τ in chunks.
+
+    Each chunk is read from memory once and stays in cache for the ~10 vectorised operations on it, where
+    whole-tensor passes would each stream τ from memory again; each chunk's float32 sums are added in
+    float64, which is also more accurate than one float32 reduction over 10⁷ entries.
+    """
+    n = flat.numel()
+    step = chunk_entries(n, CHUNK)
+    values = flat.numpy()
+    magnitude_buffer = thread_buffer("magnitude", torch.float32).take(min(n, step)).numpy()
+    mask_buffer = thread_buffer("mask", torch.bool).take(min(n, step)).numpy()
+    total = squares = 0.0
+    positive = zero = 0
+    for start in range(0, n, step):
+        chunk = values[start : start + step]
+        mask = mask_buffer[: chunk.size]
+        total += float(flat[start : start + chunk.size].sum())  # torch's cascade sum: 2x numpy's speed
+        squares += sum_squares(chunk)
+        positive += int(np.count_nonzero(np.greater(chunk, 0, out=mask)))
+        magnitude = np.abs(chunk, out=magnitude_buffer[: chunk.size])
+        if magnitude.min() == 0:  # most chunks of a float32 fine-tune have no exact zero: skip the count
+            zero += int(np.count_nonzero(np.equal(chunk, 0, out=mask)))
+        top.add(magnitude, mask)
+    return _Sums(total, squares, positive, zero)
+
+
+def _stats(flat: torch.Tensor, density: float, scratch: ScratchBuffer) -> dict[str, float]:
+    """Statistics of a flat float32 τ (not modified); ``scratch`` is taken for all of τ only in the rare
+    cases that need a second pass (a full trim selection, a two-pass std)."""
     n = flat.numel()
     if n == 0:
         raise ConfluxError("empty tensor")
+    k = trim_k(n, density)
     values = flat.numpy()
-    l2 = float(torch.linalg.vector_norm(flat))
-    mean = float(flat.sum()) / n
-    mean_square = l2 * l2 / n
+    top = StreamingTopK(np.abs(values[:: -(-n // SAMPLE)]), n, k)  # a stride: at most SAMPLE entries
+    sums = _chunked_pass(flat, top)
+    l2 = math.sqrt(sums.squares)
+    if not math.isfinite(l2):  # NaN or inf entries: the caller reports them; no order statistic either
+        return {"numel": n, "l2": l2} | dict.fromkeys(STATS_SCHEMA.names[6:], math.nan)
+    trim = top.result(lambda: np.abs(values, out=scratch.take(n).numpy()))
+    mean, mean_square = sums.total / n, sums.squares / n
     if mean * mean <= 1e-4 * mean_square:  # task vectors: mean ≈ 0, E[τ²] − mean² loses nothing
         std = math.sqrt(max(mean_square - mean * mean, 0.0))
     else:  # a second pass, ‖τ − mean‖, where the one-pass formula would cancel
-        std = float(torch.linalg.vector_norm(torch.sub(flat, mean, out=work))) / math.sqrt(n)
-    positive = int(np.count_nonzero(values > 0))
-    nonzero = int(np.count_nonzero(values))
-    k = trim_k(n, density)
-    top = top_k_values(torch.abs(flat, out=work).numpy(), k)  # the k largest |τ|, the k-th first
-    trim_l2 = float(torch.linalg.vector_norm(torch.from_numpy(top)))
+        std = float(torch.linalg.vector_norm(torch.sub(flat, mean, out=scratch.take(n)))) / math.sqrt(n)
     return {
         "numel": n,
         "l2": l2,
         "mean": mean,
         "std": std,
-        "max_abs": float(top.max()),
-        "frac_positive": positive / n,
-        "frac_zero": (n - nonzero) / n,
-        "trim_threshold": float(top[0]),
-        "frac_above_trim": min(k, nonzero) / n,  # zeros are the smallest |τ|: kept only when k > nonzero
-        "trim_l2_share": trim_l2 / l2 if l2 > 0 else 0.0,
+        "max_abs": trim.largest,
+        "frac_positive": sums.positive / n,
+        "frac_zero": sums.zero / n,
+        "trim_threshold": trim.threshold,
+        "frac_above_trim": min(k, n - sums.zero)
+        / n,  # zeros are the smallest |τ|: kept only when k > nonzero
+        "trim_l2_share": math.sqrt(trim.sum_squares) / l2 if l2 > 0 else 0.0,
     }
 
 
 def tensor_stats(tau: torch.Tensor, density: float = 0.2) -> dict[str, float]:
     """The statistics of one task vector (see the module docstring); ``tau`` is not modified."""
-    flat = tau.detach().to(torch.float32, copy=True).reshape(-1)
-    return _stats(flat, density, torch.empty_like(flat))
+    return _stats(tau.detach().to(torch.float32, copy=True).reshape(-1), density, ScratchBuffer())
 
 
 DUMP_SCHEMA = pa.schema(
@@ -125,7 +167,7 @@ def task_vector_stats(
     dump_dir: str | Path | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Statistics of every parameter ``tv`` changes, reading one τ at a time.
+    """Statistics of every parameter ``tv`` changes, two τ at a time (see the module docstring).
 
     Args:
         tv: Task-vector source (:class:`conflux.taskvec.FullTaskVectors`, a LoRA adapter, a policy at w).
@@ -141,20 +183,28 @@ def task_vector_stats(
     """
     trim_k(1, density)  # fail on a bad density before reading anything
     label = model or tv.label
-    tau_buffer, work_buffer = ScratchBuffer(), ScratchBuffer()
+    names = tv.names
+    local = threading.local()  # each worker thread's τ buffer and scratch, reused from tensor to tensor
+
+    def one(seq: int, dump_root: Path | None) -> dict[str, Any]:
+        if not hasattr(local, "tau"):
+            local.tau, local.scratch = ScratchBuffer(), ScratchBuffer()
+        name = names[seq]
+        flat = tv.tau(name, out=local.tau.take(math.prod(tv.shape(name)))).reshape(-1)
+        stats = _stats(flat, density, local.scratch)
+        if not math.isfinite(stats["l2"]):
+            raise ConfluxError(f"{label}: task vector of {name} has non-finite entries (NaN or inf)")
+        layer, module = parse_param_name(name)
+        if dump_root is not None:
+            _dump(dump_root, layer, seq, name, flat)
+        return {"model": label, "param": name, "layer": layer, "module": module, **stats}
+
     rows: list[dict[str, Any]] = []
 
     def run(dump_root: Path | None) -> None:
-        for seq, name in enumerate(tqdm(tv.names, desc=f"stats {label}", disable=not progress)):
-            numel = math.prod(tv.shape(name))
-            flat = tv.tau(name, out=tau_buffer.take(numel)).reshape(-1)
-            layer, module = parse_param_name(name)
-            stats = _stats(flat, density, work_buffer.take(numel))
-            if not math.isfinite(stats["l2"]):
-                raise ConfluxError(f"{label}: task vector of {name} has non-finite entries (NaN or inf)")
-            rows.append({"model": label, "param": name, "layer": layer, "module": module, **stats})
-            if dump_root is not None:
-                _dump(dump_root, layer, seq, name, flat)
+        # Two tensors at a time (one being read while the other is analysed); memory: two τ buffers.
+        with closing(ordered_map(lambda seq: one(seq, dump_root), range(len(names)))) as results:
+            rows.extend(tqdm(results, desc=f"stats {label}", total=len(names), disable=not progress))
 
     if dump_dir is None:
         run(None)
