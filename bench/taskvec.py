@@ -11,19 +11,20 @@ a fresh child process (so its peak RSS is its own) and after one warm-up read so
   ``mmap`` backend returns lazy views and would time nothing); this is the floor: the stats read the same
   bytes the same way;
 - stats: ``FullTaskVectors`` + ``task_vector_stats`` (τ in float32, every column of the stats table). It
-  reads with ``pread`` too (into reused chunk buffers) and works on two parameters at a time in two threads
-  whatever ``--threads`` says, as it does in the workflow; the raw read is one thread.
+  reads with ``pread`` too (into reused chunk buffers) and, with ``--threads 2`` or more, works on two
+  parameters at a time in two threads, as a workflow job granted two cores does; the raw read is one thread
+  whatever ``--threads`` says (safetensors reads tensor by tensor).
 
 Prints both throughputs (GB/s of checkpoint bytes), the ratio stats/raw (goal >= 0.70) and the peak RSS
 growth during the work (after imports) next to the largest tensor's size. ``--threads`` sets torch/OpenMP
 threads in both children alike.
 
-Measured on 2 shared cores (defaults, ``--repeat 5``; before = one thread, whole-tensor passes and a
-partition for the trim; after = chunked pass, streamed exact trim, two threads):
+Measured on 2 cores (defaults, ``--repeat 3``; before = one thread, whole-tensor passes and a partition for
+the trim; after = chunked pass, streamed exact trim, two threads when ``--threads`` allows):
 
-    dtype     raw     stats before -> after   ratio before -> after   stats peak RSS before -> after
-    float32   0.29 s  0.86 s -> 0.32 s        0.34 -> 0.92            285 -> 100 MiB
-    bfloat16  0.09 s  0.81 s -> 0.35 s        0.11 -> 0.26            262 -> 160 MiB
+    dtype     raw     ratio before   after, --threads 1   after, --threads 2   stats peak RSS (2 threads)
+    float32   0.29 s  0.34           0.61                 0.86                 101 MiB (largest tensor 62)
+    bfloat16  0.09 s  0.11           0.18                 0.24                 164 MiB (largest tensor 31)
 
 bf16 stays far below 0.70: its raw read is a memcpy of 2 bytes per entry and checkpoint, ~0.75 ns per τ
 entry, so 0.70 allows ~1.1 ns of wall time (~2.1 ns of CPU on two cores) per τ entry, while the stats take

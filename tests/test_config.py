@@ -37,13 +37,20 @@ def test_paper_config_lists_revert_modules_and_per_class_resources(project_root)
     cfg = load_config(project_root / "config" / "paper.yaml")
     assert cfg.analysis.revert.modules == ("q", "k", "v", "o", "gate", "up", "down")
     assert not cfg.analysis.revert.cells and cfg.analysis.revert.methods == ("sft", "dpo")
-    # the class overrides the default, the rule overrides the class; analysis jobs keep the default
+    # the class overrides the default, the rule overrides the class
     assert cfg.resources_for("training", "dpo") == {
         "gpu": 4,
         "cpus_per_task": 32,
         "mem_mb": 256000,
         "runtime": 1440,
     }
+    assert cfg.resources_for("analysis", "conflict_dims") == {
+        "cpus_per_task": 2,
+        "mem_mb": 16000,
+        "runtime": 120,
+    }
+    assert cfg.resources_for("report", "key_layers") == {"mem_mb": 8000, "runtime": 30}
+    cfg = load_config(project_root / "config" / "config.yaml")  # no resources section: the default only
     assert cfg.resources_for("analysis", "conflict_dims") == {"mem_mb": 4000, "runtime": 60}
 
 

@@ -11,9 +11,10 @@ else), so a layer × module heatmap is one ``pivot_table`` away. Columns:
   of entries the trim keeps *and* that are nonzero: ≈ density for a dense τ, less when most of τ is 0) and
   ``trim_l2_share`` = ‖trim(τ)‖₂ / ‖τ‖₂ (how much of the update the top-k entries carry).
 
-Everything is computed in float32, two parameters at a time in two threads (one τ being read while the other
-is analysed), each τ in one pass over cache-sized chunks; peak memory is two τ buffers of the largest
-tensor's size (a third per thread in the rare cases that need a second pass) whatever the model size. The
+Everything is computed in float32, two parameters at a time in two threads when the job has two cores (one
+τ being read while the other is analysed), each τ in one pass over cache-sized chunks; peak memory is two τ
+buffers of the largest tensor's size (a third per thread in the rare cases that need a second pass) whatever
+the model size. The
 trim threshold is exact: :class:`conflux.streaming_topk.StreamingTopK` selects it during the same pass from
 the few % of entries a sample places near it, not by sorting or partitioning all of |τ|.
 """
@@ -131,8 +132,8 @@ def _stats(flat: torch.Tensor, density: float, scratch: ScratchBuffer) -> dict[s
         "frac_positive": sums.positive / n,
         "frac_zero": sums.zero / n,
         "trim_threshold": trim.threshold,
-        "frac_above_trim": min(k, n - sums.zero)
-        / n,  # zeros are the smallest |τ|: kept only when k > nonzero
+        # zeros are the smallest |τ|: kept only when k > nonzero
+        "frac_above_trim": min(k, n - sums.zero) / n,
         "trim_l2_share": math.sqrt(trim.sum_squares) / l2 if l2 > 0 else 0.0,
     }
 
@@ -202,8 +203,11 @@ def task_vector_stats(
     rows: list[dict[str, Any]] = []
 
     def run(dump_root: Path | None) -> None:
-        # Two tensors at a time (one being read while the other is analysed); memory: two τ buffers.
-        with closing(ordered_map(lambda seq: one(seq, dump_root), range(len(names)))) as results:
+        # Two tensors at a time (one being read while the other is analysed; memory: two τ buffers) when
+        # the job may use two cores: torch's thread count is the rule's threads (workflow/_bootstrap), so a
+        # job granted one CPU stays on one.
+        workers = max(1, min(2, torch.get_num_threads()))
+        with closing(ordered_map(lambda seq: one(seq, dump_root), range(len(names)), workers)) as results:
             rows.extend(tqdm(results, desc=f"stats {label}", total=len(names), disable=not progress))
 
     if dump_dir is None:
