@@ -44,6 +44,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from llama_shapes import llama_config, param_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -51,20 +52,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 def write_pair(root: Path, args: argparse.Namespace) -> tuple[Path, Path, int]:
     """base/ and ft/ with the tensor names and shapes of a LlamaConfig, and the largest tensor size."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from conflux.tensor_io import ShardedWriter
 
-    config = LlamaConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.hidden * 8 // 3 // 64 * 64,
-        num_hidden_layers=args.layers,
-        num_attention_heads=max(1, args.hidden // 64),
-        num_key_value_heads=max(1, args.hidden // 256),
-    )
-    with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in LlamaForCausalLM(config).state_dict().items()}
+    config = llama_config(args.hidden, args.layers, args.vocab)
+    shapes = param_shapes(config)
     dtype = getattr(torch, args.dtype)
     gen = torch.Generator().manual_seed(0)
     writers = {}

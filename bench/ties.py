@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from llama_shapes import llama_config, param_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -44,22 +45,16 @@ MERGEKIT_VENV = ROOT / "bench" / ".venv-mergekit"
 
 def write_models(root: Path, args: argparse.Namespace) -> tuple[Path, list[Path], int]:
     """base/ and ft<i>/ as float32 Llama checkpoints; returns them and the parameter count."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from conflux.tensor_io import ShardedWriter
 
-    config = LlamaConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.hidden * 8 // 3 // 64 * 64,
-        num_hidden_layers=args.layers,
-        num_attention_heads=max(1, args.hidden // 64),
-        num_key_value_heads=max(1, args.hidden // 256),
+    config = llama_config(
+        args.hidden,
+        args.layers,
+        args.vocab,
         dtype="float32",
         architectures=["LlamaForCausalLM"],  # mergekit picks its tensor layout from this
     )
-    with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in LlamaForCausalLM(config).state_dict().items()}
+    shapes = param_shapes(config)
     dirs = [root / "base"] + [root / f"ft{i}" for i in range(args.models)]
     writers = []
     for d in dirs:
