@@ -33,6 +33,7 @@ import torch
 from conflux.analysis_jobs import base_dir
 from conflux.atomic import write_json
 from conflux.errors import ConfluxError, DataError
+from conflux.eval_tables import MEAN
 from conflux.generation import GenerationSettings
 from conflux.model_variants import load_variant
 from conflux.models import to_work_device, working_dtype
@@ -46,7 +47,6 @@ from conflux.weight_merge import revert_selection
 log = logging.getLogger(__name__)
 
 KINDS = ("layer", "module", "cell")
-MEAN = "mean"
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,11 @@ def revert_targets(
     return targets
 
 
+def _squared_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Σ (a − b)² in float64."""
+    return float((a.detach().double() - b.double()).square().sum())
+
+
 class BaseSwap:
     """Swaps chosen parameters of a loaded model with the base's tensors and back, in place.
 
@@ -125,15 +130,15 @@ class BaseSwap:
                 f"{base.path}: {len(unknown)} base tensor(s) are not model parameters: {unknown[:3]}"
             )
 
+    def _base(self, name: str) -> torch.Tensor:
+        """The base's tensor of a parameter, on the parameter's device and in its dtype."""
+        p = self.params[name]
+        return self.base.get(name).to(p.device, p.dtype)
+
     def tau_l2(self, names: Sequence[str]) -> float:
         """‖θ_ft − θ_base‖₂ over the named parameters, accumulated in float64 one tensor at a time."""
-        total = 0.0
         with torch.no_grad():
-            for name in names:
-                p = self.params[name]
-                diff = p.detach().float() - self.base.get(name).to(p.device, torch.float32)
-                total += float(diff.double().square().sum())
-        return math.sqrt(total)
+            return math.sqrt(sum(_squared_distance(self.params[n], self._base(n)) for n in names))
 
     @contextmanager
     def reverted(self, names: Sequence[str]) -> Iterator[float]:
@@ -143,11 +148,10 @@ class BaseSwap:
         try:
             with torch.no_grad():
                 for name in names:
-                    p = self.params[name]
-                    base = self.base.get(name).to(p.device, p.dtype)
-                    saved[name] = p.detach().clone()
-                    total += float((saved[name].double() - base.double()).square().sum())
-                    p.copy_(base)
+                    base = self._base(name)
+                    saved[name] = self.params[name].detach().clone()
+                    total += _squared_distance(saved[name], base)
+                    self.params[name].copy_(base)
             yield math.sqrt(total)
         finally:
             with torch.no_grad():

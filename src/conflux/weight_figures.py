@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
+from conflux.eval_tables import MEAN
 from conflux.param_names import MODULE_TYPES
 from conflux.report_files import write_figure
 
@@ -84,21 +85,36 @@ def heatmaps(panels: Sequence[Panel], *, title: str, ncols: int = 4) -> Figure:
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     for ax, (family, name, grid) in zip(axes.flat, panels, strict=False):
-        values = grid.to_numpy(dtype=float)
         vmin, vmax = limits.get(family, (None, None))
-        image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
-        ax.set_xticks(range(len(grid.columns)), [str(c) for c in grid.columns], fontsize=7, rotation=45)
-        ax.set_yticks(range(len(grid.index)), [str(r) for r in grid.index], fontsize=7)
-        ax.set_xlabel("module", fontsize=8)
-        ax.set_ylabel("layer", fontsize=8)
-        ax.set_title(name, fontsize=9)
-        if values.size <= 120:
-            for (i, j), v in np.ndenumerate(values):
-                if np.isfinite(v):
-                    ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=6, color="w")
-        fig.colorbar(image, ax=ax, shrink=0.8)
+        _draw_grid(fig, ax, grid, name, vmin=vmin, vmax=vmax, annotate=grid.size <= 120)
     fig.suptitle(title, fontsize=10)
     return fig
+
+
+def _draw_grid(
+    fig: Figure,
+    ax,
+    grid: pd.DataFrame,
+    title: str,
+    *,
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    annotate: bool = False,
+) -> None:
+    """One layer × module heatmap with its colour bar; empty cells (NaN) stay blank."""
+    values = grid.to_numpy(dtype=float)
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(grid.columns)), [str(c) for c in grid.columns], fontsize=7, rotation=45)
+    ax.set_yticks(range(len(grid.index)), [str(r) for r in grid.index], fontsize=7)
+    ax.set_xlabel("module", fontsize=8)
+    ax.set_ylabel("layer", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    if annotate:
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=6, color="w")
+    fig.colorbar(image, ax=ax, shrink=0.8)
 
 
 def layer_norms(stats: pd.DataFrame, *, title: str) -> Figure:
@@ -122,7 +138,7 @@ def layer_norms(stats: pd.DataFrame, *, title: str) -> Figure:
 def revert_figure(table: pd.DataFrame, *, title: str) -> Figure:
     """Effect of each revert (mean over seeds): bars by layer and by module with the τ-norm share beside
     them, and the layer × module heatmap when cells were reverted."""
-    mean = table[table["seed"] == "mean"]
+    mean = table[table["seed"] == MEAN]
     cells = mean[mean["kind"] == "cell"]
     ncols = 3 if len(cells) else 2
     fig = Figure(figsize=(4.2 * ncols, 3.6), layout="constrained")
@@ -143,13 +159,7 @@ def revert_figure(table: pd.DataFrame, *, title: str) -> Figure:
         ax.legend(fontsize=7)
     if len(cells):
         grid = _ordered(cells.pivot(index="layer", columns="module", values="effect_removed"))
-        image = axes[2].imshow(grid.to_numpy(float), aspect="auto", cmap="magma")
-        axes[2].set_xticks(range(len(grid.columns)), list(grid.columns), fontsize=7, rotation=45)
-        axes[2].set_yticks(range(len(grid.index)), [str(r) for r in grid.index], fontsize=7)
-        axes[2].set_xlabel("module", fontsize=8)
-        axes[2].set_ylabel("layer", fontsize=8)
-        axes[2].set_title("effect removed per cell", fontsize=9)
-        fig.colorbar(image, ax=axes[2], shrink=0.8)
+        _draw_grid(fig, axes[2], grid, "effect removed per cell", cmap="magma")
     fig.suptitle(title, fontsize=10)
     return fig
 
