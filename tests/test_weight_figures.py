@@ -61,3 +61,10 @@ def test_panels_of_one_family_share_a_colour_scale() -> None:
     assert (
         images[0].get_clim() == images[1].get_clim() == pytest.approx((0.5, 6.0))
     )  # min and max over both runs
+
+
+def test_cell_labels_are_black_on_bright_cells_and_white_on_dark_ones() -> None:
+    # viridis runs from dark purple (vmin) to bright yellow (vmax): 0.5 at the bottom, 6.0 at the top
+    fig = heatmaps(stats_panels(stats_frame()), title="t")
+    colours = {text.get_text(): text.get_color() for ax in fig.axes for text in ax.texts}
+    assert colours["0.5"] == "w" and colours["6"] == "k"

@@ -113,8 +113,16 @@ def _draw_grid(
     if annotate:
         for (i, j), v in np.ndenumerate(values):
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=6, color="w")
+                colour = _text_colour(image.cmap(image.norm(v)))
+                ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=6, color=colour)
     fig.colorbar(image, ax=ax, shrink=0.8)
+
+
+def _text_colour(rgba: tuple[float, ...]) -> str:
+    """Black on bright cells (the yellow end of viridis), white on dark ones: by the cell's relative luminance
+    (Rec. 709 weights on the colour map's sRGB values, close enough to tell light from dark)."""
+    r, g, b = rgba[:3]
+    return "k" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.5 else "w"
 
 
 def layer_norms(stats: pd.DataFrame, *, title: str) -> Figure:
