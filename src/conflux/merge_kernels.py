@@ -31,19 +31,21 @@ class MergeBuffers:
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self._stacks = [ScratchBuffer() for _ in range(2)]
+        self._stack = ScratchBuffer()
         self._entries = [ScratchBuffer() for _ in range(4)]
         self._flags = ScratchBuffer(torch.bool)
 
-    def stack(self, numel: int, i: int = 0) -> torch.Tensor:
-        """[n, numel] float32 rows (contents undefined); stack 0 holds the task vectors."""
-        return self._stacks[i].take(self.n * numel).view(self.n, numel)
+    def stack(self, numel: int) -> torch.Tensor:
+        """[n, numel] float32 rows (contents undefined): the task vectors."""
+        return self._stack.take(self.n * numel).view(self.n, numel)
 
     def entry(self, i: int, numel: int) -> torch.Tensor:
         return self._entries[i].take(numel)
 
-    def flags(self, numel: int) -> torch.Tensor:
-        return self._flags.take(numel)
+    def flags(self, numel: int, rows: int = 1) -> torch.Tensor:
+        """[rows, numel] bools (``rows`` <= n; contents undefined), or flat [numel] when rows is 1."""
+        flags = self._flags.take(max(rows, 1) * numel)
+        return flags if rows == 1 else flags.view(rows, numel)
 
 
 def trim_in_place(row: torch.Tensor, k: int, buffers: MergeBuffers) -> None:
@@ -76,14 +78,15 @@ def ties_in_place(
         row.mul_(w)
     mass = torch.sum(taus, dim=0, out=buffers.entry(1, numel))
     elected = torch.ge(mass, 0, out=buffers.entry(2, numel)).mul_(2).sub_(1)  # ±1
-    agree = buffers.stack(numel, 1)
+    agree = buffers.flags(numel, rows=n)  # bools, not a second float32 stack: n·numel·3 bytes less
     for i in range(n):  # sgn(w_i τ_i) = e  <=>  w_i τ_i · e > 0
         torch.gt(torch.mul(taus[i], elected, out=buffers.entry(0, numel)), 0, out=agree[i])
         taus[i].mul_(agree[i])
     merged = torch.sum(taus, dim=0, out=buffers.entry(1, numel))
+    # The task vectors are summed; their rows now hold w_i · agree_i, summed as mergekit sums them.
     for i, w in enumerate(weights):
-        agree[i].mul_(w)
-    divisor = torch.sum(agree, dim=0, out=buffers.entry(2, numel))
+        torch.mul(agree[i], w, out=taus[i])
+    divisor = torch.sum(taus, dim=0, out=buffers.entry(2, numel))
     divisor.add_(torch.eq(divisor, 0, out=buffers.entry(3, numel)))  # 0 -> 1 (mergekit's divisor fix)
     return merged.div_(divisor).mul_(lam)
 

@@ -3,8 +3,9 @@
 Each function walks the base model's tensors in order, computes one output tensor from the base tensor and
 each source's τ of that parameter (:mod:`conflux.taskvec`), hands it to a
 :class:`conflux.tensor_io.ShardedWriter` and forgets it, so memory stays at one output shard
-(``max_shard_bytes``) plus about 2n + 5 float32 copies of the largest tensor for n sources, whatever the
-model size (mergekit's lazy-loader idea in a much smaller driver). The output directory
+(``max_shard_bytes``) plus about 1.25n + 6 float32 copies of the largest tensor for n sources, whatever the
+model size (mergekit's lazy-loader idea in a much smaller driver). Measured for n = 2 bfloat16 checkpoints:
+8.1 copies, i.e. ~16 GB for Llama-3-8B's 128256 x 4096 embedding, plus up to a shard. The output directory
 is an ordinary Hugging Face model (the base's config and tokenizer files plus safetensors shards) that
 ``AutoModelForCausalLM.from_pretrained`` loads without conflux, written atomically, with a
 ``conflux_merge.json`` / ``conflux_revert.json`` that records what was done.
@@ -121,8 +122,8 @@ def merge_task_vectors(
                 merged = merged.view(theta.shape)
                 if theta.dtype == torch.float32:
                     theta.add_(merged)  # pread tensors are ours to modify
-                else:
-                    theta = (theta.to(torch.float32) + merged).to(theta.dtype)
+                else:  # θ + m in float32 (θ widened exactly) into m's buffer: no float32 copy of θ or the sum
+                    theta = merged.add_(theta).to(theta.dtype)
             writer.add(name, theta)
         writer.close()
         copy_side_files(base_dir, tmp)
