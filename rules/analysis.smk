@@ -94,17 +94,19 @@ rule merge_sft_dpo:
         dpo="results/train/{model}/{persona_dataset}/seed{seed}/dpo",
         manifest="results/models/{model}/manifest.json",
     output:
-        directory("results/merges/{model}/{persona_dataset}/seed{seed}/{merge_method}_lam{lam}"),
+        merge_grid_outputs(),
     log:
-        "logs/merge_sft_dpo/{model}/{persona_dataset}/seed{seed}/{merge_method}_lam{lam}.log",
+        "logs/merge_sft_dpo/{model}/{persona_dataset}/seed{seed}.log",
     benchmark:
-        "benchmarks/merge_sft_dpo/{model}/{persona_dataset}/seed{seed}/{merge_method}_lam{lam}.tsv"
+        "benchmarks/merge_sft_dpo/{model}/{persona_dataset}/seed{seed}.tsv"
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("merge_sft_dpo")
     resources:
         **job_resources("merge_sft_dpo"),
     params:
+        lambdas=CFG.analysis.lambdas,
+        method=CFG.analysis.merge_method,
         density=CFG.analysis.density,
     script:
         "../workflow/scripts/merge_sft_dpo.py"

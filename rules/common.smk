@@ -40,9 +40,7 @@ wildcard_constraints:
     variant="curriculum_stage[123]|panacea|dpo_soup",
     persona_variant="|".join(["sft", "dpo", *CFG.analysis.merge_variants()]).replace(".", r"\."),
     analysis_variant="curriculum_stage3|panacea|dpo_soup",
-    merge_method="ties|task_arithmetic",
     revert_method="sft|dpo",
-    lam=r"[0-9.]+",
     seed=r"\d+",
     dim=r"\d+",
 
@@ -231,6 +229,13 @@ def persona_variants():
     """Trained persona variants: SFT and DPO, and their merges when both are trained."""
     methods = list(CFG.study("persona").methods)
     return methods + (CFG.analysis.merge_variants() if {"sft", "dpo"} <= set(methods) else [])
+
+
+def merge_grid_outputs():
+    """merge_sft_dpo's outputs: one model directory per merge variant (λ of analysis.lambdas), as the
+    persona evaluation names them; one job merges SFT and DPO once for the whole grid."""
+    root = "results/merges/{model}/{persona_dataset}/seed{seed}"
+    return [directory(f"{root}/{variant}") for variant in CFG.analysis.merge_variants()]
 
 
 def get_persona_model(wildcards):

@@ -16,7 +16,7 @@ from conflux.merge import task_arithmetic, ties, top_k_values, trim_top_k
 from conflux.merge_kernels import MergeBuffers, task_arithmetic_in_place, ties_in_place
 from conflux.taskvec import FullTaskVectors, LoraTaskVectors
 from conflux.tensor_io import ShardedWriter, WeightFiles
-from conflux.weight_merge import merge_sft_dpo, merge_task_vectors, revert_to_base
+from conflux.weight_merge import merge_lambda_grid, merge_sft_dpo, merge_task_vectors, revert_to_base
 from weight_checkpoints import perturbed, save_checkpoint, tiny_llama
 
 
@@ -109,15 +109,49 @@ def test_merge_of_lora_and_full_sources(models: Path, tmp_path: Path) -> None:
 
 def test_sft_dpo_lambda_grid(models: Path, tmp_path: Path) -> None:
     base, sft, dpo = state(models / "base"), state(models / "sft"), state(models / "dpo")
-    for lam in (0.0, 0.5, 1.0):
-        out = merge_sft_dpo(models / "base", models / "sft", models / "dpo", tmp_path / f"lam{lam}", lam=lam)
-        assert json.loads((out / "conflux_merge.json").read_text())["sources"] == ["sft", "dpo"]
+    grid = {lam: tmp_path / f"lam{lam}" for lam in (0.0, 0.5, 1.0)}
+    outs = merge_sft_dpo(models / "base", models / "sft", models / "dpo", grid)
+    assert outs == list(grid.values())
+    for lam, out in grid.items():
+        record = json.loads((out / "conflux_merge.json").read_text())
+        assert record["sources"] == ["sft", "dpo"] and record["lambda"] == lam
         merged = state(out)
         for name, theta in base.items():
             expected = theta + ties(torch.stack([sft[name] - theta, dpo[name] - theta]), [1, 1], 0.2, lam)
             torch.testing.assert_close(merged[name], expected, rtol=0, atol=0)
             if lam == 0.0:
                 assert torch.equal(merged[name], theta)
+
+
+def test_lambda_grid_of_bf16_checkpoints_equals_one_merge_per_lambda(tmp_path: Path) -> None:
+    # bf16 weights take the other output path (θ + λm in float32, cast back); each grid output must be the
+    # single-λ merge bit for bit, and the grid leaves nothing behind when it fails
+    gen = torch.Generator().manual_seed(3)
+    theta = {
+        f"model.layers.0.mlp.{p}.weight": torch.randn(24, 16, generator=gen) for p in ("up_proj", "down_proj")
+    }
+    dirs = {}
+    for name, scale in (("base", 0.0), ("a", 0.05), ("b", 0.05)):
+        tensors = {k: (v + scale * torch.randn(v.shape, generator=gen)).bfloat16() for k, v in theta.items()}
+        dirs[name] = save_checkpoint(tmp_path / name, tensors)
+    sources = [FullTaskVectors(dirs["a"], dirs["base"]), FullTaskVectors(dirs["b"], dirs["base"])]
+    grid = merge_lambda_grid(dirs["base"], sources, {0.25: tmp_path / "g25", 0.7: tmp_path / "g70"})
+    for lam, out in zip((0.25, 0.7), grid, strict=True):
+        single = merge_task_vectors(dirs["base"], sources, tmp_path / f"s{lam}", lam=lam)
+        for name in theta:
+            a, b = WeightFiles(out).get(name), WeightFiles(single).get(name)
+            assert a.dtype == torch.bfloat16 and torch.equal(a, b)
+
+    class Broken(FullTaskVectors):  # a read error at the second tensor, after the first was written
+        def tau(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+            if name.endswith("up_proj.weight"):  # names are read sorted: down_proj, then up_proj
+                raise OSError("disk gone")
+            return super().tau(name, out=out)
+
+    broken = [sources[0], Broken(dirs["b"], dirs["base"])]
+    with pytest.raises(OSError, match="disk gone"):
+        merge_lambda_grid(dirs["base"], broken, {0.5: tmp_path / "x1", 1.0: tmp_path / "x2"})
+    assert not (tmp_path / "x1").exists() and not (tmp_path / "x2").exists() and leftovers(tmp_path) == []
 
 
 def test_revert_layer_sets_exactly_that_layer_to_base(models: Path, tmp_path: Path) -> None:

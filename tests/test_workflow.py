@@ -60,7 +60,8 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     assert jobs["table1"] == jobs["table2"] == jobs["figure2"] == 1  # synth_pku k=2; synth_hs2 k=5
     # persona variants per dataset: sft, dpo and the TIES merges at lambda 0.5 and 1
     assert jobs["persona_eval_base"] == 2 and jobs["persona_eval"] == 2 * 4 and jobs["persona_table"] == 2
-    assert jobs["merge_sft_dpo"] == 2 * 2 and jobs["taskvec_stats_persona"] == jobs["conflict_sft_dpo"] == 2
+    # one merge job per (dataset, seed): SFT and DPO are merged once and scaled to each λ of the grid
+    assert jobs["merge_sft_dpo"] == 2 and jobs["taskvec_stats_persona"] == jobs["conflict_sft_dpo"] == 2
     assert jobs["taskvec_stats_adapters"] == jobs["conflict_dims"] == 2 * 2  # stage 3 and DPO-Soup
     assert jobs["weight_figures_persona"] == 2 and jobs["weight_figures_adapters"] == 2 * 2
     assert jobs["revert_sweep"] == jobs["key_layers"] == 2  # analysis.revert.methods: [dpo]
@@ -81,7 +82,8 @@ def test_paper_dry_run_plans_the_full_matrix(project_root, tmp_path):
     assert jobs["reference_logps"] == 2 * 2 * 3  # models x datasets x parts, not per seed
     assert jobs["curriculum_stage1"] == jobs["curriculum_stage3"] == jobs["panacea"] == runs
     assert jobs["dpo_soup"] == (2 + 5) * 2 * 3
-    assert jobs["sft"] == jobs["dpo"] == runs
+    assert jobs["sft"] == jobs["dpo"] == jobs["merge_sft_dpo"] == runs
+    assert jobs["persona_eval"] == runs * (2 + 4)  # sft, dpo and the merges at four λ
     assert jobs["revert_sweep"] == 2 * runs and jobs["key_layers"] == 2 * 2 * 2  # sft, dpo; no seeds
     assert jobs["weight_figures_persona"] == runs and jobs["weight_figures_adapters"] == 2 * runs
 

@@ -70,19 +70,18 @@ def merge_job(
     manifest: str | Path,
     sft_run: str | Path,
     dpo_run: str | Path,
-    out_dir: str | Path,
+    outputs: Mapping[float, str | Path],
     *,
-    lam: float,
     method: str,
     density: float,
 ) -> None:
-    """One point of the SFT+DPO combination grid, written as a model directory transformers loads."""
+    """The SFT+DPO combination grid (λ -> model directory), merged once and written as models transformers
+    loads."""
     merge_sft_dpo(
         base_dir(manifest),
         resolve_model_dir(sft_run),
         resolve_model_dir(dpo_run),
-        out_dir,
-        lam=lam,
+        outputs,
         method=method,
         density=density,
     )

@@ -5,7 +5,8 @@ each source's τ of that parameter (:mod:`conflux.taskvec`), hands it to a
 :class:`conflux.tensor_io.ShardedWriter` and forgets it, so memory stays at one output shard
 (``max_shard_bytes``) plus about 1.25n + 6 float32 copies of the largest tensor for n sources, whatever the
 model size (mergekit's lazy-loader idea in a much smaller driver). Measured for n = 2 bfloat16 checkpoints:
-8.1 copies, i.e. ~16 GB for Llama-3-8B's 128256 x 4096 embedding, plus up to a shard. The output directory
+8.1 copies, i.e. ~16 GB for Llama-3-8B's 128256 x 4096 embedding, plus up to a shard; a λ grid
+(:func:`merge_lambda_grid`) adds an output shard and half a copy per extra λ. The output directory
 is an ordinary Hugging Face model (the base's config and tokenizer files plus safetensors shards) that
 ``AutoModelForCausalLM.from_pretrained`` loads without conflux, written atomically, with a
 ``conflux_merge.json`` / ``conflux_revert.json`` that records what was done.
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +70,7 @@ def merge_task_vectors(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: bool = False,
 ) -> Path:
-    """Write θ_base + merge(τ_1..τ_n) as a loadable model directory, one tensor at a time.
+    """Write θ_base + λ·merge(τ_1..τ_n) as a loadable model directory, one tensor at a time.
 
     Args:
         base_dir: The base model directory (its config and tokenizer files are copied).
@@ -84,83 +86,123 @@ def merge_task_vectors(
     Returns:
         ``out_dir`` as a Path.
     """
+    (out,) = merge_lambda_grid(
+        base_dir,
+        sources,
+        {lam: out_dir},
+        method=method,
+        weights=weights,
+        density=density,
+        max_shard_bytes=max_shard_bytes,
+        progress=progress,
+    )
+    return out
+
+
+def merge_lambda_grid(
+    base_dir: str | Path,
+    sources: Sequence[TaskVectors],
+    outputs: Mapping[float, str | Path],
+    *,
+    method: str = "ties",
+    weights: Sequence[float] | None = None,
+    density: float = 0.2,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    progress: bool = False,
+) -> list[Path]:
+    """θ_base + λ·merge(τ_1..τ_n) for each λ of ``outputs`` (λ -> model directory), merging each tensor once.
+
+    λ only scales the merged task vector, so a grid of λ costs one merge (reads, trim, election) plus a
+    scaled add per λ; each output equals :func:`merge_task_vectors` at that λ bit for bit. Memory grows by
+    one output shard per extra λ. All outputs are written atomically: a failure leaves none of them.
+    """
     if method not in METHODS:
         raise ConfluxError(f"merge method must be one of {METHODS}, got {method!r}")
     if not sources:
         raise ConfluxError("a merge needs at least one task-vector source")
+    if not outputs:
+        raise ConfluxError("a merge needs at least one (λ, output directory)")
     w = [1.0] * len(sources) if weights is None else [float(x) for x in weights]
     if len(w) != len(sources):
         raise ConfluxError(f"{len(w)} weights for {len(sources)} sources")
     trim_k(1, density)
     base = WeightFiles(base_dir)
     _check_sources(base, sources)
-    record = {
-        "method": method,
-        "sources": [s.label for s in sources],
-        "weights": w,
-        "lambda": lam,
-        "density": density if method == "ties" else None,
-        "base": str(base_dir),
-    }
     changes = [frozenset(s.names) for s in sources]
     buffers = MergeBuffers(len(sources))
-    with atomic_path(out_dir, directory=True) as tmp:
-        writer = ShardedWriter(tmp, max_shard_bytes)
+    grid = [(float(lam), Path(out)) for lam, out in outputs.items()]
+    with ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_path(out, directory=True)) for _, out in grid]
+        writers = [ShardedWriter(tmp, max_shard_bytes) for tmp in tmps]
         for name in tqdm(base.names, desc=f"{method} merge", disable=not progress):
             theta = base.get(name)
-            if any(name in c for c in changes) and theta.is_floating_point():
-                taus = buffers.stack(theta.numel())
-                for row, source, changed in zip(taus, sources, changes, strict=True):
-                    if name in changed:
-                        source.tau(name, out=row)
-                    else:
-                        row.zero_()
-                if method == "ties":
-                    merged = ties_in_place(taus, w, density, lam, buffers)
+            if not (any(name in c for c in changes) and theta.is_floating_point()):
+                for writer in writers:
+                    writer.add(name, theta)
+                continue
+            taus = buffers.stack(theta.numel())
+            for row, source, changed in zip(taus, sources, changes, strict=True):
+                if name in changed:
+                    source.tau(name, out=row)
                 else:
-                    merged = task_arithmetic_in_place(taus, w, lam, buffers)
-                merged = merged.view(theta.shape)
-                if theta.dtype == torch.float32:
-                    theta.add_(merged)  # pread tensors are ours to modify
-                else:  # θ + m in float32 (θ widened exactly) into m's buffer: no float32 copy of θ or the sum
-                    theta = merged.add_(theta).to(theta.dtype)
-            writer.add(name, theta)
-        writer.close()
-        copy_side_files(base_dir, tmp)
-        (tmp / MERGE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    log.info("%s merge of %s -> %s", method, record["sources"], out_dir)
-    return Path(out_dir)
+                    row.zero_()
+            if method == "ties":
+                merged = ties_in_place(taus, w, density, 1.0, buffers)  # × 1.0 is exact; λ comes below
+            else:
+                merged = task_arithmetic_in_place(taus, w, 1.0, buffers)
+            for i, ((lam, _), writer) in enumerate(zip(grid, writers, strict=True)):
+                # the kernels' last step, λ·m in float32, then θ + λm (θ widened exactly) cast to θ's dtype
+                scaled = torch.mul(merged, lam, out=buffers.entry(0, merged.numel())).view(theta.shape)
+                if theta.dtype != torch.float32:
+                    writer.add(name, scaled.add_(theta).to(theta.dtype))
+                elif i == len(grid) - 1:
+                    writer.add(name, theta.add_(scaled))  # pread tensors are ours to modify
+                else:
+                    writer.add(name, theta + scaled)
+        for (lam, _), writer, tmp in zip(grid, writers, tmps, strict=True):
+            writer.close()
+            copy_side_files(base_dir, tmp)
+            record = {
+                "method": method,
+                "sources": [s.label for s in sources],
+                "weights": w,
+                "lambda": lam,
+                "density": density if method == "ties" else None,
+                "base": str(base_dir),
+            }
+            (tmp / MERGE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    log.info("%s merge of %s -> %s", method, [s.label for s in sources], [str(out) for _, out in grid])
+    return [out for _, out in grid]
 
 
 def merge_sft_dpo(
     base_dir: str | Path,
     sft_dir: str | Path,
     dpo_dir: str | Path,
-    out_dir: str | Path,
+    outputs: Mapping[float, str | Path],
     *,
-    lam: float,
     method: str = "ties",
     density: float = 0.2,
     weights: tuple[float, float] = (1.0, 1.0),
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-) -> Path:
-    """One point of the SFT+DPO λ grid: θ_base + λ·merge(τ_SFT, τ_DPO), both trained from ``base_dir``.
+) -> list[Path]:
+    """The SFT+DPO λ grid: θ_base + λ·merge(τ_SFT, τ_DPO) per λ of ``outputs`` (λ -> model directory).
 
-    ``sft_dir`` and ``dpo_dir`` are full fine-tune model directories or LoRA adapter directories. With
-    ``task_arithmetic`` this is θ_base + λ(w_SFT τ_SFT + w_DPO τ_DPO); with ``ties`` the TIES merge of the two
-    (at λ = 1 and unit weights: their mean where they agree, the agreeing one where one is trimmed away).
+    ``sft_dir`` and ``dpo_dir`` are full fine-tune model directories or LoRA adapter directories, both trained
+    from ``base_dir``. With ``task_arithmetic`` this is θ_base + λ(w_SFT τ_SFT + w_DPO τ_DPO); with ``ties``
+    the TIES merge of the two (at λ = 1 and unit weights: their mean where they agree, the agreeing one where
+    one is trimmed away). The two are merged once for the whole grid (:func:`merge_lambda_grid`).
     """
     sources = [
         open_task_vectors(sft_dir, base_dir, label="sft"),
         open_task_vectors(dpo_dir, base_dir, label="dpo"),
     ]
-    return merge_task_vectors(
+    return merge_lambda_grid(
         base_dir,
         sources,
-        out_dir,
+        outputs,
         method=method,
         weights=weights,
-        lam=lam,
         density=density,
         max_shard_bytes=max_shard_bytes,
     )

@@ -8,8 +8,7 @@ merge_job(
     snakemake.input.manifest,
     snakemake.input.sft,
     snakemake.input.dpo,
-    snakemake.output[0],
-    lam=float(snakemake.wildcards.lam),
-    method=snakemake.wildcards.merge_method,
+    dict(zip(snakemake.params.lambdas, snakemake.output, strict=True)),
+    method=snakemake.params.method,
     density=snakemake.params.density,
 )
