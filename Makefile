@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# An editable install leaves src/ uncompiled; where PYTHONDONTWRITEBYTECODE is set (CI images), every
+	# snakemake call and every job would compile the package again (~70 ms of each dry-run).
+	$(BIN)/python -m compileall -q src
 	touch $@
 
 setup: $(STAMP)
