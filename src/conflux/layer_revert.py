@@ -317,14 +317,6 @@ def read_sweeps(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     return sweeps
 
 
-def revert_effect_grid(table: pd.DataFrame, column: str = "effect_removed") -> pd.DataFrame:
-    """Layer × module grid of a column over the cell targets of the mean rows (empty without cells)."""
-    cells = table[(table["seed"] == MEAN) & (table["kind"] == "cell")]
-    if cells.empty:
-        return pd.DataFrame()
-    return cells.pivot(index="layer", columns="module", values=column)
-
-
 def key_layers_job(
     sweeps: Sequence[str | Path],
     base_metrics: str | Path,

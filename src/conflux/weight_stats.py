@@ -14,9 +14,8 @@ else), so a layer × module heatmap is one ``pivot_table`` away. Columns:
 Everything is computed in float32, two parameters at a time in two threads when the job has two cores (one
 τ being read while the other is analysed), each τ in one pass over cache-sized chunks; peak memory is two τ
 buffers of the largest tensor's size (a third per thread in the rare cases that need a second pass) whatever
-the model size. The
-trim threshold is exact: :class:`conflux.streaming_topk.StreamingTopK` selects it during the same pass from
-the few % of entries a sample places near it, not by sorting or partitioning all of |τ|.
+the model size. The trim threshold is exact: :class:`conflux.streaming_topk.StreamingTopK` selects it during
+the same pass from the few % of entries a sample places near it, not by sorting or partitioning all of |τ|.
 """
 
 from __future__ import annotations
