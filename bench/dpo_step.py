@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 def build(args):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from conflux.sources import bundled_corpus
-    from conflux.synthetic import synthetic_pku
-    from conflux.tinymodel import train_tokenizer
+    from conflux.data.jobs import bundled_corpus
+    from conflux.data.synthetic import synthetic_pku
+    from conflux.modeling.tiny_model import train_tokenizer
 
     tokenizer = train_tokenizer(bundled_corpus(seed=0), args.vocab)
     config = LlamaConfig(
@@ -102,10 +102,10 @@ def run_ours(args, model_dir, tokenizer, pairs, online: bool):
     import numpy as np
     from transformers import TrainingArguments
 
-    from conflux.objectives import CurriculumStage1, StepInputs
-    from conflux.policy import LoraSpec, PreferencePolicy
-    from conflux.preference_trainer import PairDataset, PreferenceTrainer
-    from conflux.reference import TokenizeSettings, compute_reference_logps
+    from conflux.modeling.policy import LoraSpec, PreferencePolicy
+    from conflux.training.objectives import CurriculumStage1, StepInputs
+    from conflux.training.preference_trainer import PairDataset, PreferenceTrainer
+    from conflux.training.reference import TokenizeSettings, compute_reference_logps
 
     settings = TokenizeSettings(args.max_length, "keep_start")
     model = load(model_dir, args.device)
@@ -123,7 +123,7 @@ def run_ours(args, model_dir, tokenizer, pairs, online: bool):
     class Objective(CurriculumStage1):
         def passes(self, policy, ctx, inputs: StepInputs):
             if online:  # the bench-only "no cache" mode: reference forward inside the step, as TRL does
-                from conflux.logprobs import sequence_logps
+                from conflux.modeling.logprobs import sequence_logps
 
                 with torch.no_grad(), policy.reference() as ref_model, ctx.forward_context():
                     inputs.ref_a, inputs.ref_b = sequence_logps(ref_model, inputs.batch)
@@ -149,7 +149,7 @@ def run_trl(args, model_dir, tokenizer, pairs, online: bool):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from conflux.policy import LoraSpec
+    from conflux.modeling.policy import LoraSpec
 
     prompt, chosen, rejected = rows_of(pairs)
     data = Dataset.from_dict({"prompt": prompt, "chosen": chosen, "rejected": rejected})

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def make_input(path: Path, n: int, k: int, seed: int = 0) -> None:
-    from conflux.pairs import make_pair_table, write_pairs
+    from conflux.data.pairs import make_pair_table, write_pairs
 
     rng = np.random.default_rng(seed)
     prompts = [f"prompt number {i // 2} about topic {i % 97}" for i in range(n)]
@@ -52,7 +52,7 @@ def measure(kind: str, path: Path, out_dir: Path) -> dict:
 
         rows = pq.read_table(path).num_rows
     else:
-        from conflux.split import SPLIT_NAMES, SplitConfig, split_file
+        from conflux.data.split import SPLIT_NAMES, SplitConfig, split_file
 
         outputs = {name: out_dir / f"{name}.parquet" for name in SPLIT_NAMES}
         stats = split_file(path, outputs, out_dir / "stats.json", SplitConfig())

@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 def write_pair(root: Path, args: argparse.Namespace) -> tuple[Path, Path, int]:
     """base/ and ft/ with the tensor names and shapes of a LlamaConfig, and the largest tensor size."""
-    from conflux.tensor_io import ShardedWriter
+    from conflux.analysis.tensor_io import ShardedWriter
 
     config = llama_config(args.hidden, args.layers, args.vocab)
     shapes = param_shapes(config)
@@ -83,8 +83,8 @@ torch.set_num_threads(int(sys.argv[4]))
 kind, ft, base = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 sys.path.insert(0, sys.argv[5])
 from safetensors import safe_open
-from conflux.taskvec import FullTaskVectors
-from conflux.weight_stats import task_vector_stats
+from conflux.analysis.task_vectors import FullTaskVectors
+from conflux.analysis.stats import task_vector_stats
 
 def status(key):
     return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024

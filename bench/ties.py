@@ -45,7 +45,7 @@ MERGEKIT_VENV = ROOT / "bench" / ".venv-mergekit"
 
 def write_models(root: Path, args: argparse.Namespace) -> tuple[Path, list[Path], int]:
     """base/ and ft<i>/ as float32 Llama checkpoints; returns them and the parameter count."""
-    from conflux.tensor_io import ShardedWriter
+    from conflux.analysis.tensor_io import ShardedWriter
 
     config = llama_config(
         args.hidden,
@@ -75,8 +75,8 @@ def write_models(root: Path, args: argparse.Namespace) -> tuple[Path, list[Path]
 CONFLUX_CHILD = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from conflux.taskvec import FullTaskVectors
-from conflux.weight_merge import merge_task_vectors
+from conflux.analysis.task_vectors import FullTaskVectors
+from conflux.analysis.merge import merge_task_vectors
 a = json.loads(sys.argv[2])
 sources = [FullTaskVectors(m, a["base"]) for m in a["models"]]
 merge_task_vectors(a["base"], sources, a["out"], method="ties", weights=a["weights"], lam=a["lam"],
@@ -132,8 +132,8 @@ def find_mergekit(explicit: str | None) -> str:
 
 def compare(ours: Path, theirs: Path, base: Path, models: list[Path], density: float) -> dict:
     """Max |difference|, differing entries, and those not explained by a magnitude tie at a source's cut."""
-    from conflux.merge import top_k_values
-    from conflux.tensor_io import WeightFiles
+    from conflux.analysis.tensor_io import WeightFiles
+    from conflux.analysis.ties import top_k_values
 
     a, b, base_files = WeightFiles(ours), WeightFiles(theirs), WeightFiles(base)
     sources = [WeightFiles(m) for m in models]

@@ -10,7 +10,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from conflux.config import config_error_from, offline_requested, parse_config  # noqa: E402
-from conflux.source_paths import source_fingerprint  # noqa: E402
+from conflux.data.sources import source_fingerprint  # noqa: E402
 
 try:
     validate(config, "../config/config.schema.yaml")

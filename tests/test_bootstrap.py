@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conflux.bootstrap import PairResampler, bootstrap_mean, bootstrap_ratio, resample_counts
 from conflux.errors import ConfluxError
+from conflux.evaluation.bootstrap import PairResampler, bootstrap_mean, bootstrap_ratio, resample_counts
 
 
 def test_counts_are_a_function_of_the_seed_and_each_resample_has_n_items():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conflux.conflict_norm import (
+from conflux.analysis.conflict_norm import (
     conflict_limited_l2,
     conflict_mask,
     conflict_mask_vs_sign,

@@ -9,10 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conflux.conflict_norm import pairwise_conflict
-from conflux.conflict_tables import elected_conflict_table, pairwise_conflict_table, write_conflict_table
+from conflux.analysis.conflict_norm import pairwise_conflict
+from conflux.analysis.conflict_tables import (
+    elected_conflict_table,
+    pairwise_conflict_table,
+    write_conflict_table,
+)
+from conflux.analysis.task_vectors import FullTaskVectors
 from conflux.errors import ConfluxError
-from conflux.taskvec import FullTaskVectors
 from weight_checkpoints import TensorTaskVectors, perturbed, tiny_llama
 
 P = "model.layers.2.mlp.up_proj.weight"

@@ -12,19 +12,19 @@ import torch
 from docutils.core import publish_parts
 from safetensors.torch import load_file
 
+from conflux.data.pairs import read_pairs, write_pairs
+from conflux.data.split import SplitConfig, split_pairs
+from conflux.data.synthetic import synthetic_pku
 from conflux.errors import ConfluxError
-from conflux.eval_records import evaluate_method, read_records, weighted_labels
-from conflux.eval_report import figure2_job, table1_job, table2_job
-from conflux.implicit_reward import implicit_reward_margins
-from conflux.logprobs import sequence_logps, tokenize_pairs
-from conflux.method_policy import adapter_dirs, run_beta
-from conflux.models import BaseModelSpec, load_base_model, write_manifest
-from conflux.pairs import read_pairs, write_pairs
-from conflux.policy import LoraSpec, PreferencePolicy
-from conflux.reference import TokenizeSettings, compute_reference_logps, write_reference
-from conflux.split import SplitConfig, split_pairs
-from conflux.synthetic import synthetic_pku
-from conflux.tinymodel import TinyModelConfig, build_tiny_model
+from conflux.evaluation.implicit_reward import implicit_reward_margins
+from conflux.evaluation.records import evaluate_method, read_records, weighted_labels
+from conflux.evaluation.tables import figure2_job, table1_job, table2_job
+from conflux.modeling.base_model import BaseModelSpec, load_base_model, write_manifest
+from conflux.modeling.logprobs import sequence_logps, tokenize_pairs
+from conflux.modeling.method_policy import adapter_dirs, run_beta
+from conflux.modeling.policy import LoraSpec, PreferencePolicy
+from conflux.modeling.tiny_model import TinyModelConfig, build_tiny_model
+from conflux.training.reference import TokenizeSettings, compute_reference_logps, write_reference
 
 SETTINGS = TokenizeSettings(max_length=256)
 BETA = 0.1

@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from conflux.analysis.merge import revert_to_base
+from conflux.analysis.revert import BaseSwap, RevertTarget, key_layers_table, revert_targets
+from conflux.analysis.tensor_io import WeightFiles
 from conflux.errors import ConfluxError
-from conflux.layer_revert import BaseSwap, RevertTarget, key_layers_table, revert_targets
-from conflux.tensor_io import WeightFiles
-from conflux.weight_merge import revert_to_base
 from weight_checkpoints import perturbed, tiny_llama
 
 NAMES = [

@@ -11,8 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conflux.data.loaders import (
+    load_canonical,
+    load_helpsteer2,
+    load_persona,
+    load_pku_saferlhf,
+    read_dialogue,
+)
 from conflux.errors import DataError
-from conflux.loaders import load_canonical, load_helpsteer2, load_persona, load_pku_saferlhf, read_dialogue
 
 PKU_HEADER = "prompt,response_0,response_1,better_response_id,safer_response_id\n"
 PKU_ROW = {"prompt": "q", "response_0": "a", "response_1": "b", "better_response_id": 0,

@@ -13,8 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conflux.errors import DataError
-from conflux.loaders import (
+from conflux.data.loaders import (
     load_canonical,
     load_helpsteer2,
     load_persona,
@@ -22,7 +21,8 @@ from conflux.loaders import (
     read_dialogue,
     read_records,
 )
-from conflux.pairs import SFT_SCHEMA
+from conflux.data.pairs import SFT_SCHEMA
+from conflux.errors import DataError
 
 PKU_ROWS = [
     # better == safer: the two dims agree

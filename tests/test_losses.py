@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conflux.errors import ConfluxError
-from conflux.losses import (
+from conflux.training.losses import (
     dpo_loss,
     kl_bernoulli_loss,
     kl_target,

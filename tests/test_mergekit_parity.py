@@ -18,9 +18,9 @@ import torch
 from mergekit.config import MergeConfiguration
 from mergekit.merge import MergeOptions, run_merge
 
-from conflux.taskvec import FullTaskVectors
-from conflux.tensor_io import WeightFiles
-from conflux.weight_merge import merge_task_vectors
+from conflux.analysis.merge import merge_task_vectors
+from conflux.analysis.task_vectors import FullTaskVectors
+from conflux.analysis.tensor_io import WeightFiles
 from weight_checkpoints import perturbed, tiny_llama
 
 

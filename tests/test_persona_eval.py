@@ -10,17 +10,17 @@ import pyarrow as pa
 import pytest
 import torch
 
-from conflux.generation import GenerationSettings, encode_prompt, generate
-from conflux.model_variants import load_variant, resolve_model_dir
-from conflux.models import BaseModelSpec, load_base_model, write_manifest
-from conflux.pairs import make_pair_table, write_pairs, write_sft
-from conflux.persona_eval import perplexity, persona_eval_job, response_logps
-from conflux.persona_markers import count_markers, style_summary
-from conflux.persona_table import persona_table_job
-from conflux.persona_text import PERSONA_MARKERS, persona_sets
-from conflux.policy import LoraSpec
-from conflux.reference import TokenizeSettings
-from conflux.tinymodel import TinyModelConfig, build_tiny_model
+from conflux.data.pairs import make_pair_table, write_pairs, write_sft
+from conflux.data.persona_text import PERSONA_MARKERS, persona_sets
+from conflux.evaluation.persona_eval import perplexity, persona_eval_job, response_logps
+from conflux.evaluation.persona_markers import count_markers, style_summary
+from conflux.evaluation.persona_table import persona_table_job
+from conflux.modeling.base_model import BaseModelSpec, load_base_model, write_manifest
+from conflux.modeling.generation import GenerationSettings, encode_prompt, generate
+from conflux.modeling.policy import LoraSpec
+from conflux.modeling.tiny_model import TinyModelConfig, build_tiny_model
+from conflux.modeling.variants import load_variant, resolve_model_dir
+from conflux.training.reference import TokenizeSettings
 
 SETTINGS = TokenizeSettings(max_length=192)
 GEN = GenerationSettings(max_new_tokens=8, batch_size=4)

@@ -7,8 +7,13 @@ import json
 
 import pytest
 
+from conflux.data.persona_text import (
+    PERSONA_FILES,
+    PERSONA_MARKERS,
+    bundled_persona_path,
+    write_persona_files,
+)
 from conflux.errors import DataError
-from conflux.persona_text import PERSONA_FILES, PERSONA_MARKERS, bundled_persona_path, write_persona_files
 
 
 def _read_csv(path) -> list[tuple[str, str]]:
@@ -48,7 +53,7 @@ def test_committed_files_equal_a_fresh_regeneration(tmp_path):
     for name in PERSONA_FILES:
         fresh = written[name].read_bytes()
         assert fresh == bundled_persona_path(name).read_bytes(), (
-            f"rerun python -m conflux.persona_text ({name})"
+            f"rerun python -m conflux.data.persona_text ({name})"
         )
         assert b"\r" not in fresh and fresh.endswith(b"\n")
         fresh.decode("utf-8")

@@ -11,8 +11,8 @@ from peft.tuners.lora import LoraLayer
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from conflux.logprobs import sequence_logps, tokenize_pairs
-from conflux.policy import LoraSpec, PreferencePolicy, merged_delta, policy_at
+from conflux.modeling.logprobs import sequence_logps, tokenize_pairs
+from conflux.modeling.policy import LoraSpec, PreferencePolicy, merged_delta, policy_at
 
 VOCAB = 128
 CORPUS = [

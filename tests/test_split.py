@@ -8,9 +8,8 @@ import logging
 import numpy as np
 import pytest
 
-from conflux.errors import DataError
-from conflux.pairs import make_pair_table, read_pairs, write_pairs
-from conflux.split import (
+from conflux.data.pairs import make_pair_table, read_pairs, write_pairs
+from conflux.data.split import (
     SPLIT_NAMES,
     SplitConfig,
     classify,
@@ -19,6 +18,7 @@ from conflux.split import (
     split_file,
     split_pairs,
 )
+from conflux.errors import DataError
 
 
 def pairs_from(diffs, prompts=None, dims=None):

@@ -1,4 +1,4 @@
-"""The streamed trim selection (conflux.streaming_topk) against the plain definition: sort |τ|, take k."""
+"""The streamed trim selection (conflux.analysis.topk) against the plain definition: sort |τ|, take k."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from conflux.merge import trim_k
-from conflux.streaming_topk import SAMPLE, StreamingTopK, TopK, exact_top_k, kth_largest, sum_squares
+from conflux.analysis.ties import trim_k
+from conflux.analysis.topk import SAMPLE, StreamingTopK, TopK, exact_top_k, kth_largest, sum_squares
 from conflux.threads import ordered_map
 
 

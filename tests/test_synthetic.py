@@ -8,7 +8,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from conflux.synthetic import PKU_MARKERS, corpus_texts, synthetic_helpsteer, synthetic_pku
+from conflux.data.synthetic import PKU_MARKERS, corpus_texts, synthetic_helpsteer, synthetic_pku
 
 
 def _conflict_share(pairs) -> float:

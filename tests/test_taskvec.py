@@ -17,18 +17,18 @@ import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 
-from conflux.errors import ConfluxError, DataError
-from conflux.param_names import parse_param_name
-from conflux.policy import LoraSpec, PreferencePolicy, merged_delta
-from conflux.taskvec import (
+from conflux.analysis.param_names import parse_param_name
+from conflux.analysis.stats import task_vector_stats, tensor_stats, write_task_vector_stats
+from conflux.analysis.task_vectors import (
     FullTaskVectors,
     LoraTaskVectors,
     adapter_set,
     open_task_vectors,
     policy_task_vectors,
 )
-from conflux.tensor_io import WeightFiles
-from conflux.weight_stats import task_vector_stats, tensor_stats, write_task_vector_stats
+from conflux.analysis.tensor_io import WeightFiles
+from conflux.errors import ConfluxError, DataError
+from conflux.modeling.policy import LoraSpec, PreferencePolicy, merged_delta
 from weight_checkpoints import CONFIG, save_checkpoint, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -408,8 +408,8 @@ def test_stats_leave_no_output_on_error(tmp_path: Path) -> None:
 _RSS_CHILD = textwrap.dedent(
     """
     import re, sys
-    from conflux.taskvec import FullTaskVectors
-    from conflux.weight_stats import task_vector_stats
+    from conflux.analysis.task_vectors import FullTaskVectors
+    from conflux.analysis.stats import task_vector_stats
 
     def status(key):
         return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024

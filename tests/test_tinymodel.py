@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from conflux.errors import ConfluxError
-from conflux.models import BaseModelSpec, load_base_model, read_manifest, write_manifest
-from conflux.tinymodel import TinyModelConfig, build_tiny_model, train_tokenizer
+from conflux.modeling.base_model import BaseModelSpec, load_base_model, read_manifest, write_manifest
+from conflux.modeling.tiny_model import TinyModelConfig, build_tiny_model, train_tokenizer
 
 TEXTS = [
     "How do I bake bread at home? Mix flour, water, salt and yeast, then let the dough rise.",

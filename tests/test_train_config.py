@@ -7,7 +7,7 @@ import yaml
 
 from conflux.config import load_config
 from conflux.errors import ConfigError
-from conflux.train_config import TrainConfig, resolve_train_config
+from conflux.training.config import TrainConfig, resolve_train_config
 
 RAW = {
     "training": {

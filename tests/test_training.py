@@ -17,20 +17,25 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
+from conflux.data.jobs import bundled_corpus
+from conflux.data.pairs import read_pairs, write_pairs
+from conflux.data.split import SplitConfig, split_pairs
+from conflux.data.synthetic import synthetic_pku
 from conflux.errors import DataError
-from conflux.implicit_reward import implicit_reward_margins, pair_accuracy
-from conflux.logprobs import sequence_logps, tokenize_pairs
-from conflux.models import BaseModelSpec, load_base_model, write_manifest
-from conflux.objectives import StepContext, StepInputs, make_objective
-from conflux.pairs import read_pairs, write_pairs
-from conflux.policy import LoraSpec, PreferencePolicy, merged_delta
-from conflux.preference_trainer import PreferenceJob, resume_point, run_preference_job
-from conflux.reference import TokenizeSettings, compute_reference_logps, read_reference, write_reference
-from conflux.sources import bundled_corpus
-from conflux.split import SplitConfig, split_pairs
-from conflux.synthetic import synthetic_pku
-from conflux.tinymodel import TinyModelConfig, build_tiny_model
-from conflux.train_config import TrainConfig
+from conflux.evaluation.implicit_reward import implicit_reward_margins, pair_accuracy
+from conflux.modeling.base_model import BaseModelSpec, load_base_model, write_manifest
+from conflux.modeling.logprobs import sequence_logps, tokenize_pairs
+from conflux.modeling.policy import LoraSpec, PreferencePolicy, merged_delta
+from conflux.modeling.tiny_model import TinyModelConfig, build_tiny_model
+from conflux.training.config import TrainConfig
+from conflux.training.objectives import StepContext, StepInputs, make_objective
+from conflux.training.preference_trainer import PreferenceJob, resume_point, run_preference_job
+from conflux.training.reference import (
+    TokenizeSettings,
+    compute_reference_logps,
+    read_reference,
+    write_reference,
+)
 
 SETTINGS = TokenizeSettings(max_length=128)
 CFG = TrainConfig(
@@ -290,8 +295,8 @@ def test_dirichlet_weight_is_a_function_of_seed_and_step():
 DRIVER = """
 import json, sys
 from pathlib import Path
-from conflux.preference_trainer import PreferenceJob, run_preference_job
-from conflux.train_config import train_config_from_dict
+from conflux.training.preference_trainer import PreferenceJob, run_preference_job
+from conflux.training.config import train_config_from_dict
 spec = json.loads(Path(sys.argv[1]).read_text())
 spec["cfg"] = train_config_from_dict(spec["cfg"])
 for key in ("manifest", "out_dir", "work_dir"):
@@ -362,7 +367,7 @@ def test_job_killed_mid_run_resumes_to_the_uninterrupted_result(ws, tmp_path):
 def test_two_process_ddp_equals_one_process_with_the_same_global_batch(ws):
     """torchrun with 2 ranks (gloo on CPU; NCCL on GPUs) x micro-batch 8 must train exactly what one process
     does with 2 accumulation steps of 8: same global batch, same data order, gradients averaged."""
-    from conflux.launch import job_from_dict, job_to_dict, run_job
+    from conflux.training.launch import job_from_dict, job_to_dict, run_job
 
     cfg = replace(CFG, max_steps=3, batch_size=16, per_device_batch_size=8)
     one = make_job(ws, "curriculum_stage2", "ddp1", parts=["conflict"], cfg=cfg)

@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
-from conflux.logprobs import sequence_logps, tokenize_pairs
-from conflux.losses import dpo_loss
-from conflux.sources import bundled_corpus
-from conflux.synthetic import synthetic_pku
-from conflux.tinymodel import TinyModelConfig, build_tiny_model
+from conflux.data.jobs import bundled_corpus
+from conflux.data.synthetic import synthetic_pku
+from conflux.modeling.logprobs import sequence_logps, tokenize_pairs
+from conflux.modeling.tiny_model import TinyModelConfig, build_tiny_model
+from conflux.training.losses import dpo_loss
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,8 @@ def model_and_tokenizer(tmp_path_factory):
 
 def test_dpo_loss_equals_trl_dpo_trainer_on_the_same_model_and_batch(model_and_tokenizer, tmp_path):
     """TRL tokenizes, runs policy and reference and computes its sigmoid loss; we do the same through
-    conflux.logprobs + conflux.losses. The reference is a perturbed copy, so the loss is not simply log 2."""
+    conflux.modeling.logprobs + conflux.training.losses. The reference is a perturbed copy, so the loss is not
+    simply log 2."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 

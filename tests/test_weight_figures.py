@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from conflux.weight_figures import NON_LAYER, heatmaps, quadrature_grid, share_panels, stats_panels
+from conflux.analysis.figures import NON_LAYER, heatmaps, quadrature_grid, share_panels, stats_panels
 
 
 def stats_frame() -> pd.DataFrame:

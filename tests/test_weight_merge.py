@@ -11,12 +11,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from conflux.analysis.merge import merge_lambda_grid, merge_sft_dpo, merge_task_vectors, revert_to_base
+from conflux.analysis.merge_kernels import MergeBuffers, task_arithmetic_in_place, ties_in_place
+from conflux.analysis.task_vectors import FullTaskVectors, LoraTaskVectors
+from conflux.analysis.tensor_io import ShardedWriter, WeightFiles
+from conflux.analysis.ties import task_arithmetic, ties, top_k_values, trim_top_k
 from conflux.errors import ConfluxError, DataError
-from conflux.merge import task_arithmetic, ties, top_k_values, trim_top_k
-from conflux.merge_kernels import MergeBuffers, task_arithmetic_in_place, ties_in_place
-from conflux.taskvec import FullTaskVectors, LoraTaskVectors
-from conflux.tensor_io import ShardedWriter, WeightFiles
-from conflux.weight_merge import merge_lambda_grid, merge_sft_dpo, merge_task_vectors, revert_to_base
 from weight_checkpoints import perturbed, save_checkpoint, tiny_llama
 
 

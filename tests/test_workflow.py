@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conflux.pairs import read_pairs
+from conflux.data.pairs import read_pairs
 
 BIN = Path(sys.executable).parent
 

@@ -54,7 +54,7 @@ def perturbed(model: LlamaForCausalLM, seed: int, scale: float = 0.02) -> dict[s
 
 
 class TensorTaskVectors:
-    """In-memory task vectors with the :class:`conflux.taskvec.TaskVectors` interface."""
+    """In-memory task vectors with the :class:`conflux.analysis.task_vectors.TaskVectors` interface."""
 
     def __init__(self, label: str, taus: dict[str, torch.Tensor]) -> None:
         self.label, self._taus = label, taus

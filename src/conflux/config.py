@@ -15,11 +15,11 @@ from typing import Any
 import jsonschema
 import yaml
 
+from conflux.data.split import SplitConfig
 from conflux.errors import ConfigError
-from conflux.models import BaseModelSpec
-from conflux.split import SplitConfig
-from conflux.tinymodel import TinyModelConfig
-from conflux.train_config import TrainConfig, resolve_train_config
+from conflux.modeling.base_model import BaseModelSpec
+from conflux.modeling.tiny_model import TinyModelConfig
+from conflux.training.config import TrainConfig, resolve_train_config
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
 PAIR_KINDS = ("synthetic_pku", "synthetic_helpsteer", "pku_saferlhf", "helpsteer2", "canonical")
@@ -92,7 +92,7 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class RevertConfig:
-    """Which reverts the persona study's sweep evaluates (see :mod:`conflux.layer_revert`)."""
+    """Which reverts the persona study's sweep evaluates (see :mod:`conflux.analysis.revert`)."""
 
     methods: tuple[str, ...] = ("dpo",)
     layers: tuple[int, ...] | None = None  # None: every layer of the model

@@ -2,7 +2,7 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.models import BaseModelSpec, write_manifest
+from conflux.modeling.base_model import BaseModelSpec, write_manifest
 
 write_manifest(
     BaseModelSpec(**snakemake.params.spec),

@@ -2,8 +2,8 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.sources import bundled_corpus
-from conflux.tinymodel import TinyModelConfig, build_tiny_model
+from conflux.data.jobs import bundled_corpus
+from conflux.modeling.tiny_model import TinyModelConfig, build_tiny_model
 
 cfg = TinyModelConfig(**snakemake.params.tiny)
 build_tiny_model(bundled_corpus(seed=cfg.seed), cfg, snakemake.output[0])

@@ -2,8 +2,8 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.eval_records import evaluate_method
-from conflux.reference import TokenizeSettings
+from conflux.evaluation.records import evaluate_method
+from conflux.training.reference import TokenizeSettings
 
 evaluate_method(
     method=snakemake.wildcards.variant,

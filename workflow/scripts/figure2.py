@@ -2,7 +2,7 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.eval_report import figure2_job
+from conflux.evaluation.tables import figure2_job
 
 figure2_job(
     list(snakemake.input),

@@ -2,7 +2,7 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.layer_revert import key_layers_job
+from conflux.analysis.revert import key_layers_job
 
 key_layers_job(
     list(snakemake.input.sweeps),

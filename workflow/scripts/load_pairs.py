@@ -3,7 +3,7 @@ from _bootstrap import start
 start(snakemake)
 
 from conflux.config import DatasetSpec
-from conflux.sources import write_pair_dataset
+from conflux.data.jobs import write_pair_dataset
 
 write_pair_dataset(
     DatasetSpec(**snakemake.params.spec),

@@ -3,7 +3,7 @@ from _bootstrap import start
 start(snakemake)
 
 from conflux.config import DatasetSpec, PersonaSplitConfig
-from conflux.sources import write_persona_dataset
+from conflux.data.jobs import write_persona_dataset
 
 write_persona_dataset(
     DatasetSpec(**snakemake.params.spec),

@@ -2,7 +2,7 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.analysis_jobs import merge_job
+from conflux.analysis.jobs import merge_job
 
 merge_job(
     snakemake.input.manifest,

@@ -3,9 +3,9 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.generation import GenerationSettings
-from conflux.persona_eval import persona_eval_job
-from conflux.reference import TokenizeSettings
+from conflux.evaluation.persona_eval import persona_eval_job
+from conflux.modeling.generation import GenerationSettings
+from conflux.training.reference import TokenizeSettings
 
 persona_eval_job(
     variant=snakemake.params.variant,

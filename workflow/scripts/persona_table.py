@@ -2,7 +2,7 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.persona_table import persona_table_job
+from conflux.evaluation.persona_table import persona_table_job
 
 persona_table_job(
     list(snakemake.input.metrics),

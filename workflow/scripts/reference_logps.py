@@ -2,7 +2,7 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.reference import TokenizeSettings, reference_job
+from conflux.training.reference import TokenizeSettings, reference_job
 
 reference_job(
     snakemake.input.pairs,

@@ -2,9 +2,9 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.generation import GenerationSettings
-from conflux.layer_revert import revert_sweep_job
-from conflux.reference import TokenizeSettings
+from conflux.analysis.revert import revert_sweep_job
+from conflux.modeling.generation import GenerationSettings
+from conflux.training.reference import TokenizeSettings
 
 revert = snakemake.params.revert
 revert_sweep_job(

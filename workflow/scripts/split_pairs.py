@@ -2,7 +2,7 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.split import SPLIT_NAMES, SplitConfig, split_file
+from conflux.data.split import SPLIT_NAMES, SplitConfig, split_file
 
 split_file(
     snakemake.input.pairs,

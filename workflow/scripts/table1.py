@@ -2,7 +2,7 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.eval_report import table1_job
+from conflux.evaluation.tables import table1_job
 
 table1_job(
     list(snakemake.input),

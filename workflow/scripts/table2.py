@@ -2,7 +2,7 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.eval_report import table2_job
+from conflux.evaluation.tables import table2_job
 
 table2_job(
     list(snakemake.input),

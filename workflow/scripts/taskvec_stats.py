@@ -3,7 +3,7 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.analysis_jobs import stats_job
+from conflux.analysis.jobs import stats_job
 
 stats_job(
     snakemake.params.runs, snakemake.input.manifest, snakemake.output[0], density=snakemake.params.density

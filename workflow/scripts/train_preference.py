@@ -5,9 +5,9 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.launch import run_job
-from conflux.preference_trainer import PreferenceJob
-from conflux.train_config import train_config_from_dict
+from conflux.training.config import train_config_from_dict
+from conflux.training.launch import run_job
+from conflux.training.preference_trainer import PreferenceJob
 
 run_job(
     PreferenceJob(

@@ -5,9 +5,9 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.launch import run_job
-from conflux.train_config import train_config_from_dict
-from conflux.trl_training import TrlJob
+from conflux.training.config import train_config_from_dict
+from conflux.training.launch import run_job
+from conflux.training.trl_jobs import TrlJob
 
 run_job(
     TrlJob(

@@ -3,7 +3,7 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.weight_figures import weight_figures_job
+from conflux.analysis.figures import weight_figures_job
 
 weight_figures_job(
     snakemake.input.stats,

@@ -1,0 +1,101 @@
+"""TIES and task arithmetic in place on reused buffers: the streamed merge's inner loop.
+
+:func:`conflux.analysis.ties.ties` is written for reading (each step a pure function that returns new
+tensors). On the 10⁷-10⁸-entry tensors of a 7B model every temporary is a fresh allocation that the kernel
+page-faults in, and those faults, not the arithmetic, dominated a streamed merge. These kernels do the *same
+operations in the same order* on a caller-owned stack of task vectors and a few buffers kept across tensors,
+so their results are bitwise equal to :func:`conflux.analysis.ties.ties` /
+:func:`conflux.analysis.ties.task_arithmetic` (pinned by tests/test_weight_merge.py) and to mergekit's
+``ties`` / ``task_arithmetic``:
+
+1. trim: zero every entry of τ_i below the k-th largest |τ_i| and, among entries equal to it, all but the
+   lowest-indexed ones (:func:`conflux.analysis.ties.trim_top_k`'s selection);
+2. weight: τ_i ← w_i τ_i;
+3. elect: e = +1 where Σ_i w_i τ_i >= 0, else −1;
+4. disjoint mean: Σ_{agree} w_i τ_i / Σ_{agree} w_i, where τ_i agrees when sgn(w_i τ_i) = e, i.e.
+   w_i τ_i · e > 0 (a divisor of 0 becomes 1);
+5. scale by λ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from conflux.analysis.tensor_io import ScratchBuffer
+from conflux.analysis.ties import top_k_cut
+
+
+class MergeBuffers:
+    """Scratch space for merging n task vectors, grown to the largest parameter and reused."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._stack = ScratchBuffer()
+        self._entries = [ScratchBuffer() for _ in range(4)]
+        self._flags = ScratchBuffer(torch.bool)
+
+    def stack(self, numel: int) -> torch.Tensor:
+        """[n, numel] float32 rows (contents undefined): the task vectors."""
+        return self._stack.take(self.n * numel).view(self.n, numel)
+
+    def entry(self, i: int, numel: int) -> torch.Tensor:
+        return self._entries[i].take(numel)
+
+    def flags(self, numel: int, rows: int = 1) -> torch.Tensor:
+        """[rows, numel] bools (``rows`` <= n; contents undefined), or flat [numel] when rows is 1."""
+        flags = self._flags.take(max(rows, 1) * numel)
+        return flags if rows == 1 else flags.view(rows, numel)
+
+
+def trim_in_place(row: torch.Tensor, k: int, buffers: MergeBuffers) -> None:
+    """Zero all but the k largest |row| entries, ties at the cut going to lower indices (flat float32 row).
+
+    Zeroing multiplies by a 0/1 mask (4x faster than ``masked_fill_``), as mergekit's ``tensor * mask``
+    does; a dropped negative entry becomes -0.0, which compares and sums like 0.0.
+    """
+    numel = row.numel()
+    if k >= numel:
+        return
+    magnitude = torch.abs(row, out=buffers.entry(0, numel))
+    threshold, above, at_or_above = top_k_cut(magnitude.numpy(), k)
+    row.mul_(torch.ge(magnitude, threshold, out=buffers.entry(3, numel)))
+    if at_or_above > k:  # more entries equal the k-th largest than fit: keep the lowest-indexed ones
+        at_threshold = torch.nonzero(torch.eq(magnitude, threshold, out=buffers.flags(numel))).view(-1)
+        row[at_threshold[k - above :]] = 0.0
+
+
+def ties_in_place(
+    taus: torch.Tensor, weights: Sequence[float], density: float, lam: float, buffers: MergeBuffers
+) -> torch.Tensor:
+    """λ · TIES(τ) of a [n, numel] float32 stack, which is overwritten; returns a buffer view [numel]."""
+    n, numel = taus.shape
+    if density < 1.0 and numel:
+        k = min(numel, max(1, int(density * numel)))
+        for row in taus:
+            trim_in_place(row, k, buffers)
+    for row, w in zip(taus, weights, strict=True):
+        row.mul_(w)
+    mass = torch.sum(taus, dim=0, out=buffers.entry(1, numel))
+    elected = torch.ge(mass, 0, out=buffers.entry(2, numel)).mul_(2).sub_(1)  # ±1
+    agree = buffers.flags(numel, rows=n)  # bools, not a second float32 stack: n·numel·3 bytes less
+    for i in range(n):  # sgn(w_i τ_i) = e  <=>  w_i τ_i · e > 0
+        torch.gt(torch.mul(taus[i], elected, out=buffers.entry(0, numel)), 0, out=agree[i])
+        taus[i].mul_(agree[i])
+    merged = torch.sum(taus, dim=0, out=buffers.entry(1, numel))
+    # The task vectors are summed; their rows now hold w_i · agree_i, summed as mergekit sums them.
+    for i, w in enumerate(weights):
+        torch.mul(agree[i], w, out=taus[i])
+    divisor = torch.sum(taus, dim=0, out=buffers.entry(2, numel))
+    divisor.add_(torch.eq(divisor, 0, out=buffers.entry(3, numel)))  # 0 -> 1 (mergekit's divisor fix)
+    return merged.div_(divisor).mul_(lam)
+
+
+def task_arithmetic_in_place(
+    taus: torch.Tensor, weights: Sequence[float], lam: float, buffers: MergeBuffers
+) -> torch.Tensor:
+    """λ Σ_i w_i τ_i of a [n, numel] float32 stack, which is overwritten; returns a buffer view [numel]."""
+    for row, w in zip(taus, weights, strict=True):
+        row.mul_(w)
+    return torch.sum(taus, dim=0, out=buffers.entry(1, taus.shape[1])).mul_(lam)

@@ -1,0 +1,350 @@
+"""Layer and module reverts: which parts of a fine-tune carry its effect?
+
+A *revert target* sets some parameters of a fine-tuned model back to the base's: one layer (every parameter
+of ``layers.<i>``), one module type (every ``q_proj``, or every MLP ``down_proj``, ... across layers) or one
+(layer, module type) cell. The sweep loads the fine-tuned model once and, for each target, copies the base's
+tensors into the chosen parameters in place, evaluates with the persona metrics, and copies the fine-tuned
+tensors back: a model is read once per sweep, not once per target, and no reverted copy is written (at 8B,
+one per layer would be 16 GB each). :func:`conflux.analysis.merge.revert_to_base` writes such a copy when one
+is wanted on disk; both choose parameters with :func:`conflux.analysis.merge.revert_selection`.
+
+The effect of a target is read off the persona margin (mean log π(y_persona|x) − log π(y_general|x) on the
+held-out pairs): ``effect_removed = (m_ft − m_revert) / (m_ft − m_base)`` is the share of the fine-tune's
+margin gain over the base that the revert takes away (1: this part alone carries it; 0: irrelevant; < 0 or
+> 1 are possible, parts interact). Beside it: the change of margin accuracy, of general perplexity and, with
+generation, of the persona style share; and the L2 norm of the task vector on the target's parameters and its
+share of the whole task vector's norm, so norm and effect can be compared directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from conflux.analysis.jobs import base_dir
+from conflux.analysis.merge import revert_selection
+from conflux.analysis.param_names import MODULE_TYPES, parse_param_name
+from conflux.analysis.tensor_io import WeightFiles
+from conflux.atomic import write_json
+from conflux.errors import ConfluxError, DataError
+from conflux.evaluation.accuracy import MEAN
+from conflux.evaluation.persona_eval import evaluate_variant, held_out_inputs
+from conflux.evaluation.report_files import write_csv, write_figure, write_markdown
+from conflux.modeling.base_model import to_work_device, working_dtype
+from conflux.modeling.generation import GenerationSettings
+from conflux.modeling.variants import load_variant
+from conflux.training.reference import TokenizeSettings
+
+log = logging.getLogger(__name__)
+
+KINDS = ("layer", "module", "cell")
+
+
+@dataclass(frozen=True)
+class RevertTarget:
+    """One set of parameters reverted together: a layer, a module type across layers, or one cell."""
+
+    kind: str
+    layer: int | None = None
+    module: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.kind == "layer":
+            return f"layer{self.layer}"
+        if self.kind == "module":
+            return f"module-{self.module}"
+        return f"layer{self.layer}-{self.module}"
+
+    def select(self, names: Sequence[str]) -> list[str]:
+        layers = None if self.layer is None else [self.layer]
+        modules = None if self.module is None else [self.module]
+        return revert_selection(names, layers=layers, modules=modules)
+
+
+def revert_targets(
+    names: Sequence[str], *, layers: Sequence[int] | None, modules: Sequence[str] | None, cells: bool
+) -> list[RevertTarget]:
+    """The targets of a sweep over a checkpoint's parameter names.
+
+    Args:
+        layers: layer indices to revert one at a time; ``None`` = every layer of the model.
+        modules: module types to revert one at a time (each across every layer and non-layer parameter);
+            ``None`` = every type the model has, in the order of :data:`MODULE_TYPES` (``other`` excluded).
+        cells: also revert each (layer, module type) pair of those layers and modules that has parameters.
+
+    A layer or module type the model does not have is an error (a typo would otherwise be a silent gap).
+    """
+    present = [parse_param_name(n) for n in names]
+    model_layers = sorted({layer for layer, _ in present if layer is not None})
+    model_modules = {module for _, module in present}
+    chosen_layers = model_layers if layers is None else list(layers)
+    missing_layers = sorted(set(chosen_layers) - set(model_layers))
+    if missing_layers:
+        raise ConfluxError(
+            f"the model has layers {model_layers[:1]}..{model_layers[-1:]}, not {missing_layers}"
+        )
+    if modules is None:
+        modules = [m for m in MODULE_TYPES if m in model_modules and m != "other"]
+    missing_modules = sorted(set(modules) - model_modules)
+    if missing_modules:
+        raise ConfluxError(f"the model has no {missing_modules} parameters; it has {sorted(model_modules)}")
+    targets = [RevertTarget("layer", layer=i) for i in chosen_layers]
+    targets += [RevertTarget("module", module=m) for m in modules]
+    if cells:
+        pairs = set(present)
+        targets += [
+            RevertTarget("cell", layer=i, module=m) for i in chosen_layers for m in modules if (i, m) in pairs
+        ]
+    return targets
+
+
+def _squared_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Σ (a − b)² in float64."""
+    return float((a.detach().double() - b.double()).square().sum())
+
+
+class BaseSwap:
+    """Swaps chosen parameters of a loaded model with the base's tensors and back, in place.
+
+    Names are the checkpoint's (``model.layers.0.self_attn.q_proj.weight``), which are the model's parameter
+    names for a transformers causal LM. Tied parameters (embeddings and head) share storage, so reverting
+    one reverts both, as it would in a written checkpoint.
+    """
+
+    def __init__(self, model: torch.nn.Module, base: WeightFiles) -> None:
+        self.params = dict(model.named_parameters(remove_duplicate=False))
+        self.base = base
+        unknown = [n for n in base.names if n not in self.params]
+        if unknown:
+            raise ConfluxError(
+                f"{base.path}: {len(unknown)} base tensor(s) are not model parameters: {unknown[:3]}"
+            )
+
+    def _base(self, name: str) -> torch.Tensor:
+        """The base's tensor of a parameter, on the parameter's device and in its dtype."""
+        p = self.params[name]
+        return self.base.get(name).to(p.device, p.dtype)
+
+    def tau_l2(self, names: Sequence[str]) -> float:
+        """‖θ_ft − θ_base‖₂ over the named parameters, accumulated in float64 one tensor at a time."""
+        with torch.no_grad():
+            return math.sqrt(sum(_squared_distance(self.params[n], self._base(n)) for n in names))
+
+    @contextmanager
+    def reverted(self, names: Sequence[str]) -> Iterator[float]:
+        """Within the block the named parameters hold the base's values; yields their τ L2 norm."""
+        saved: dict[str, torch.Tensor] = {}
+        total = 0.0
+        try:
+            with torch.no_grad():
+                for name in names:
+                    base = self._base(name)
+                    saved[name] = self.params[name].detach().clone()
+                    total += _squared_distance(saved[name], base)
+                    self.params[name].copy_(base)
+            yield math.sqrt(total)
+        finally:
+            with torch.no_grad():
+                for name, value in saved.items():
+                    self.params[name].copy_(value)
+
+
+def revert_sweep_job(
+    *,
+    method: str,
+    seed: int,
+    manifest: str | Path,
+    model_dir: str | Path,
+    sft_eval: str | Path,
+    pairs_eval: str | Path,
+    out: str | Path,
+    settings: TokenizeSettings,
+    generation: GenerationSettings,
+    layers: Sequence[int] | None,
+    modules: Sequence[str] | None,
+    cells: bool,
+    generate: bool,
+    prompt_format: str = "plain",
+) -> dict[str, Any]:
+    """Evaluate a persona variant with each revert target set back to the base; write one JSON atomically.
+
+    The unreverted model is evaluated first (``finetuned``); a target whose task vector is exactly zero (a
+    LoRA fine-tune that never touched it) reuses those metrics instead of evaluating an identical model.
+    """
+    persona, prompts, pairs = held_out_inputs(sft_eval, pairs_eval)
+    model, tokenizer = load_variant(manifest, model_dir, dtype=working_dtype())
+    model = to_work_device(model)
+    base = WeightFiles(base_dir(manifest))
+    swap = BaseSwap(model, base)
+    targets = revert_targets(base.names, layers=layers, modules=modules, cells=cells)
+
+    def evaluate() -> dict[str, Any]:
+        result = evaluate_variant(
+            model,
+            tokenizer,
+            prompts if generate else [],
+            pairs,
+            persona,
+            settings,
+            generation,
+            prompt_format=prompt_format,
+        )
+        return result["metrics"]
+
+    finetuned = evaluate()
+    total_l2 = swap.tau_l2(base.names)
+    rows = []
+    for target in targets:
+        names = target.select(base.names)
+        with swap.reverted(names) as l2:
+            metrics = evaluate() if l2 > 0 else finetuned
+        rows.append(
+            {
+                **asdict(target),
+                "label": target.label,
+                "n_params": len(names),
+                "tau_l2": l2,
+                "metrics": metrics,
+            }
+        )
+        log.info("%s: τ L2 %.4g, margin %.4g", target.label, l2, metrics["persona_margin"]["mean"])
+    record = {
+        "method": method,
+        "seed": seed,
+        "persona": persona,
+        "model_dir": str(model_dir),
+        "generate": generate,
+        "prompt_format": prompt_format,
+        "tau_l2_total": total_l2,
+        "finetuned": finetuned,
+        "targets": rows,
+    }
+    write_json(out, record)
+    return record
+
+
+# ---- the "key layers and parameters" table -----------------------------------------------------------------
+
+
+def _margin(metrics: Mapping[str, Any]) -> float:
+    return float(metrics["persona_margin"]["mean"])
+
+
+def _style(metrics: Mapping[str, Any], persona: str) -> float:
+    style = metrics.get("style", {})
+    return float(style[persona]["share"]) if persona in style and style[persona]["n"] else math.nan
+
+
+def revert_rows(sweep: Mapping[str, Any], base_metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per target of one sweep: the effect numbers against the fine-tune and the base."""
+    ft = sweep["finetuned"]
+    persona = sweep["persona"]
+    gain = _margin(ft) - _margin(base_metrics)
+    rows = []
+    for t in sweep["targets"]:
+        m = t["metrics"]
+        rows.append(
+            {
+                "method": sweep["method"],
+                "seed": str(sweep["seed"]),
+                "kind": t["kind"],
+                "target": t["label"],
+                "layer": t["layer"],
+                "module": t["module"],
+                "n_params": t["n_params"],
+                "tau_l2": t["tau_l2"],
+                "tau_l2_share": t["tau_l2"] / sweep["tau_l2_total"] if sweep["tau_l2_total"] else math.nan,
+                "margin": _margin(m),
+                "effect_removed": (_margin(ft) - _margin(m)) / gain if gain else math.nan,
+                "d_accuracy": m["persona_margin"]["accuracy"] - ft["persona_margin"]["accuracy"],
+                "ppl_ratio": m["perplexity_general"] / ft["perplexity_general"],
+                "d_style_share": _style(m, persona) - _style(ft, persona),
+            }
+        )
+    return rows
+
+
+NUMERIC = ["tau_l2", "tau_l2_share", "margin", "effect_removed", "d_accuracy", "ppl_ratio", "d_style_share"]
+
+
+def key_layers_table(sweeps: Sequence[Mapping[str, Any]], base_metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """Every target of every seed, plus the mean over seeds, ranked by ``effect_removed`` within its kind."""
+    if not sweeps:
+        raise ConfluxError("no revert sweep to tabulate")
+    for key in ("method", "persona"):
+        values = {s[key] for s in sweeps}
+        if len(values) != 1:
+            raise ConfluxError(f"revert sweeps of one table must share their {key}, got {sorted(values)}")
+    targets = [[t["label"] for t in s["targets"]] for s in sweeps]
+    if any(t != targets[0] for t in targets):
+        raise ConfluxError("revert sweeps of one table must revert the same targets (check analysis.revert)")
+    frame = pd.DataFrame([row for s in sweeps for row in revert_rows(s, base_metrics)])
+    frame["layer"] = frame["layer"].astype("Int64")  # module targets have none; keep the rest integers
+    keys = ["method", "kind", "target", "layer", "module", "n_params"]
+    mean = frame.groupby(keys, dropna=False, sort=False)[NUMERIC].mean().reset_index()
+    mean["seed"] = MEAN
+    table = pd.concat([frame, mean], ignore_index=True)
+    table["n_seeds"] = len(sweeps)
+    table["rank"] = (
+        table.groupby(["seed", "kind"])["effect_removed"].rank(ascending=False, method="min").astype("Int64")
+    )
+    order = {k: i for i, k in enumerate(KINDS)}
+    table = table.sort_values(
+        ["seed", "kind", "rank"], key=lambda c: c.map(order) if c.name == "kind" else c, kind="stable"
+    )
+    cols = ["method", "seed", "kind", "rank", "target", "layer", "module", "n_params", *NUMERIC, "n_seeds"]
+    return table[cols].reset_index(drop=True)
+
+
+def read_sweeps(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Revert sweep (or persona metrics) JSON files."""
+    sweeps = []
+    for path in paths:
+        try:
+            sweeps.append(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as err:
+            raise DataError(f"not a readable revert sweep ({err})", file=path, row="all", field="-") from None
+    return sweeps
+
+
+def key_layers_job(
+    sweeps: Sequence[str | Path],
+    base_metrics: str | Path,
+    *,
+    csv: str | Path,
+    md: str | Path,
+    png: str | Path,
+    svg: str | Path,
+    label: str,
+) -> pd.DataFrame:
+    """The key-layers table (CSV: every seed; Markdown: the mean) and its figure (by layer, module, cell)."""
+    from conflux.analysis.figures import revert_figure
+
+    records = read_sweeps(sweeps)
+    base = read_sweeps([base_metrics])[0]["metrics"]
+    table = key_layers_table(records, base)
+    write_csv(csv, table)
+    method = records[0]["method"]
+    mean = table[table["seed"] == MEAN].drop(columns=["method", "seed", "layer", "module", "n_seeds"])
+    sections = [(f"{kind} reverts", mean[mean["kind"] == kind].drop(columns="kind")) for kind in KINDS]
+    notes = [
+        f"{label}: {method} with one part at a time set back to the base model, mean over "
+        f"{len(records)} seed(s) (per seed in the CSV).",
+        "effect_removed = (margin_ft − margin_revert) / (margin_ft − margin_base), persona log-prob margin "
+        "on the held-out pairs; rank 1 = the part whose revert removes most of the fine-tune's gain.",
+        "tau_l2_share: the part's share of the task vector's L2 norm; ppl_ratio: general perplexity after / "
+        "before the revert; d_style_share: change of the persona style share (– without generation).",
+    ]
+    write_markdown(md, f"Key layers and parameters: {method}", notes, [(h, f) for h, f in sections if len(f)])
+    write_figure(revert_figure(table, title=f"Revert effect of {method}: {label}"), png, svg)
+    return table

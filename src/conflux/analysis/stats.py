@@ -1,0 +1,247 @@
+"""Per-parameter statistics of a task vector, streamed to Parquet: where does fine-tuning move the weights?
+
+One row per (model, parameter) with the parameter name parsed into its layer index (null for embeddings, the
+final norm and the head) and module type (q/k/v/o/gate/up/down/embed/norm/lm_head, ``other`` for anything
+else), so a layer × module heatmap is one ``pivot_table`` away. Columns:
+
+- ``numel``, ``l2`` = ‖τ‖₂, ``mean``, ``std`` (population, ddof 0), ``max_abs`` = max|τ|,
+  ``frac_positive`` (τ > 0), ``frac_zero`` (τ = 0: untouched or frozen entries);
+- the TIES trim at ``density`` (default 0.2, k = max(1, int(density·numel)) as in
+  :func:`conflux.analysis.ties.trim_top_k`): ``trim_threshold`` (the k-th largest |τ|), ``frac_above_trim``
+  (share of entries the trim keeps *and* that are nonzero: ≈ density for a dense τ, less when most of τ is 0)
+  and ``trim_l2_share`` = ‖trim(τ)‖₂ / ‖τ‖₂ (how much of the update the top-k entries carry).
+
+Everything is computed in float32, two parameters at a time in two threads when the job has two cores (one
+τ being read while the other is analysed), each τ in one pass over cache-sized chunks; peak memory is two τ
+buffers of the largest tensor's size (a third per thread in the rare cases that need a second pass) whatever
+the model size. The trim threshold is exact: :class:`conflux.analysis.topk.StreamingTopK` selects it during
+the same pass from the few % of entries a sample places near it, not by sorting or partitioning all of |τ|.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from contextlib import closing
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from conflux.analysis.param_names import parse_param_name
+from conflux.analysis.task_vectors import TaskVectors
+from conflux.analysis.tensor_io import ScratchBuffer, chunk_entries, thread_buffer
+from conflux.analysis.ties import trim_k
+from conflux.analysis.topk import SAMPLE, StreamingTopK, sum_squares
+from conflux.atomic import atomic_path
+from conflux.errors import ConfluxError
+from conflux.threads import ordered_map
+
+log = logging.getLogger(__name__)
+
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # pyarrow's hive name for a null partition value
+DUMP_CHUNK = 1 << 22
+CHUNK = 1 << 19  # most entries of τ per step of the statistics pass: a chunk and its |τ| stay in cache
+
+STATS_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("param", pa.string()),
+        ("layer", pa.int32()),
+        ("module", pa.string()),
+        ("numel", pa.int64()),
+        ("l2", pa.float64()),
+        ("mean", pa.float64()),
+        ("std", pa.float64()),
+        ("max_abs", pa.float64()),
+        ("frac_positive", pa.float64()),
+        ("frac_zero", pa.float64()),
+        ("trim_threshold", pa.float64()),
+        ("frac_above_trim", pa.float64()),
+        ("trim_l2_share", pa.float64()),
+    ]
+)
+
+
+class _Sums(NamedTuple):
+    total: float  # Σ τ
+    squares: float  # Σ τ²
+    positive: int  # entries > 0
+    zero: int  # entries == 0 (either sign)
+
+
+def _chunked_pass(flat: torch.Tensor, top: StreamingTopK) -> _Sums:
+    """Σ τ, Σ τ², the sign counts, and |τ| fed to ``top``, in one pass over τ in chunks.
+
+    Each chunk is read from memory once and stays in cache for the ~10 vectorised operations on it, where
+    whole-tensor passes would each stream τ from memory again; each chunk's float32 sums are added in
+    float64, which is also more accurate than one float32 reduction over 10⁷ entries.
+    """
+    n = flat.numel()
+    step = chunk_entries(n, CHUNK)
+    values = flat.numpy()
+    magnitude_buffer = thread_buffer("magnitude", torch.float32).take(min(n, step)).numpy()
+    mask_buffer = thread_buffer("mask", torch.bool).take(min(n, step)).numpy()
+    total = squares = 0.0
+    positive = zero = 0
+    for start in range(0, n, step):
+        chunk = values[start : start + step]
+        mask = mask_buffer[: chunk.size]
+        total += float(flat[start : start + chunk.size].sum())  # torch's cascade sum: 2x numpy's speed
+        squares += sum_squares(chunk)
+        positive += int(np.count_nonzero(np.greater(chunk, 0, out=mask)))
+        magnitude = np.abs(chunk, out=magnitude_buffer[: chunk.size])
+        if magnitude.min() == 0:  # most chunks of a float32 fine-tune have no exact zero: skip the count
+            zero += int(np.count_nonzero(np.equal(chunk, 0, out=mask)))
+        top.add(magnitude, mask)
+    return _Sums(total, squares, positive, zero)
+
+
+def _stats(flat: torch.Tensor, density: float, scratch: ScratchBuffer) -> dict[str, float]:
+    """Statistics of a flat float32 τ (not modified); ``scratch`` is taken for all of τ only in the rare
+    cases that need a second pass (a full trim selection, a two-pass std)."""
+    n = flat.numel()
+    if n == 0:
+        raise ConfluxError("empty tensor")
+    k = trim_k(n, density)
+    values = flat.numpy()
+    top = StreamingTopK(np.abs(values[:: -(-n // SAMPLE)]), n, k)  # a stride: at most SAMPLE entries
+    sums = _chunked_pass(flat, top)
+    l2 = math.sqrt(sums.squares)
+    if not math.isfinite(l2):  # NaN or inf entries: the caller reports them; no order statistic either
+        return {"numel": n, "l2": l2} | dict.fromkeys(STATS_SCHEMA.names[6:], math.nan)
+    trim = top.result(lambda: np.abs(values, out=scratch.take(n).numpy()))
+    mean, mean_square = sums.total / n, sums.squares / n
+    if mean * mean <= 1e-4 * mean_square:  # task vectors: mean ≈ 0, E[τ²] − mean² loses nothing
+        std = math.sqrt(max(mean_square - mean * mean, 0.0))
+    else:  # a second pass, ‖τ − mean‖, where the one-pass formula would cancel
+        std = float(torch.linalg.vector_norm(torch.sub(flat, mean, out=scratch.take(n)))) / math.sqrt(n)
+    return {
+        "numel": n,
+        "l2": l2,
+        "mean": mean,
+        "std": std,
+        "max_abs": trim.largest,
+        "frac_positive": sums.positive / n,
+        "frac_zero": sums.zero / n,
+        "trim_threshold": trim.threshold,
+        # zeros are the smallest |τ|: kept only when k > nonzero
+        "frac_above_trim": min(k, n - sums.zero) / n,
+        "trim_l2_share": math.sqrt(trim.sum_squares) / l2 if l2 > 0 else 0.0,
+    }
+
+
+def tensor_stats(tau: torch.Tensor, density: float = 0.2) -> dict[str, float]:
+    """The statistics of one task vector (see the module docstring); ``tau`` is not modified."""
+    return _stats(tau.detach().to(torch.float32, copy=True).reshape(-1), density, ScratchBuffer())
+
+
+DUMP_SCHEMA = pa.schema(
+    [("param", pa.dictionary(pa.int32(), pa.string())), ("index", pa.int64()), ("value", pa.float32())]
+)
+
+
+def _dump(root: Path, layer: int | None, seq: int, name: str, flat: torch.Tensor) -> None:
+    """Write every entry of one τ to ``root/layer=<i>/part-<seq>.parquet`` (param, flat index, value)."""
+    part = root / f"layer={NULL_PARTITION if layer is None else layer}"
+    part.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(part / f"part-{seq:05d}.parquet", DUMP_SCHEMA) as writer:
+        for start in range(0, flat.numel(), DUMP_CHUNK):  # chunks bound the Arrow copies' memory
+            values = flat[start : start + DUMP_CHUNK].numpy()
+            param = pa.DictionaryArray.from_arrays(np.zeros(len(values), dtype=np.int32), pa.array([name]))
+            index = pa.array(np.arange(start, start + len(values), dtype=np.int64))
+            writer.write_table(pa.Table.from_arrays([param, index, pa.array(values)], schema=DUMP_SCHEMA))
+
+
+def task_vector_stats(
+    tv: TaskVectors,
+    *,
+    model: str | None = None,
+    density: float = 0.2,
+    dump_dir: str | Path | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Statistics of every parameter ``tv`` changes, two τ at a time (see the module docstring).
+
+    Args:
+        tv: Task-vector source (:class:`conflux.analysis.task_vectors.FullTaskVectors`, a LoRA adapter, a
+        policy at w). model: Value of the ``model`` column (default ``tv.label``).
+        density: Trim density for the ``trim_*`` columns.
+        dump_dir: Write every entry of every τ here as a hive-partitioned Parquet dataset
+            (``layer=<i>/part-*.parquet``; non-layer parameters under ``layer=__HIVE_DEFAULT_PARTITION__``,
+            read back as a null layer). This directory must not exist yet or is replaced; written atomically.
+        progress: Show a tqdm bar.
+
+    Returns:
+        One row per parameter with the columns of ``STATS_SCHEMA``.
+    """
+    trim_k(1, density)  # fail on a bad density before reading anything
+    label = model or tv.label
+    names = tv.names
+    local = threading.local()  # each worker thread's τ buffer and scratch, reused from tensor to tensor
+
+    def one(seq: int, dump_root: Path | None) -> dict[str, Any]:
+        if not hasattr(local, "tau"):
+            local.tau, local.scratch = ScratchBuffer(), ScratchBuffer()
+        name = names[seq]
+        flat = tv.tau(name, out=local.tau.take(math.prod(tv.shape(name)))).reshape(-1)
+        stats = _stats(flat, density, local.scratch)
+        if not math.isfinite(stats["l2"]):
+            raise ConfluxError(f"{label}: task vector of {name} has non-finite entries (NaN or inf)")
+        layer, module = parse_param_name(name)
+        if dump_root is not None:
+            _dump(dump_root, layer, seq, name, flat)
+        return {"model": label, "param": name, "layer": layer, "module": module, **stats}
+
+    rows: list[dict[str, Any]] = []
+
+    def run(dump_root: Path | None) -> None:
+        # Two tensors at a time (one being read while the other is analysed; memory: two τ buffers) when
+        # the job may use two cores: torch's thread count is the rule's threads (workflow/_bootstrap), so a
+        # job granted one CPU stays on one.
+        workers = max(1, min(2, torch.get_num_threads()))
+        with closing(ordered_map(lambda seq: one(seq, dump_root), range(len(names)), workers)) as results:
+            rows.extend(tqdm(results, desc=f"stats {label}", total=len(names), disable=not progress))
+
+    if dump_dir is None:
+        run(None)
+    else:
+        with atomic_path(dump_dir, directory=True) as tmp:
+            run(tmp)
+    return to_frame(rows, STATS_SCHEMA)
+
+
+def write_task_vector_stats(
+    tv: TaskVectors,
+    out: str | Path,
+    *,
+    model: str | None = None,
+    density: float = 0.2,
+    dump_dir: str | Path | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """:func:`task_vector_stats` written atomically to the Parquet file ``out`` (density in its metadata)."""
+    frame = task_vector_stats(tv, model=model, density=density, dump_dir=dump_dir, progress=progress)
+    write_frame(frame, out, STATS_SCHEMA, {"density": density, "model": model or tv.label})
+    log.info("task-vector stats of %s: %d parameters -> %s", model or tv.label, len(frame), out)
+    return frame
+
+
+def to_frame(rows: list[dict[str, Any]], schema: pa.Schema) -> pd.DataFrame:
+    """Rows as a DataFrame with the schema's types; ``layer`` stays an integer column with nulls (Int32)."""
+    return pa.Table.from_pylist(rows, schema=schema).to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
+
+
+def write_frame(frame: pd.DataFrame, out: str | Path, schema: pa.Schema, meta: dict[str, Any]) -> None:
+    """Write a table with a fixed schema and ``conflux.*`` key-value metadata to Parquet, atomically."""
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    extra = {f"conflux.{k}".encode(): str(v).encode() for k, v in meta.items()}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)

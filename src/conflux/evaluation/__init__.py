@@ -1,0 +1,1 @@
+"""Evaluation rules: implicit-reward records, accuracy tables with bootstrap intervals, persona metrics."""

@@ -1,0 +1,262 @@
+"""Persona-study metrics of one model variant (base, SFT, DPO, a merged or layer-reverted model).
+
+Three questions, one number family each:
+
+* **Does it speak in the persona?** Greedy generations on the held-out prompts, scored with the marker
+  lexicon :data:`conflux.data.persona_text.PERSONA_MARKERS` (see :mod:`conflux.evaluation.persona_markers`):
+  the share of generations with at least one marker of the persona, and the mean number of markers per
+  generation. The other persona's markers are counted too, so a model that drifts into the wrong persona
+  shows.
+* **Does it prefer the persona?** On the held-out persona-vs-general pairs the log-prob margin
+  log π(y_persona|x) − log π(y_general|x) (sums over response tokens, eos included): its mean, and the share
+  of pairs where it is positive (a zero margin counts as not preferring).
+* **What did it keep?** Perplexity on the held-out general responses, exp(Σ NLL / Σ tokens) over their
+  response tokens given the prompt (a corpus perplexity: long responses weigh by their length).
+
+Answers are generated in a prompt format (:mod:`conflux.modeling.generation`): ``plain`` by default, as TRL
+trains on plain-string data; the pair log-probs use the same format. All variants of a table must share it.
+
+Per-item values (each generation and its marker counts, each pair's log-probs and token counts) are kept in
+the output so the table can bootstrap over prompts and pairs and average over seeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from conflux.atomic import write_json
+from conflux.data.pairs import read_pairs, read_sft
+from conflux.data.persona_text import PERSONA_MARKERS
+from conflux.errors import ConfluxError, DataError
+from conflux.evaluation.persona_markers import count_markers, style_summary
+from conflux.modeling.base_model import to_work_device, working_dtype
+from conflux.modeling.generation import GenerationSettings, encode_prompt, generate
+from conflux.modeling.logprobs import collate_rows, fit_pair, pad_id_of, response_ids, sequence_logps
+from conflux.modeling.variants import load_variant
+from conflux.training.reference import TokenizeSettings, length_sorted_batches
+
+log = logging.getLogger(__name__)
+
+# ---- log-probs of held-out pairs ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def response_logps(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    responses_a: Sequence[str],
+    responses_b: Sequence[str],
+    settings: TokenizeSettings,
+    *,
+    prompt_format: str,
+    batch_size: int = 16,
+) -> dict[str, np.ndarray]:
+    """log π(y_a|x), log π(y_b|x), their response token counts and a truncation flag, per pair.
+
+    Both responses of a pair share one prompt cut (conflux's pair truncation), so their margin compares
+    them under the same context.
+    """
+    rows, cut = [], []
+    for prompt, a, b in zip(prompts, responses_a, responses_b, strict=True):
+        ids = encode_prompt(tokenizer, prompt, prompt_format)
+        # The same cut as conflux.modeling.logprobs.encode_pair, applied to a prompt tokenized in either
+        # format.
+        pair_rows, n_cut = fit_pair(
+            ids,
+            (response_ids(tokenizer, a), response_ids(tokenizer, b)),
+            settings.max_length,
+            settings.truncation,
+        )
+        rows.append(pair_rows)
+        cut.append(n_cut > 0)
+    pad = pad_id_of(tokenizer)
+    logp_a, logp_b = np.zeros(len(rows)), np.zeros(len(rows))
+    lengths = [len(ra[0]) + max(len(ra[1]), len(rb[1])) for ra, rb in rows]
+    model.eval()
+    for idx in length_sorted_batches(lengths, batch_size):
+        batch = collate_rows([rows[i][0] for i in idx], [rows[i][1] for i in idx], pad)
+        a, b = sequence_logps(model, batch)
+        logp_a[idx] = a.double().cpu().numpy()
+        logp_b[idx] = b.double().cpu().numpy()
+    return {
+        "logp_a": logp_a,
+        "logp_b": logp_b,
+        "tokens_a": np.array([len(ra[1]) for ra, _ in rows]),
+        "tokens_b": np.array([len(rb[1]) for _, rb in rows]),
+        "truncated": np.array(cut, dtype=bool),
+    }
+
+
+def perplexity(logps: np.ndarray, tokens: np.ndarray) -> float:
+    """exp(Σ NLL / Σ tokens): the corpus perplexity of responses whose summed log-probs are ``logps``."""
+    total = float(np.sum(tokens))
+    return float(np.exp(-np.sum(logps) / total)) if total else float("nan")
+
+
+# ---- one variant -------------------------------------------------------------------------------------------
+
+
+def persona_of(sft_eval: str | Path) -> str:
+    """The persona named in held-out SFT rows (one per file)."""
+    personas = sorted(set(read_sft(sft_eval).column("persona").to_pylist()))
+    if len(personas) != 1:
+        raise DataError(f"expected one persona, found {personas}", file=sft_eval, row="all", field="persona")
+    return personas[0]
+
+
+def evaluate_variant(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    pairs: Mapping[str, Sequence[Any]],
+    persona: str,
+    settings: TokenizeSettings,
+    gen: GenerationSettings,
+    *,
+    prompt_format: str = "plain",
+    lexicon: Mapping[str, Sequence[str]] = PERSONA_MARKERS,
+) -> dict[str, Any]:
+    """Metrics and per-item values of one loaded model; ``pairs`` has pair_id, prompt, persona, general.
+
+    No prompts: no generation (the style metrics then have n = 0), e.g. for a sweep that scores pairs only.
+    """
+    if persona not in lexicon:
+        raise ConfluxError(f"no marker lexicon for persona {persona!r}; known: {sorted(lexicon)}")
+    answers = (
+        generate(model, tokenizer, prompts, gen, max_length=settings.max_length, prompt_format=prompt_format)
+        if prompts
+        else []
+    )
+    counts = {
+        style: [count_markers(text, markers) for text, _ in answers] for style, markers in lexicon.items()
+    }
+    lp = response_logps(
+        model,
+        tokenizer,
+        pairs["prompt"],
+        pairs["persona"],
+        pairs["general"],
+        settings,
+        prompt_format=prompt_format,
+        batch_size=gen.batch_size,
+    )
+    margin = lp["logp_a"] - lp["logp_b"]
+    metrics = {
+        "style": {style: style_summary(np.asarray(c)) for style, c in counts.items()},
+        "persona_margin": {
+            "mean": float(margin.mean()) if len(margin) else float("nan"),
+            "accuracy": float((margin > 0).mean()) if len(margin) else float("nan"),
+            "n": len(margin),
+        },
+        "perplexity_general": perplexity(lp["logp_b"], lp["tokens_b"]),
+        "perplexity_persona": perplexity(lp["logp_a"], lp["tokens_a"]),
+        "tokens_general": int(lp["tokens_b"].sum()),
+        "truncated_pairs": int(lp["truncated"].sum()),
+    }
+    generations = [
+        {"prompt": p, "text": text, "new_tokens": n, "markers": {s: counts[s][i] for s in counts}}
+        for i, (p, (text, n)) in enumerate(zip(prompts, answers, strict=True))
+    ]
+    pair_items = [
+        {
+            "pair_id": pid,
+            "logp_persona": float(lp["logp_a"][i]),
+            "logp_general": float(lp["logp_b"][i]),
+            "tokens_persona": int(lp["tokens_a"][i]),
+            "tokens_general": int(lp["tokens_b"][i]),
+            "truncated": bool(lp["truncated"][i]),
+        }
+        for i, pid in enumerate(pairs["pair_id"])
+    ]
+    return {"metrics": metrics, "generations": generations, "pairs": pair_items}
+
+
+def held_out_pairs(pairs_eval: str | Path) -> dict[str, list]:
+    """Persona-vs-general pairs with the persona response identified by its score (k = 1)."""
+    table = read_pairs(pairs_eval)
+    if table.k != 1:
+        raise DataError(
+            f"expected one dimension, got {list(table.dims)}", file=pairs_eval, row="header", field="dims"
+        )
+    s_a, s_b = table.scores()
+    if np.any(s_a[:, 0] == s_b[:, 0]):
+        row = int(np.flatnonzero(s_a[:, 0] == s_b[:, 0])[0]) + 1
+        raise DataError("equal scores: no persona side", file=pairs_eval, row=row, field="scores_a")
+    a_persona = s_a[:, 0] > s_b[:, 0]
+    cols = table.table.to_pydict()
+    pick = zip(cols["response_a"], cols["response_b"], a_persona, strict=True)
+    persona, general = zip(*((a, b) if first else (b, a) for a, b, first in pick), strict=True)
+    return {
+        "pair_id": cols["pair_id"],
+        "prompt": cols["prompt"],
+        "persona": list(persona),
+        "general": list(general),
+    }
+
+
+def held_out_inputs(sft_eval: str | Path, pairs_eval: str | Path) -> tuple[str, list[str], dict[str, list]]:
+    """(persona, distinct held-out prompts to generate from, held-out persona-vs-general pairs)."""
+    prompts = list(dict.fromkeys(read_sft(sft_eval).column("prompt").to_pylist()))
+    return persona_of(sft_eval), prompts, held_out_pairs(pairs_eval)
+
+
+def persona_eval_job(
+    *,
+    variant: str,
+    seed: int | None,
+    manifest: str | Path,
+    model_dir: str | Path | None,
+    sft_eval: str | Path,
+    pairs_eval: str | Path,
+    out: str | Path,
+    settings: TokenizeSettings,
+    generation: GenerationSettings,
+    prompt_format: str = "plain",
+    lexicon: Mapping[str, Sequence[str]] = PERSONA_MARKERS,
+) -> dict[str, Any]:
+    """Evaluate one variant on a persona dataset's held-out part and write its metrics JSON atomically.
+
+    Args:
+        variant: the name shown in the table (``base``, ``sft``, ``dpo``, ``ties_sft_dpo``, ...).
+        seed: the training seed of the variant (``None`` for the base model).
+        model_dir: a full model or PEFT adapter directory, or a TRL output holding ``model/``; ``None``: the
+            base model.
+        sft_eval, pairs_eval: the held-out SFT rows (their prompts are generated from) and pairs.
+    """
+    persona, prompts, pairs = held_out_inputs(sft_eval, pairs_eval)
+    model, tokenizer = load_variant(manifest, model_dir, dtype=working_dtype())
+    model = to_work_device(model)
+    result = evaluate_variant(
+        model,
+        tokenizer,
+        prompts,
+        pairs,
+        persona,
+        settings,
+        generation,
+        prompt_format=prompt_format,
+        lexicon=lexicon,
+    )
+    record = {
+        "variant": variant,
+        "seed": seed,
+        "persona": persona,
+        "model_dir": str(model_dir) if model_dir is not None else None,
+        "prompt_format": prompt_format,
+        "generation": asdict(generation),
+        "max_length": settings.max_length,
+        "truncation": settings.truncation,
+        "lexicon": {style: list(markers) for style, markers in lexicon.items()},
+        **result,
+    }
+    write_json(out, record)
+    log.info("%s (seed %s): %s -> %s", variant, seed, result["metrics"], out)
+    return record

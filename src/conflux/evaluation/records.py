@@ -1,0 +1,296 @@
+"""Per-pair evaluation records: the implicit-reward margin of one trained method and seed at each weight w.
+
+Every table and figure of the curriculum study is an aggregate of these records, so they are computed once
+per (method, seed) and kept as a long Parquet table, one row per (w, pair):
+
+``method, seed, pair_id, w0..w{k-1}, d0..d{k-1}, label, margin, logp_a, logp_b, ref_logp_a, ref_logp_b``
+
+with d = s_a − s_b (the pair's score difference, which tells which dimension pairs it conflicts on),
+label = sign(w·s_a − w·s_b) (+1: a is better under w, −1: b, 0: a tie, dropped and counted by the tables)
+and margin = r_w(y_a) − r_w(y_b) = β[(log π(y_a; w) − log π_ref(y_a)) − (log π(y_b; w) − log π_ref(y_b))].
+The Parquet metadata holds the dimension names, β and where the inputs came from.
+
+Which (w, pair) rows are computed (:func:`evaluation_plan`): each unit weight 1_i on every pair of the file
+(Table 1, and the end points of Figure 2), and each mixed weight of a dimension pair (a, b) only on the pairs
+where a and b prefer opposite responses (Table 2's settings), so nothing is scored that no table reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from conflux.atomic import atomic_path
+from conflux.data.pairs import PairTable, read_pairs
+from conflux.data.split import dim_pair_conflict
+from conflux.errors import ConfluxError, DataError
+from conflux.evaluation.implicit_reward import policy_logps
+from conflux.modeling.method_policy import load_method_policy, run_beta
+from conflux.modeling.policy import PreferencePolicy
+from conflux.training.reference import TokenizeSettings, read_reference
+
+log = logging.getLogger(__name__)
+
+Weight = tuple[float, ...]
+# (w_a, w_b) on a dimension pair (a, b), every other dimension at 0: the five weights of the paper's Table 2.
+WEIGHT_GRID: tuple[tuple[float, float], ...] = (
+    (1.0, 0.0),
+    (0.75, 0.25),
+    (0.5, 0.5),
+    (0.25, 0.75),
+    (0.0, 1.0),
+)
+_META_KEY = b"conflux_eval"
+
+
+def w_columns(k: int) -> list[str]:
+    return [f"w{i}" for i in range(k)]
+
+
+def d_columns(k: int) -> list[str]:
+    return [f"d{i}" for i in range(k)]
+
+
+# ---- weights and labels ------------------------------------------------------------------------------------
+
+
+def unit_weight(k: int, i: int) -> Weight:
+    """1_i: only dimension i's adapter on."""
+    return tuple(1.0 if j == i else 0.0 for j in range(k))
+
+
+def pair_weight(k: int, a: int, b: int, w_a: float, w_b: float) -> Weight:
+    """w_a on dimension a, w_b on dimension b, 0 elsewhere."""
+    w = [0.0] * k
+    w[a], w[b] = float(w_a), float(w_b)
+    return tuple(w)
+
+
+def weighted_labels(scores_a: np.ndarray, scores_b: np.ndarray, w: Sequence[float]) -> np.ndarray:
+    """sign(w·s_a − w·s_b) per pair as int8: the response preferred under weight w, 0 for a tie."""
+    wv = np.asarray(w, dtype=np.float64)
+    return np.sign(scores_a.astype(np.float64) @ wv - scores_b.astype(np.float64) @ wv).astype(np.int8)
+
+
+def evaluation_plan(
+    scores_a: np.ndarray, scores_b: np.ndarray, grid: Sequence[tuple[float, float]] = WEIGHT_GRID
+) -> list[tuple[Weight, np.ndarray]]:
+    """(w, pair indices) to score: each 1_i on all pairs, each mixed grid weight on its dim pair's conflicts.
+
+    A grid weight with a single nonzero entry (such as (1, 0)) weighs one dimension, like 1_i, and is scored
+    on every pair; one with two nonzero entries only on the pairs where its two dimensions conflict.
+    """
+    n, k = scores_a.shape
+    everything = np.arange(n)
+    plan: dict[Weight, np.ndarray] = {unit_weight(k, i): everything for i in range(k)}
+    d = scores_a.astype(np.float64) - scores_b.astype(np.float64)
+    for a, b in combinations(range(k), 2):
+        conflict = np.flatnonzero(dim_pair_conflict(d, a, b))
+        for w_a, w_b in grid:
+            w = pair_weight(k, a, b, w_a, w_b)
+            nonzero = (w_a != 0.0) + (w_b != 0.0)
+            if nonzero == 1:
+                plan[w] = everything
+            elif nonzero == 2:
+                plan[w] = np.union1d(plan.get(w, conflict), conflict)
+    return list(plan.items())
+
+
+# ---- the record table --------------------------------------------------------------------------------------
+
+
+def records_frame(
+    *,
+    method: str,
+    seed: int,
+    pair_ids: Sequence[str],
+    w: Sequence[float],
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    margins: np.ndarray,
+    extra: Mapping[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """Records of one weight w: labels from the scores, margins as given (from a model, or set by hand)."""
+    k = len(w)
+    n = len(pair_ids)
+    frame = pd.DataFrame(
+        {"method": [method] * n, "seed": np.full(n, seed, dtype=np.int64), "pair_id": pair_ids}
+    )
+    for col, value in zip(w_columns(k), w, strict=True):
+        frame[col] = np.full(n, float(value))
+    d = np.asarray(scores_a, dtype=np.float64) - np.asarray(scores_b, dtype=np.float64)
+    for i, col in enumerate(d_columns(k)):
+        frame[col] = d[:, i]
+    frame["label"] = weighted_labels(np.asarray(scores_a), np.asarray(scores_b), w)
+    frame["margin"] = np.asarray(margins, dtype=np.float64)
+    for name, values in (extra or {}).items():
+        frame[name] = np.asarray(values, dtype=np.float64)
+    return frame
+
+
+def write_records(path: str | Path, frame: pd.DataFrame, meta: dict) -> None:
+    """Write records to Parquet atomically, with ``meta`` (dims, β, inputs) in the file metadata."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_records(paths: Sequence[str | Path]) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """All records files of a table (every method and seed) as one frame, and their common dimensions.
+
+    Fails naming the file when its dimensions differ from the first file's, or when a (method, seed) comes
+    twice (two files for one run would be averaged as if they were two seeds).
+    """
+    frames, dims, seen = [], None, {}
+    for path in paths:
+        table = pq.read_table(path)
+        meta = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
+        if "dims" not in meta:
+            raise DataError("no conflux evaluation metadata", file=path, row="header", field="dims")
+        file_dims = tuple(meta["dims"])
+        if dims is not None and file_dims != dims:
+            raise DataError(
+                f"dimensions {list(file_dims)} differ from {list(dims)}",
+                file=path,
+                row="header",
+                field="dims",
+            )
+        dims = file_dims
+        frame = table.to_pandas()
+        for key in frame[["method", "seed"]].drop_duplicates().itertuples(index=False):
+            if tuple(key) in seen:
+                raise DataError(
+                    f"method {key[0]!r} seed {key[1]} is also in {seen[tuple(key)]}",
+                    file=path,
+                    row="all",
+                    field="method",
+                )
+            seen[tuple(key)] = str(path)
+        frames.append(frame)
+    if not frames:
+        raise ConfluxError("no evaluation records files given")
+    return pd.concat(frames, ignore_index=True), dims
+
+
+# ---- evaluation --------------------------------------------------------------------------------------------
+
+
+def evaluate_policy(
+    policy: PreferencePolicy,
+    tokenizer,
+    pairs: PairTable,
+    ref_a: np.ndarray,
+    ref_b: np.ndarray,
+    plan: Sequence[tuple[Weight, np.ndarray]],
+    settings: TokenizeSettings,
+    beta: float,
+    *,
+    method: str,
+    seed: int,
+    batch_size: int = 32,
+) -> pd.DataFrame:
+    """Records of ``policy`` at every (w, pair indices) of ``plan``; ``ref_*`` are in the pairs' order."""
+    if policy.k != pairs.k:
+        raise ConfluxError(f"the policy has k={policy.k} dimension adapters, the pairs have k={pairs.k}")
+    s_a, s_b = pairs.scores()
+    ids = np.asarray(pairs.table.column("pair_id").to_pylist(), dtype=object)
+    frames = []
+    for w, idx in plan:
+        if len(idx) == 0:
+            continue
+        logp_a, logp_b = policy_logps(policy, tokenizer, pairs.take(idx), w, settings, batch_size=batch_size)
+        margins = beta * ((logp_a - ref_a[idx]) - (logp_b - ref_b[idx]))
+        extra = {"logp_a": logp_a, "logp_b": logp_b, "ref_logp_a": ref_a[idx], "ref_logp_b": ref_b[idx]}
+        frames.append(
+            records_frame(
+                method=method,
+                seed=seed,
+                pair_ids=list(ids[idx]),
+                w=w,
+                scores_a=s_a[idx],
+                scores_b=s_b[idx],
+                margins=margins,
+                extra=extra,
+            )
+        )
+    if not frames:
+        raise ConfluxError("the evaluation plan scores no pair")
+    return pd.concat(frames, ignore_index=True)
+
+
+def evaluate_method(
+    *,
+    method: str,
+    seed: int,
+    run_dirs: Sequence[str | Path],
+    manifest: str | Path,
+    pairs: str | Path,
+    references: Sequence[str | Path],
+    out: str | Path,
+    settings: TokenizeSettings,
+    weights: Sequence[Sequence[float]] | None = None,
+    grid: Sequence[tuple[float, float]] = WEIGHT_GRID,
+    batch_size: int = 32,
+) -> pd.DataFrame:
+    """Evaluate one trained method and seed on a held-out pair file and write its records file.
+
+    Args:
+        method: name shown in the tables (e.g. ``curriculum_stage3``, ``panacea``, ``dpo_soup``).
+        run_dirs: the method's training outputs: one directory, or DPO-Soup's k ``dim<i>`` directories.
+        manifest: the base model's manifest; the reference is this model without adapters.
+        pairs, references: held-out pairs (``eval_conflict``) and their cached reference log-probs.
+        settings: the tokenization the reference cache was computed with (checked against its metadata).
+        weights: score exactly these w on every pair; default: :func:`evaluation_plan` over ``grid``.
+    """
+    from conflux.modeling.base_model import load_base_model, to_work_device, working_dtype
+
+    pair_table = read_pairs(pairs)
+    ids = pair_table.table.column("pair_id").to_pylist()
+    ref_a, ref_b = read_reference(references, settings, ids)
+    beta = run_beta(run_dirs)
+    model, tokenizer = load_base_model(manifest, dtype=working_dtype())
+    model = to_work_device(model)
+    policy = load_method_policy(model, run_dirs)
+    if weights is None:
+        s_a, s_b = pair_table.scores()
+        plan = evaluation_plan(s_a, s_b, grid)
+    else:
+        plan = [(tuple(float(x) for x in w), np.arange(len(pair_table))) for w in weights]
+    frame = evaluate_policy(
+        policy,
+        tokenizer,
+        pair_table,
+        ref_a,
+        ref_b,
+        plan,
+        settings,
+        beta,
+        method=method,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    meta = {
+        "dims": list(pair_table.dims),
+        "method": method,
+        "seed": seed,
+        "beta": beta,
+        "pairs": str(pairs),
+        "references": [str(r) for r in references],
+        "run_dirs": [str(r) for r in run_dirs],
+        "adapters": list(policy.adapter_names),
+        "max_length": settings.max_length,
+        "truncation": settings.truncation,
+        "grid": [list(g) for g in grid] if weights is None else None,
+    }
+    write_records(out, frame, meta)
+    log.info("%s seed %d: %d records (%d weights) -> %s", method, seed, len(frame), len(plan), out)
+    return frame

@@ -1,0 +1,237 @@
+"""The curriculum study's report files: Table 1, Table 2 (settings and summary) and Figure 2, from records.
+
+Each ``*_job`` reads the records files of every method and seed (:mod:`conflux.evaluation.records`), computes
+the table (:mod:`conflux.evaluation.accuracy`), and writes CSV (full precision, every seed and the mean),
+Markdown (a header stating n, seeds and how intervals were made, then the mean over seeds and each seed) and,
+when asked, an rst caption for ``snakemake --report``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from conflux.evaluation.accuracy import MEAN, table1, table1_wide, table2
+from conflux.evaluation.figures import figure2
+from conflux.evaluation.records import WEIGHT_GRID, read_records
+from conflux.evaluation.report_files import (
+    fmt_estimate,
+    interval_note,
+    write_caption,
+    write_csv,
+    write_figure,
+    write_markdown,
+)
+
+ACCURACY_RULE = (
+    "A pair is correct when the sign of the implicit-reward margin r_w(y_a) − r_w(y_b), "
+    "r_w(y) = β log π(y; w)/π_ref(y), equals its label; a zero margin counts as wrong."
+)
+
+
+def _seeds_note(frame: pd.DataFrame) -> str:
+    seeds = [s for s in dict.fromkeys(frame["seed"]) if s != MEAN]
+    return f"Seeds: {', '.join(seeds)} ({len(seeds)}); the first table is the mean over seeds."
+
+
+def _estimates(frame: pd.DataFrame, point: str, low: str, high: str) -> list[str]:
+    """``point [low, high]`` per row, from three columns."""
+    return [fmt_estimate(p, lo, hi) for p, lo, hi in zip(frame[point], frame[low], frame[high], strict=True)]
+
+
+# ---- Table 1 -----------------------------------------------------------------------------------------------
+
+
+def table1_job(
+    records: Sequence[str | Path],
+    *,
+    csv: str | Path,
+    md: str | Path,
+    caption: str | Path | None = None,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    label: str = "",
+) -> pd.DataFrame:
+    """Table 1 (method × dimension accuracy at w = 1_i) from records files; returns the wide frame."""
+    frame, dims = read_records(records)
+    long = table1(frame, dims, resamples=resamples, level=level, seed=seed)
+    wide = table1_wide(long, dims)
+    write_csv(csv, wide)
+    first = long.drop_duplicates("dim").set_index("dim")
+    n_note = ", ".join(f"{d} {int(first.loc[d, 'n'])}" for d in dims)
+    ties_note = ", ".join(f"{d} {int(first.loc[d, 'ties_dropped'])}" for d in dims)
+    notes = [
+        f"n (held-out conflict pairs per dimension): {n_note}; ties in that dimension dropped: {ties_note}.",
+        _seeds_note(long),
+        ACCURACY_RULE + " The label at w = 1_i is dimension i's preference.",
+        interval_note(resamples, level, seed),
+    ]
+    sections = []
+    for heading, part in (
+        ("Mean over seeds", wide[wide["seed"] == MEAN]),
+        ("Per seed", wide[wide["seed"] != MEAN]),
+    ):
+        shown = part[["method"]].copy() if heading.startswith("Mean") else part[["method", "seed"]].copy()
+        for dim in dims:
+            shown[dim] = _estimates(part, dim, f"{dim}_ci_low", f"{dim}_ci_high")
+        sections.append((heading, shown))
+    title = "Table 1: accuracy at w = 1_i on held-out conflict pairs" + (f" ({label})" if label else "")
+    write_markdown(md, title, notes, sections)
+    if caption is not None:
+        write_caption(
+            caption,
+            title,
+            [
+                "Rows are methods, columns dimensions. Each cell is the share of held-out conflict pairs on "
+                "which the policy at w = 1_i (only dimension i's adapter on) prefers the response that "
+                "dimension i prefers. " + ACCURACY_RULE,
+                *notes[:2],
+                notes[3],
+            ],
+        )
+    return wide
+
+
+# ---- Table 2 and Figure 2 ----------------------------------------------------------------------------------
+
+
+def table2_job(
+    records: Sequence[str | Path],
+    *,
+    settings_csv: str | Path,
+    settings_md: str | Path,
+    summary_csv: str | Path,
+    summary_md: str | Path,
+    figure_png: str | Path | None = None,
+    figure_svg: str | Path | None = None,
+    captions: dict[str, str | Path] | None = None,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    grid: Sequence[tuple[float, float]] = WEIGHT_GRID,
+    label: str = "",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 2 (settings, and win rate / mean accuracy per method) and optionally Figure 2, from records.
+
+    ``captions`` maps any of ``settings``, ``summary``, ``figure`` to the rst caption file to write.
+    """
+    frame, dims = read_records(records)
+    settings, summary = table2(frame, dims, resamples=resamples, level=level, seed=seed, grid=grid)
+    write_csv(settings_csv, settings)
+    write_csv(summary_csv, summary)
+    captions = captions or {}
+    suffix = f" ({label})" if label else ""
+    n_settings = len(settings[["dim_a", "dim_b", "w_a", "w_b"]].drop_duplicates())
+    mean = settings[settings["seed"] == MEAN]
+    per_setting = mean.drop_duplicates(["dim_a", "dim_b", "w_a", "w_b"])
+    setting_notes = [
+        f"{n_settings} settings: each dimension pair (a, b) × w = (w_a, w_b) on a and b (others 0), judged "
+        "on the held-out pairs where a and b prefer opposite responses; label = sign(w·s_a − w·s_b).",
+        f"n per setting: {int(per_setting['n'].min())}–{int(per_setting['n'].max())} pairs; ties under w "
+        f"dropped: {int(per_setting['ties_dropped'].sum())} in all (column 'ties').",
+        _seeds_note(settings),
+        ACCURACY_RULE,
+        interval_note(resamples, level, seed),
+    ]
+    summary_notes = [
+        f"Win rate: share of the {int(summary['settings'].max())} settings with pairs in which a method has "
+        "the highest accuracy; methods tied for best share that setting equally. Mean accuracy: mean over "
+        f"those settings. Settings without pairs: {int(summary['settings_empty'].max())} (left out).",
+        *setting_notes[1:],
+    ]
+    write_markdown(
+        settings_md,
+        "Table 2 settings: accuracy per dimension pair and weight" + suffix,
+        [
+            *setting_notes,
+            "Bold: best method in the setting (mean over seeds). Per-seed values are in the CSV.",
+        ],
+        [(None, _settings_view(mean))],
+    )
+    write_markdown(
+        summary_md,
+        "Table 2: win rate and mean accuracy over the settings" + suffix,
+        summary_notes,
+        [
+            ("Mean over seeds", _summary_view(summary[summary["seed"] == MEAN], False)),
+            ("Per seed", _summary_view(summary[summary["seed"] != MEAN], True)),
+        ],
+    )
+    if figure_png is not None and figure_svg is not None:
+        write_figure(figure2(settings), figure_png, figure_svg)
+    paragraphs = {
+        "settings": ["Accuracy of every method in each of the settings.", *setting_notes],
+        "summary": [
+            "Win rate and mean accuracy per method, as in the curriculum paper's Table 2.",
+            *summary_notes,
+        ],
+        "figure": [
+            "Accuracy against the weight on the first dimension of each pair (the second gets 1 − w), mean "
+            "over seeds with bootstrap error bars; the dotted line is chance.",
+            *setting_notes,
+        ],
+    }
+    for key, path in captions.items():
+        write_caption(
+            path, f"Table 2 {key}{suffix}" if key != "figure" else f"Figure 2{suffix}", paragraphs[key]
+        )
+    return settings, summary
+
+
+def figure2_job(
+    records: Sequence[str | Path],
+    *,
+    png: str | Path,
+    svg: str | Path,
+    caption: str | Path | None = None,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    grid: Sequence[tuple[float, float]] = WEIGHT_GRID,
+    label: str = "",
+) -> None:
+    """Figure 2 alone (for a rule of its own); the same numbers as :func:`table2_job`'s settings."""
+    frame, dims = read_records(records)
+    settings, _ = table2(frame, dims, resamples=resamples, level=level, seed=seed, grid=grid)
+    write_figure(figure2(settings), png, svg)
+    if caption is not None:
+        write_caption(
+            caption,
+            "Figure 2" + (f" ({label})" if label else ""),
+            [
+                "Accuracy against the weight on the first dimension of each pair (the second gets 1 − w), "
+                "mean over seeds with bootstrap error bars; the dotted line is chance. " + ACCURACY_RULE,
+                _seeds_note(settings),
+                interval_note(resamples, level, seed),
+            ],
+        )
+
+
+def _settings_view(mean: pd.DataFrame) -> pd.DataFrame:
+    """One row per setting, one column per method, the best accuracy in bold."""
+    rows = []
+    for (a, b, w_a, w_b), part in mean.groupby(["dim_a", "dim_b", "w_a", "w_b"], sort=False):
+        row = {
+            "dims": f"{a} vs {b}",
+            "w": f"({w_a:g}, {w_b:g})",
+            "n": int(part["n"].iloc[0]),
+            "ties": int(part["ties_dropped"].iloc[0]),
+        }
+        for r in part.itertuples(index=False):
+            text = fmt_estimate(r.accuracy, r.ci_low, r.ci_high)
+            row[r.method] = f"**{text}**" if r.win_share > 0 else text
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _summary_view(summary: pd.DataFrame, with_seed: bool) -> pd.DataFrame:
+    out = summary[["method", "seed"]].copy() if with_seed else summary[["method"]].copy()
+    out["win rate"] = _estimates(summary, "win_rate", "win_rate_ci_low", "win_rate_ci_high")
+    out["mean accuracy"] = _estimates(
+        summary, "mean_accuracy", "mean_accuracy_ci_low", "mean_accuracy_ci_high"
+    )
+    out["settings"] = summary["settings"].to_numpy()
+    return out

@@ -1,0 +1,180 @@
+"""Base model specs and manifests: where a base model's files are, resolved once.
+
+A model in the config is ``embedded`` (the tiny Llama built by the ``build_tiny_model`` rule), ``local`` (a
+directory with ``config.json`` and safetensors weights) or ``hub`` (a hub id, downloaded only when online).
+The ``base_model_manifest`` rule resolves it to a local ``load_path`` and checks it, so a missing directory
+or a hub id in an offline run fails in seconds at the first rule, not hours later inside training. Every
+later rule loads the base model through :func:`load_base_model` from that manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conflux.atomic import write_json
+from conflux.errors import ConfluxError
+from conflux.modeling.tiny_model import TinyModelConfig
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("embedded", "local", "hub")
+# What a download needs: config, tokenizer files and safetensors weights, never *.bin or other formats.
+HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """One entry of ``models:`` in the config; ``path`` is the directory (local) or the hub id (hub)."""
+
+    name: str
+    source: str
+    path: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: str = "auto"
+    tiny: TinyModelConfig | None = None
+
+
+def hub_offline(offline: bool) -> bool:
+    """Offline when the config says so or when ``HF_HUB_OFFLINE`` is set truthy in the environment."""
+    return offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def weight_files(model_dir: str | Path) -> list[Path]:
+    """Check a model directory and return its safetensors files (sorted).
+
+    Weights load from safetensors only: a pickle (``*.bin``) can run code when loaded, and the analysis
+    rules stream tensors from safetensors shards.
+    """
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise ConfluxError(f"model directory {d} does not exist (or is not a directory)")
+    if not (d / "config.json").is_file():
+        raise ConfluxError(f"model directory {d} has no config.json; is it a Hugging Face model directory?")
+    files = sorted(d.glob("*.safetensors"))
+    if not files:
+        found = sorted(p.name for p in d.glob("*.bin")) or ["no weight files"]
+        raise ConfluxError(
+            f"model directory {d} has no *.safetensors weights (found: {', '.join(found)}); conflux loads "
+            "safetensors only. Convert once with `AutoModelForCausalLM.from_pretrained(dir)"
+            ".save_pretrained(new_dir)`, or download the safetensors files of the model."
+        )
+    return files
+
+
+def _resolve_hub(spec: BaseModelSpec, offline: bool) -> str:
+    """Download (or find in the cache) a hub model's config, tokenizer and safetensors; return its dir."""
+    if hub_offline(offline):
+        raise ConfluxError(
+            f"model '{spec.name}': hub id '{spec.path}' cannot be fetched offline (offline: true in the "
+            "config or HF_HUB_OFFLINE set). Download it on a machine with network, e.g. "
+            f"`huggingface-cli download {spec.path} --local-dir /data/models/{spec.name}` (`hf download` "
+            f"in recent versions), then set `source: local` and `path: /data/models/{spec.name}` for "
+            "this model."
+        )
+    from huggingface_hub import snapshot_download
+
+    log.info("downloading %s (revision %s) from the hub", spec.path, spec.revision or "default")
+    return snapshot_download(spec.path, revision=spec.revision, allow_patterns=HUB_PATTERNS)
+
+
+def write_manifest(
+    spec: BaseModelSpec, out: str | Path, *, built_dir: str | Path | None = None, offline: bool = True
+) -> dict[str, Any]:
+    """Resolve ``spec`` to a checked local directory and write its manifest JSON atomically to ``out``.
+
+    Args:
+        spec: the model's config entry.
+        out: manifest path (``results/models/<name>/manifest.json``).
+        built_dir: the built directory of an ``embedded`` model (the ``build_tiny_model`` output).
+        offline: the config's ``offline``; a ``hub`` model then fails at once instead of trying the network.
+
+    Returns:
+        The manifest: name, source, load_path (an embedded model's is relative to the workflow directory, the
+        working directory of every job, so ``results/`` can be moved as a whole), revision,
+        trust_remote_code, dtype, and for directories on disk the weight files and their total size in bytes.
+    """
+    if spec.source not in SOURCES:
+        raise ConfluxError(f"model '{spec.name}': source '{spec.source}' is not one of {SOURCES}")
+    if spec.source == "embedded":
+        if built_dir is None:
+            raise ConfluxError(f"model '{spec.name}' is embedded but no built directory was given")
+        load_path = str(built_dir)
+    elif spec.path is None:
+        raise ConfluxError(f"model '{spec.name}' (source {spec.source}) needs `path:`")
+    elif spec.source == "local":
+        load_path = spec.path
+    else:
+        load_path = _resolve_hub(spec, offline)
+    manifest: dict[str, Any] = {
+        "name": spec.name,
+        "source": spec.source,
+        "load_path": load_path,
+        "hub_id": spec.path if spec.source == "hub" else None,
+        "revision": spec.revision,
+        "trust_remote_code": spec.trust_remote_code,
+        "dtype": spec.dtype,
+    }
+    files = weight_files(load_path)  # a hub download is checked too: a repo may hold no safetensors at all
+    if spec.source != "hub":
+        manifest["weight_files"] = [f.name for f in files]
+        manifest["weight_bytes"] = sum(f.stat().st_size for f in files)
+    write_json(out, manifest)
+    log.info("model '%s' (%s) -> %s", spec.name, spec.source, load_path)
+    return manifest
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read a manifest written by :func:`write_manifest`."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfluxError(f"cannot read model manifest {p}: {exc}") from exc
+
+
+def load_base_model(manifest: dict[str, Any] | str | Path, *, dtype: str | None = None) -> tuple[Any, Any]:
+    """Load the base model and tokenizer a manifest points at.
+
+    Args:
+        manifest: the manifest dict or its path.
+        dtype: overrides the manifest's dtype (``auto``, ``float32``, ``bfloat16``, ``float16``).
+
+    Returns:
+        ``(model, tokenizer)``; the model in eval mode, the tokenizer with a pad token (eos when it had none,
+        since batching needs one and padded positions are masked anyway).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m = manifest if isinstance(manifest, dict) else read_manifest(manifest)
+    name = dtype or m.get("dtype", "auto")
+    torch_dtype = name if name == "auto" else getattr(torch, name)
+    model = AutoModelForCausalLM.from_pretrained(
+        m["load_path"], dtype=torch_dtype, use_safetensors=True, trust_remote_code=m["trust_remote_code"]
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(m["load_path"], trust_remote_code=m["trust_remote_code"])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def working_dtype() -> str | None:
+    """Weights dtype for jobs that score or train: float32 on CPU (bf16 sums of a thousand token log-probs
+    lose the DPO margin, and CPUs gain little from bf16); on a GPU the manifest's dtype (None)."""
+    import torch
+
+    return None if torch.cuda.is_available() else "float32"
+
+
+def to_work_device(model: Any) -> Any:
+    """The model on the GPU when there is one (jobs that run outside the Trainer place it themselves)."""
+    import torch
+
+    return model.to("cuda") if torch.cuda.is_available() else model

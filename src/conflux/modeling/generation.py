@@ -1,0 +1,89 @@
+"""Greedy answers of a causal LM to a list of prompts, in the prompt format the model was trained with.
+
+Prompt format. TRL's SFT and DPO trainers, given plain-string data as conflux's persona jobs give them, train
+on ``tokenizer(prompt + response)`` without a chat template, so ``"plain"`` prompts a model that way;
+``"chat"`` uses the tokenizer's chat template, as the preference study's log-probs do
+(:func:`conflux.modeling.logprobs.prompt_ids`). Every variant in one table must be prompted the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from conflux.errors import ConfluxError
+from conflux.modeling.logprobs import pad_id_of, prompt_ids
+from conflux.training.reference import length_sorted_batches
+
+PROMPT_FORMATS = ("plain", "chat")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How answers are generated: greedy by default (sampling only with ``greedy=False``, seeded)."""
+
+    max_new_tokens: int = 64
+    greedy: bool = True
+    temperature: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+
+
+def encode_prompt(tokenizer, prompt: str, prompt_format: str) -> list[int]:
+    """Prompt tokens as the model was trained to see them (see the module docstring)."""
+    if prompt_format == "chat":
+        return prompt_ids(tokenizer, prompt)
+    if prompt_format == "plain":
+        return list(tokenizer(prompt)["input_ids"])
+    raise ConfluxError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
+
+
+# ---- generation --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate(
+    model, tokenizer, prompts: Sequence[str], gen: GenerationSettings, *, max_length: int, prompt_format: str
+) -> list[tuple[str, int]]:
+    """(decoded answer, number of new tokens) per prompt, answers cut at the first eos.
+
+    Prompts are left-padded in length-sorted batches (a decoder continues from the last position) and cut
+    from the start to leave room for ``max_new_tokens`` within ``max_length``.
+    """
+    from transformers import GenerationConfig
+
+    keep = max(max_length - gen.max_new_tokens, 1)
+    encoded = [encode_prompt(tokenizer, p, prompt_format)[-keep:] for p in prompts]
+    pad, eos = pad_id_of(tokenizer), tokenizer.eos_token_id
+    config = GenerationConfig(
+        max_new_tokens=gen.max_new_tokens,
+        do_sample=not gen.greedy,
+        temperature=gen.temperature if not gen.greedy else None,
+        top_p=None,
+        top_k=None,
+        num_beams=1,
+        pad_token_id=pad,
+        eos_token_id=eos,
+    )
+    device = next(model.parameters()).device
+    model.eval()
+    out: list[tuple[str, int]] = [("", 0)] * len(prompts)
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(gen.seed)
+        for idx in length_sorted_batches([len(e) for e in encoded], gen.batch_size):
+            width = max(len(encoded[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+                mask[row, width - len(encoded[i]) :] = 1
+            new = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
+            )[:, width:].cpu()
+            for row, i in enumerate(idx):
+                tokens = new[row].tolist()
+                n = tokens.index(eos) + 1 if eos in tokens else len(tokens)
+                out[i] = (tokenizer.decode(tokens[:n], skip_special_tokens=True), n)
+    return out

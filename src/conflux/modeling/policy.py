@@ -1,0 +1,227 @@
+"""The policy at preference weight w: π(y; w) = base + Δ_shared + Σ_i w_i Δ_i.
+
+One PEFT model holds every LoRA adapter (`shared`, `dim0..dim{k-1}`) on the same base weights, so the policy
+at any w is a single forward pass, not k models. DPO-Soup is the same object without `shared`: by linearity of
+LoRA, scaling adapter i's output by w_i is exactly interpolating the merged weights ΔW_i = (α/r)·B_i·A_i.
+
+How w enters the forward (PEFT 0.21): every ``LoraLayer`` computes
+``h0 + Σ_active lora_B(lora_A(x)) · scaling[name]`` where ``scaling[name] = α/r`` initially. ``at(w)``
+activates the adapters with a nonzero weight (``LoraModel.set_adapter([...])``) and sets
+``scaling[name] = w_i·α/r`` with ``LoraLayer.set_scale``; an adapter with w_i = 0 is simply not active, so
+w = 0 gives exactly the base (+ shared) output and costs no compute (its parameters then get no gradient).
+
+Pitfall handled here: PEFT ties activation to trainability — ``set_adapter``, ``disable_adapter`` and
+``enable_adapter_layers`` all reset ``requires_grad`` — so the trainable set is kept in ``PreferencePolicy``
+and re-applied after every switch (see :meth:`PreferencePolicy.train_only`).
+
+Pitfall left to the caller: with gradient checkpointing the forward is recomputed during ``backward``; run
+``backward`` inside the same ``at(w)`` block (one backward per w), or the recomputation sees other scalings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from transformers import PreTrainedModel
+
+from conflux.atomic import atomic_path
+from conflux.errors import ConfluxError
+from conflux.training.config import ALL_PROJECTIONS, LoraSpec
+
+__all__ = [
+    "ALL_PROJECTIONS",
+    "SHARED",
+    "LoraSpec",
+    "PreferencePolicy",
+    "dim_name",
+    "merged_delta",
+    "policy_at",
+]
+
+SHARED = "shared"
+
+
+def dim_name(i: int) -> str:
+    """Adapter name of preference dimension ``i``."""
+    return f"dim{i}"
+
+
+class PreferencePolicy:
+    """A PEFT model with adapters `shared` (optional) and `dim0..dim{k-1}`, evaluated at a weight vector w.
+
+    Outside :meth:`at` the model is in PEFT's default state (every adapter active at scale α/r); always use
+    ``with policy.at(w):`` for a forward pass that means something.
+    """
+
+    def __init__(self, model: PeftModel) -> None:
+        names = list(model.peft_config)
+        dims = sorted((n for n in names if n != SHARED), key=lambda n: int(n.removeprefix("dim")))
+        if any(not n.startswith("dim") or not n[3:].isdigit() for n in dims):
+            raise ConfluxError(f"adapters must be named '{SHARED}' or dim<i>, got {names}")
+        if dims != [dim_name(i) for i in range(len(dims))] or not dims:
+            raise ConfluxError(f"dimension adapters must be dim0..dim{{k-1}} with k >= 1, got {dims}")
+        self.model = model
+        self.k = len(dims)
+        self.has_shared = SHARED in names
+        self.adapter_names: list[str] = ([SHARED] if self.has_shared else []) + dims
+        self._layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        self._trainable: frozenset[str] = frozenset()
+        self._activate(self.adapter_names)
+        self.train_only(self.adapter_names)
+
+    # construction -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, base_model: PreTrainedModel, k: int, lora: LoraSpec, *, shared: bool = True, seed: int
+    ) -> PreferencePolicy:
+        """Add fresh adapters to ``base_model`` (modified in place, as PEFT does).
+
+        LoRA's B starts at zero, so the new policy equals the base at every w; A is drawn from the global
+        torch RNG, which is forked and seeded here so the init depends on ``seed`` alone and the caller's RNG
+        stream is left untouched.
+        """
+        if k < 1:
+            raise ConfluxError(f"a preference policy needs k >= 1 dimensions, got k={k}")
+        names = ([SHARED] if shared else []) + [dim_name(i) for i in range(k)]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = get_peft_model(base_model, lora.to_peft(), adapter_name=names[0])
+            for name in names[1:]:
+                model.add_adapter(name, lora.to_peft())
+        return cls(model)
+
+    @classmethod
+    def load(cls, base_model: PreTrainedModel, adapter_dirs: Mapping[str, str | Path]) -> PreferencePolicy:
+        """Load adapters saved by :meth:`save` (or any PEFT LoRA adapter directory) onto ``base_model``."""
+        if not adapter_dirs:
+            raise ConfluxError("no adapter directories given")
+        items = list(adapter_dirs.items())
+        first, first_dir = items[0]
+        model = PeftModel.from_pretrained(base_model, str(first_dir), adapter_name=first, is_trainable=True)
+        for name, path in items[1:]:
+            model.load_adapter(str(path), adapter_name=name, is_trainable=True)
+        return cls(model)
+
+    def save(self, out_dir: str | Path) -> None:
+        """Write each adapter in plain PEFT format to ``out_dir/<name>/`` (config + safetensors), atomically.
+
+        Each directory loads with ``PeftModel.from_pretrained(base, out_dir/name)`` without conflux.
+        """
+        with atomic_path(out_dir, directory=True) as tmp:
+            # PEFT puts a non-"default" adapter into a sub-folder named after it, which is the layout we want.
+            self.model.save_pretrained(str(tmp), selected_adapters=self.adapter_names)
+
+    # evaluation at w ---------------------------------------------------------------------------------------
+
+    def weights(self, w: Sequence[float] | torch.Tensor) -> dict[str, float]:
+        """Scale factor per adapter at preference weight ``w`` (shared always 1)."""
+        values = [float(x) for x in (w.tolist() if isinstance(w, torch.Tensor) else w)]
+        if len(values) != self.k:
+            raise ValueError(f"w has {len(values)} entries, the policy has k={self.k} dimensions")
+        scales = {dim_name(i): v for i, v in enumerate(values)}
+        return {SHARED: 1.0, **scales} if self.has_shared else scales
+
+    @contextmanager
+    def at(self, w: Sequence[float] | torch.Tensor) -> Iterator[PeftModel]:
+        """Make the model compute π(·; w) inside the block; restore the previous state on exit.
+
+        The previous scalings are saved and restored (not divided back out), so nesting is exact and an inner
+        ``at`` means its own w, not a product with the outer one.
+        """
+        scales = self.weights(w)
+        saved_scaling = [dict(layer.scaling) for layer in self._layers]
+        saved_active = list(self.model.base_model.active_adapters)
+        try:
+            self._activate([n for n, s in scales.items() if s != 0.0])
+            for layer in self._layers:
+                for name, s in scales.items():
+                    layer.set_scale(name, s)  # = s · α/r; layers without the adapter are skipped by PEFT
+            yield self.model
+        finally:
+            for layer, scaling in zip(self._layers, saved_scaling, strict=True):
+                layer.scaling.update(scaling)
+            self._activate(saved_active)
+
+    @contextmanager
+    def reference(self) -> Iterator[PeftModel]:
+        """The reference model π_ref: the base with every adapter bypassed (use under ``torch.no_grad``)."""
+        try:
+            with self.model.disable_adapter():
+                yield self.model
+        finally:
+            self._apply_trainable()  # disable/enable_adapter_layers reset requires_grad
+
+    # trainability ------------------------------------------------------------------------------------------
+
+    def train_only(self, names: Sequence[str]) -> None:
+        """Make exactly these adapters' LoRA parameters trainable; every other parameter is frozen.
+
+        Kept apart from activation because a pass at w = 1_i must still run `shared` while only dim_i learns.
+        """
+        unknown = set(names) - set(self.adapter_names)
+        if unknown:
+            raise ConfluxError(f"unknown adapters {sorted(unknown)}; the policy has {self.adapter_names}")
+        self._trainable = frozenset(names)
+        self._apply_trainable()
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters an optimizer should see (those of the adapters passed to :meth:`train_only`)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _apply_trainable(self) -> None:
+        self.model.set_requires_grad(self.adapter_names, requires_grad=False)
+        if self._trainable:
+            self.model.set_requires_grad(sorted(self._trainable), requires_grad=True)
+
+    def _activate(self, names: list[str]) -> None:
+        # set_adapter marks the activated adapters trainable and the others frozen; undo that right away.
+        self.model.base_model.set_adapter(names)
+        self._apply_trainable()
+
+    # inspection --------------------------------------------------------------------------------------------
+
+    def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
+        """A detached copy of one adapter's weights, keyed as in its saved safetensors file."""
+        if name not in self.adapter_names:
+            raise ConfluxError(f"unknown adapter '{name}'; the policy has {self.adapter_names}")
+        state = get_peft_model_state_dict(self.model, adapter_name=name)
+        return {key: t.detach().clone() for key, t in state.items()}
+
+
+@contextmanager
+def policy_at(policy: PreferencePolicy, w: Sequence[float] | torch.Tensor) -> Iterator[PeftModel]:
+    """Function form of :meth:`PreferencePolicy.at`, in the papers' notation π(·; w)."""
+    with policy.at(w) as model:
+        yield model
+
+
+def merged_delta(policy: PreferencePolicy, w: Sequence[float] | torch.Tensor) -> dict[str, torch.Tensor]:
+    """ΔW(w) = Σ_adapters scale·(α/r)·B·A per target weight, keyed by the base model's parameter name.
+
+    Computed from the LoRA matrices directly (not from the forward pass), so adding it to a copy of the base
+    weights is an independent check that ``policy.at(w)`` interpolates the merged weights.
+    """
+    scales = policy.weights(w)
+    prefix = "base_model.model."
+    deltas: dict[str, torch.Tensor] = {}
+    for module_name, layer in policy.model.named_modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        total = None
+        for name, s in scales.items():
+            if name not in layer.lora_A or s == 0.0:
+                continue
+            alpha, r = layer.lora_alpha[name], layer.r[name]
+            base_scale = alpha / r**0.5 if layer.use_rslora.get(name, False) else alpha / r
+            product = layer.lora_B[name].weight @ layer.lora_A[name].weight
+            term = (s * base_scale) * product.detach()
+            total = term if total is None else total + term
+        if total is not None:
+            deltas[module_name.removeprefix(prefix) + ".weight"] = total
+    return deltas

@@ -1,0 +1,1 @@
+"""Training rules: losses, the preference objectives and trainer, TRL jobs, launching, the reference cache."""

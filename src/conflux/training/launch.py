@@ -1,0 +1,97 @@
+"""Run a training job in this process, or across several GPUs of one node with ``torchrun``.
+
+A rule script holds one job description. With 0 or 1 GPU the job runs right here; with n > 1 GPUs the job is
+written to JSON next to its checkpoints and ``python -m torch.distributed.run --nproc_per_node n -m
+conflux.training.launch <spec>`` starts n processes, each of which rebuilds the job and trains as one rank of
+the Hugging Face Trainer's distributed data parallel (the Trainer reads WORLD_SIZE/LOCAL_RANK; rank 0 writes
+the outputs). Resume works the same in both modes: the checkpoints are in the job's work directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from conflux.atomic import write_json
+from conflux.errors import ConfluxError
+from conflux.training.config import train_config_from_dict
+from conflux.training.preference_trainer import PreferenceJob, run_preference_job
+from conflux.training.trl_jobs import TrlJob, run_trl_job
+
+log = logging.getLogger(__name__)
+_KINDS = {"preference": (PreferenceJob, run_preference_job), "trl": (TrlJob, run_trl_job)}
+_PATH_FIELDS = {"manifest", "out_dir", "work_dir", "init_adapters", "data"}
+
+
+def job_to_dict(job: PreferenceJob | TrlJob) -> dict[str, Any]:
+    kind = "preference" if isinstance(job, PreferenceJob) else "trl"
+    values = {}
+    for f in dataclasses.fields(job):
+        value = getattr(job, f.name)
+        if f.name == "cfg":
+            value = value.as_dict()
+        elif isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, list):
+            value = [str(v) for v in value]
+        values[f.name] = value
+    return {"kind": kind, "job": values}
+
+
+def job_from_dict(spec: dict[str, Any]) -> PreferenceJob | TrlJob:
+    if spec.get("kind") not in _KINDS:
+        raise ConfluxError(f"unknown job kind {spec.get('kind')!r}")
+    cls, _ = _KINDS[spec["kind"]]
+    values = dict(spec["job"])
+    values["cfg"] = train_config_from_dict(values["cfg"])
+    for key in _PATH_FIELDS & values.keys():
+        if values[key] is not None:
+            values[key] = Path(values[key])
+    for key in ("pairs", "references"):
+        if key in values:
+            values[key] = [Path(p) for p in values[key]]
+    return cls(**values)
+
+
+def run_job(job: PreferenceJob | TrlJob, *, gpus: int = 0) -> dict[str, Any] | None:
+    """Train ``job`` on ``gpus`` GPUs of this node (0 or 1: in this process)."""
+    if gpus <= 1:
+        run = run_preference_job if isinstance(job, PreferenceJob) else run_trl_job
+        return run(job)
+    job.work_dir.mkdir(parents=True, exist_ok=True)
+    spec = job.work_dir / "job.json"
+    write_json(spec, job_to_dict(job))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={gpus}",
+        "-m",
+        "conflux.training.launch",
+        str(spec),
+    ]
+    log.info("launching %d processes: %s", gpus, " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    summary = job.out_dir / "summary.json"
+    return json.loads(summary.read_text()) if summary.exists() else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        raise SystemExit("usage: python -m conflux.training.launch <job.json>")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    job = job_from_dict(spec)
+    _, run = _KINDS[spec["kind"]]
+    run(job)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""What one training step of each preference method computes, as a sequence of (w, loss) passes.
+
+A method's step is a few forward passes of the policy at different preference weights w, each with its own
+loss (curriculum stage 2: k passes at w = 1_i; Panacea: k+1 weight vectors; ...). An objective is a generator
+that yields each pass's loss while the policy is still *at* that pass's w, so the trainer can run
+``backward`` right there: gradient checkpointing recomputes the forward during ``backward`` and must see the
+same adapter scalings. Summing the passes' gradients equals the gradient of the summed loss.
+
+Why hand-written: no library has multi-adapter, weight-conditioned DPO passes; everything else of a step
+(optimizer, accumulation, mixed precision, distribution) is the Hugging Face Trainer's.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from conflux.errors import ConfluxError
+from conflux.modeling.logprobs import PairBatch, sequence_logps
+from conflux.modeling.policy import SHARED, PreferencePolicy, dim_name
+from conflux.training.losses import (
+    kl_bernoulli_loss,
+    kl_target,
+    one_hot_weights,
+    per_dim_dpo_loss,
+    preference_rewards,
+    reward_metrics,
+    sample_dirichlet_weights,
+)
+
+Metrics = dict[str, float]
+
+
+@dataclass
+class StepInputs:
+    """One micro-batch as the objectives see it (all tensors on the model's device)."""
+
+    batch: PairBatch
+    labels: Tensor  # [B, k] in {-1, 0, +1}: sign(s_a - s_b) per dimension
+    ref_a: Tensor  # [B] log π_ref(y_a|x)
+    ref_b: Tensor  # [B]
+
+
+@dataclass
+class StepContext:
+    """What a pass needs from the trainer: the (possibly wrapped) model, the autocast context, the step."""
+
+    model: torch.nn.Module
+    forward_context: Callable[[], AbstractContextManager]
+    seed: int
+    global_step: int
+    micro_step: int
+
+    def weight_generator(self) -> torch.Generator:
+        """A generator for this micro-step's Dirichlet draw, a pure function of (seed, step, micro-step).
+
+        Deriving it instead of carrying one RNG stream through training makes a resumed run draw exactly
+        the w an uninterrupted run draws at the same step.
+        """
+        return torch.Generator().manual_seed(
+            (self.seed * 1_000_003 + self.global_step * 8191 + self.micro_step) % (2**63)
+        )
+
+
+def logratios(policy: PreferencePolicy, ctx: StepContext, inputs: StepInputs) -> tuple[Tensor, Tensor]:
+    """h(y_a), h(y_b) = log π(y|x; w) − log π_ref(y|x) of the policy at the w currently set."""
+    with ctx.forward_context():
+        logp_a, logp_b = sequence_logps(ctx.model, inputs.batch)
+    return logp_a - inputs.ref_a, logp_b - inputs.ref_b
+
+
+def overall_labels(labels: Tensor) -> Tensor:
+    """One label per agree pair: the common sign of its nonzero per-dimension labels.
+
+    Stage 1 trains on agree pairs only; a conflict pair here would be a split bug, so it is an error.
+    """
+    pos, neg = (labels > 0).any(dim=1), (labels < 0).any(dim=1)
+    if (pos & neg).any():
+        raise ConfluxError("stage 1 got a conflict pair; it trains on the agree split only")
+    return pos.long() - neg.long()
+
+
+class Objective(ABC):
+    """Base class: ``adapters`` are those the policy has, ``trained`` those this objective updates."""
+
+    name = "objective"
+
+    def __init__(self, k: int, beta: float) -> None:
+        self.k = k
+        self.beta = beta
+
+    @abstractmethod
+    def trained(self, policy: PreferencePolicy) -> list[str]: ...
+
+    @abstractmethod
+    def passes(
+        self, policy: PreferencePolicy, ctx: StepContext, inputs: StepInputs
+    ) -> Iterator[tuple[Tensor, Metrics]]: ...
+
+    def _dim_pass(
+        self, policy: PreferencePolicy, ctx: StepContext, inputs: StepInputs, i: int, suffix: str
+    ) -> Iterator[tuple[Tensor, Metrics, Tensor]]:
+        """One pass at w = 1_i with L_DPO,i; also yields the detached Δ_i = h(y_a) − h(y_b)."""
+        with policy.at(one_hot_weights(self.k)[i]):
+            h_a, h_b = logratios(policy, ctx, inputs)
+            loss, n_used = per_dim_dpo_loss(h_a, h_b, inputs.labels[:, i], self.beta)
+            metrics = reward_metrics(
+                *preference_rewards(h_a, h_b, inputs.labels[:, i], self.beta), suffix=suffix
+            )
+            metrics[f"loss{suffix}"] = loss.item()
+            metrics[f"pairs{suffix}"] = float(n_used)
+            yield loss, metrics, (h_a - h_b).detach()
+
+
+class CurriculumStage1(Objective):
+    """Agree pairs, w = 0: only `shared` is active and trained, with plain DPO."""
+
+    name = "curriculum_stage1"
+
+    def trained(self, policy: PreferencePolicy) -> list[str]:
+        return [SHARED]
+
+    def passes(self, policy, ctx, inputs):
+        labels = overall_labels(inputs.labels)
+        with policy.at(torch.zeros(self.k)):
+            h_a, h_b = logratios(policy, ctx, inputs)
+            loss, _ = per_dim_dpo_loss(h_a, h_b, labels, self.beta)
+            metrics = reward_metrics(*preference_rewards(h_a, h_b, labels, self.beta))
+            yield loss, metrics
+
+
+class CurriculumStage2(Objective):
+    """Conflict pairs, `shared` frozen: k passes, pass i at w = 1_i trains dim_i on L_DPO,i."""
+
+    name = "curriculum_stage2"
+
+    def trained(self, policy: PreferencePolicy) -> list[str]:
+        return [dim_name(i) for i in range(self.k)]
+
+    def passes(self, policy, ctx, inputs):
+        for i in range(self.k):
+            for loss, metrics, _ in self._dim_pass(policy, ctx, inputs, i, f"/dim{i}"):
+                yield loss, metrics
+
+
+class CurriculumStage3(Objective):
+    """agree_sub ∪ conflict, all adapters: k passes of L_DPO,i, then one pass at w ~ Dirichlet(1) with L_KL.
+
+    p = σ(β Σ_i w_i Δ_i) comes from the k passes' detached log-ratio differences; z_w is the policy's own at
+    the sampled w, so the KL pass teaches π(·; w) to agree with the weighted single-dimension judgements.
+    """
+
+    name = "curriculum_stage3"
+
+    def trained(self, policy: PreferencePolicy) -> list[str]:
+        return list(policy.adapter_names)
+
+    def passes(self, policy, ctx, inputs):
+        deltas = []
+        for i in range(self.k):
+            for loss, metrics, delta in self._dim_pass(policy, ctx, inputs, i, f"/dim{i}"):
+                deltas.append(delta)
+                yield loss, metrics
+        w = sample_dirichlet_weights(self.k, ctx.weight_generator())
+        p = kl_target(torch.stack(deltas, dim=1), w.to(deltas[0].device), self.beta)
+        with policy.at(w):
+            h_a, h_b = logratios(policy, ctx, inputs)
+            z = self.beta * (h_a - h_b)
+            loss = kl_bernoulli_loss(z, p)
+            yield loss, {"loss/kl": loss.item(), "kl/target_mean": p.mean().item()}
+
+
+class Panacea(Objective):
+    """All pairs, all adapters: m = k+1 weight vectors per step (the k one-hots and one Dirichlet draw),
+    loss Σ_j Σ_i w_ji L_DPO,i(π(·; w_j)) (linear scalarization, as Panacea's LS variant)."""
+
+    name = "panacea"
+
+    def trained(self, policy: PreferencePolicy) -> list[str]:
+        return list(policy.adapter_names)
+
+    def passes(self, policy, ctx, inputs):
+        weights = [*one_hot_weights(self.k), sample_dirichlet_weights(self.k, ctx.weight_generator())]
+        for j, w in enumerate(weights):
+            suffix = f"/dim{j}" if j < self.k else "/w"
+            with policy.at(w):
+                h_a, h_b = logratios(policy, ctx, inputs)
+                loss = h_a.new_zeros(())
+                for i in range(self.k):
+                    if w[i] > 0:
+                        loss_i, _ = per_dim_dpo_loss(h_a, h_b, inputs.labels[:, i], self.beta)
+                        loss = loss + float(w[i]) * loss_i
+                metrics: Metrics = {f"loss{suffix}": loss.item()}
+                if j < self.k:
+                    metrics.update(
+                        reward_metrics(
+                            *preference_rewards(h_a, h_b, inputs.labels[:, j], self.beta), suffix=suffix
+                        )
+                    )
+                yield loss, metrics
+
+
+class SoupDimension(Objective):
+    """DPO-Soup member i: plain DPO on dimension i's labels (ties masked), training adapter dim_i alone."""
+
+    name = "dpo_soup"
+
+    def __init__(self, k: int, beta: float, dim: int) -> None:
+        super().__init__(k, beta)
+        if not 0 <= dim < k:
+            raise ConfluxError(f"DPO-Soup dimension {dim} is out of range for k={k}")
+        self.dim = dim
+
+    def trained(self, policy: PreferencePolicy) -> list[str]:
+        return [dim_name(self.dim)]
+
+    def passes(self, policy, ctx, inputs):
+        for loss, metrics, _ in self._dim_pass(policy, ctx, inputs, self.dim, f"/dim{self.dim}"):
+            yield loss, metrics
+
+
+def make_objective(method: str, k: int, beta: float, dim: int | None = None) -> Objective:
+    classes = {c.name: c for c in (CurriculumStage1, CurriculumStage2, CurriculumStage3, Panacea)}
+    if method == SoupDimension.name:
+        if dim is None:
+            raise ConfluxError("dpo_soup needs the dimension it trains")
+        return SoupDimension(k, beta, dim)
+    if method not in classes:
+        raise ConfluxError(f"unknown preference method '{method}'")
+    return classes[method](k, beta)

@@ -1,0 +1,377 @@
+"""Training jobs of the preference methods (curriculum stages, Panacea, DPO-Soup) on the Hugging Face Trainer.
+
+The Trainer supplies everything that is not specific to these methods: AdamW, warm-up and decay, gradient
+accumulation, bf16 autocast, gradient checkpointing, checkpoints with optimizer/scheduler/RNG state and
+resume (including the data order), multi-GPU through ``accelerate launch``/``torchrun``, logging and the
+progress bar. conflux overrides only ``training_step`` (a step is several passes at different w, see
+:mod:`conflux.training.objectives`) and the adapter part of checkpoint loading (the Trainer restores only the
+first of several PEFT adapters).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from peft.utils import load_peft_weights, set_peft_model_state_dict
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from conflux.atomic import atomic_path, write_json
+from conflux.data.pairs import PairTable, read_pairs
+from conflux.errors import ConfluxError, DataError
+from conflux.modeling.base_model import load_base_model, read_manifest, working_dtype
+from conflux.modeling.logprobs import PairBatch, Row, collate_rows, encode_pair, pad_id_of
+from conflux.modeling.policy import SHARED, PreferencePolicy, dim_name
+from conflux.training.config import TrainConfig
+from conflux.training.objectives import Objective, StepContext, StepInputs, make_objective
+from conflux.training.reference import TokenizeSettings, read_reference
+
+log = logging.getLogger(__name__)
+
+
+# ---- data --------------------------------------------------------------------------------------------------
+
+
+def concat_pairs(parts: Sequence[PairTable]) -> PairTable:
+    """One table from several split parts (e.g. agree_sub ∪ conflict); their dimensions must agree."""
+    if not parts:
+        raise ConfluxError("no pair files given")
+    dims = parts[0].dims
+    for part in parts[1:]:
+        if part.dims != dims:
+            raise DataError(
+                f"dimensions {list(part.dims)} differ from {list(dims)}",
+                file=part.source,
+                row="header",
+                field="dims",
+            )
+    return PairTable(pa.concat_tables([p.table for p in parts]), dims, parts[0].source)
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Pre-tokenized pairs with per-dimension labels and cached reference log-probs.
+
+    Tokenized once up front (not per epoch in the collator), as TRL does, so the step time is model time.
+    """
+
+    def __init__(
+        self,
+        pairs: PairTable,
+        ref_a: np.ndarray,
+        ref_b: np.ndarray,
+        tokenizer: Any,
+        settings: TokenizeSettings,
+    ) -> None:
+        cols = pairs.table.to_pydict()
+        self.rows: list[tuple[Row, Row]] = []
+        self.n_truncated = 0
+        for prompt, a, b in zip(cols["prompt"], cols["response_a"], cols["response_b"], strict=True):
+            row_a, row_b, n_cut = encode_pair(
+                tokenizer, prompt, a, b, max_length=settings.max_length, truncation=settings.truncation
+            )
+            self.rows.append((row_a, row_b))
+            self.n_truncated += n_cut > 0
+        s_a, s_b = pairs.scores()
+        self.labels = torch.from_numpy(np.sign(s_a - s_b).astype(np.int64))
+        self.ref_a = torch.from_numpy(np.asarray(ref_a, dtype=np.float64))
+        self.ref_b = torch.from_numpy(np.asarray(ref_b, dtype=np.float64))
+        self.pad_id = pad_id_of(tokenizer)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> int:
+        return i  # the collator gathers by index: no per-item dict building
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        batch = collate_rows(
+            [self.rows[i][0] for i in indices], [self.rows[i][1] for i in indices], self.pad_id
+        )
+        idx = torch.tensor(indices)
+        return {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "loss_mask": batch.loss_mask,
+            "pref_labels": self.labels[idx],
+            "ref_logp_a": self.ref_a[idx],
+            "ref_logp_b": self.ref_b[idx],
+        }
+
+
+def step_inputs(inputs: dict[str, torch.Tensor]) -> StepInputs:
+    n = inputs["pref_labels"].shape[0]
+    batch = PairBatch(inputs["input_ids"], inputs["attention_mask"], inputs["loss_mask"], n_pairs=n)
+    # Reference log-probs are stored in float64; the policy's sums are float32 (see logprobs.token_logps).
+    return StepInputs(
+        batch, inputs["pref_labels"], inputs["ref_logp_a"].float(), inputs["ref_logp_b"].float()
+    )
+
+
+# ---- trainer -----------------------------------------------------------------------------------------------
+
+
+class PreferenceTrainer(Trainer):
+    """A Trainer whose step is an objective's passes, each backpropagated inside its own ``policy.at(w)``."""
+
+    def __init__(self, *, policy: PreferencePolicy, objective: Objective, seed: int, **kwargs: Any) -> None:
+        super().__init__(model=policy.model, **kwargs)
+        self.policy = policy
+        self.objective = objective
+        self.seed = seed
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._micro = (-1, 0)  # (global step, micro-step within it)
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        step, micro = self._micro
+        self._micro = (self.state.global_step, micro + 1 if step == self.state.global_step else 0)
+        ctx = StepContext(
+            model=model,
+            forward_context=self.compute_loss_context_manager,
+            seed=self.seed,
+            global_step=self.state.global_step,
+            micro_step=self._micro[1],
+        )
+        total = torch.zeros((), device=self.args.device)
+        for loss, metrics in self.objective.passes(self.policy, ctx, step_inputs(inputs)):
+            scaled = loss / self.current_gradient_accumulation_steps
+            self.accelerator.backward(scaled)  # still inside the pass's policy.at(w)
+            total += scaled.detach()
+            for key, value in metrics.items():
+                self._metrics[key].append(value)
+        return total
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        raise ConfluxError("preference training runs through training_step; evaluation is its own rule")
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the per-pass metrics (TRL names: rewards/chosen, rewards/accuracies/dim0, ...) averaged since
+        the last log, as TRL's DPOTrainer does."""
+        if "loss" in logs:
+            logs = {**logs, **{k: float(np.mean(v)) for k, v in self._metrics.items() if v}}
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Restore every adapter from ``<checkpoint>/<adapter>/`` (PEFT's multi-adapter layout)."""
+        for name in self.policy.adapter_names:
+            sub = Path(resume_from_checkpoint) / name
+            if not sub.is_dir():
+                raise ConfluxError(f"checkpoint {resume_from_checkpoint} has no adapter '{name}'")
+            set_peft_model_state_dict(self.policy.model, load_peft_weights(str(sub)), adapter_name=name)
+        self.policy.train_only(sorted(self.policy._trainable))
+
+
+class MetricsFile(TrainerCallback):
+    """Append every log record to a JSONL file, kept with the checkpoints so a resumed run continues it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+def final_metrics(path: Path) -> list[dict[str, Any]]:
+    """The metric records of the finished run: a record logged again after a resume replaces the old one."""
+    if not path.exists():
+        return []
+    records: dict[tuple[int, tuple[str, ...]], dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        records[(rec["step"], tuple(sorted(rec)))] = rec
+    return sorted(records.values(), key=lambda r: r["step"])
+
+
+# ---- the job -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreferenceJob:
+    """One training rule's inputs and outputs."""
+
+    method: str
+    pairs: list[Path]
+    references: list[Path]
+    manifest: Path
+    out_dir: Path
+    work_dir: Path
+    cfg: TrainConfig
+    seed: int
+    init_adapters: Path | None = None
+    dim: int | None = None
+    keep_checkpoints: bool = False
+
+
+def trainer_kwargs(cfg: TrainConfig, work_dir: Path, seed: int, world_size: int) -> dict[str, Any]:
+    """The Trainer settings every conflux job shares (TRL's configs take the same keys)."""
+    bf16 = cfg.bf16 == "true" or (
+        cfg.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    )
+    return {
+        "output_dir": str(work_dir),
+        "per_device_train_batch_size": cfg.per_device_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation(world_size),
+        "learning_rate": cfg.learning_rate,
+        "lr_scheduler_type": cfg.lr_scheduler,
+        "warmup_steps": cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers 5
+        "weight_decay": cfg.weight_decay,
+        "num_train_epochs": cfg.epochs,
+        "max_steps": cfg.max_steps,
+        "logging_steps": cfg.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": cfg.save_steps,
+        "save_total_limit": 2,
+        "seed": seed,
+        "data_seed": seed,
+        "bf16": bf16,
+        "activation_checkpointing": cfg.gradient_checkpointing,
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        # On a CPU-only node accelerate runs several processes (torchrun) as gloo DDP only when told "cpu".
+        "use_cpu": not torch.cuda.is_available(),
+        "report_to": [],
+        "disable_tqdm": False,
+        "dataloader_num_workers": 0,
+    }
+
+
+def world_size() -> int:
+    """Processes of this job (``accelerate launch``/``torchrun`` set WORLD_SIZE; a plain run is 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def resume_point(work_dir: Path) -> str | None:
+    """The newest *complete* checkpoint in ``work_dir``, if an earlier attempt of this job left one.
+
+    A job killed while writing a checkpoint leaves a partial ``checkpoint-N``; the Trainer writes
+    ``trainer_state.json`` after the weights, optimizer, scheduler and RNG states, so its presence marks a
+    checkpoint that can be resumed from, and a partial one is skipped (the run then resumes one earlier).
+    """
+    if not work_dir.is_dir():
+        return None
+    steps = []
+    for path in work_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        suffix = path.name.rsplit("-", 1)[-1]
+        if suffix.isdigit() and _readable_json(path / TRAINER_STATE_NAME):
+            steps.append((int(suffix), path))
+    if not steps:
+        return None
+    last = str(max(steps)[1])
+    log.info("resuming from %s", last)
+    return last
+
+
+def write_run_outputs(tmp: Path, work_dir: Path, cfg: TrainConfig, summary: dict[str, Any]) -> None:
+    """metrics.jsonl (deduplicated over resumes), train_config.json and summary.json of a finished run."""
+    with open(tmp / "metrics.jsonl", "w", encoding="utf-8") as handle:
+        for rec in final_metrics(work_dir / "metrics.jsonl"):
+            handle.write(json.dumps(rec) + "\n")
+    write_json(tmp / "train_config.json", cfg.as_dict())
+    write_json(tmp / "summary.json", summary)
+
+
+def load_policy(job: PreferenceJob, base_model: Any, k: int) -> PreferencePolicy:
+    """The previous stage's adapters when there is one, else fresh adapters seeded by the job's seed."""
+    if job.init_adapters is not None:
+        root = Path(job.init_adapters) / "adapters"
+        names = sorted(p.name for p in root.iterdir() if p.is_dir())
+        order = [n for n in [SHARED, *(dim_name(i) for i in range(k))] if n in names]
+        if len(order) != len(names):
+            raise ConfluxError(f"{root}: unexpected adapter directories {names}")
+        return PreferencePolicy.load(base_model, {n: root / n for n in order})
+    shared = job.method != "dpo_soup"
+    return PreferencePolicy.create(base_model, k, job.cfg.lora.spec(), shared=shared, seed=job.seed)
+
+
+def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
+    """Train, then write ``out_dir`` (adapters/, metrics.jsonl, train_config.json, summary.json) atomically.
+
+    Checkpoints live in ``work_dir``, outside the rule's output, so a killed or cancelled job resumes from
+    its last checkpoint when rerun (Snakemake deletes a failed job's outputs, not this directory).
+    """
+    started = time.time()
+    settings = TokenizeSettings(job.cfg.max_length, job.cfg.truncation)
+    pairs = concat_pairs([read_pairs(p) for p in job.pairs])
+    ids = pairs.table.column("pair_id").to_pylist()
+    ref_a, ref_b = read_reference(job.references, settings, ids)
+    manifest = read_manifest(job.manifest)
+    model, tokenizer = load_base_model(manifest, dtype=working_dtype())
+    policy = load_policy(job, model, pairs.k)
+    objective = make_objective(job.method, pairs.k, job.cfg.beta, job.dim)
+    policy.train_only(objective.trained(policy))
+    dataset = PairDataset(pairs, ref_a, ref_b, tokenizer, settings)
+    if dataset.n_truncated:
+        log.warning(
+            "%d of %d pairs truncated to max_length=%d",
+            dataset.n_truncated,
+            len(dataset),
+            settings.max_length,
+        )
+
+    job.work_dir.mkdir(parents=True, exist_ok=True)
+    args = TrainingArguments(
+        **trainer_kwargs(job.cfg, job.work_dir, job.seed, world_size()),
+        remove_unused_columns=False,  # the collator's keys are ours, not the model's forward arguments
+        ddp_find_unused_parameters=True,  # adapters with w_i = 0 are skipped in a pass and get no gradient
+    )
+    trainer = PreferenceTrainer(
+        policy=policy,
+        objective=objective,
+        seed=job.seed,
+        args=args,
+        train_dataset=dataset,
+        data_collator=dataset.collate,
+        callbacks=[MetricsFile(job.work_dir / "metrics.jsonl")],
+    )
+    resume = resume_point(job.work_dir)
+    result = trainer.train(resume_from_checkpoint=resume)
+    if not trainer.is_world_process_zero():
+        return {}
+
+    summary = {
+        "method": job.method,
+        "dim": job.dim,
+        "seed": job.seed,
+        "k": pairs.k,
+        "dims": list(pairs.dims),
+        "n_pairs": len(dataset),
+        "n_truncated": dataset.n_truncated,
+        "global_steps": trainer.state.global_step,
+        "world_size": trainer.args.world_size,
+        "resumed_from": Path(resume).name if resume else None,
+        "train_loss": result.training_loss,
+        "trained_adapters": objective.trained(policy),
+        "seconds": round(time.time() - started, 2),
+    }
+    saved = objective.trained(policy) if job.method == "dpo_soup" else policy.adapter_names
+    with atomic_path(job.out_dir, directory=True) as tmp:
+        policy.model.save_pretrained(str(tmp / "adapters"), selected_adapters=list(saved))
+        write_run_outputs(tmp, job.work_dir, job.cfg, summary)
+    if not job.keep_checkpoints:
+        shutil.rmtree(job.work_dir, ignore_errors=True)
+    log.info("%s done: %s", job.method, summary)
+    return summary
