@@ -103,9 +103,10 @@ def run_ours(args, model_dir, tokenizer, pairs, online: bool):
     from transformers import TrainingArguments
 
     from conflux.modeling.policy import LoraSpec, PreferencePolicy
+    from conflux.modeling.tokenize import TokenizeSettings
     from conflux.training.objectives import CurriculumStage1, StepInputs
     from conflux.training.preference_trainer import PairDataset, PreferenceTrainer
-    from conflux.training.reference import TokenizeSettings, compute_reference_logps
+    from conflux.training.reference import compute_reference_logps
 
     settings = TokenizeSettings(args.max_length, "keep_start")
     model = load(model_dir, args.device)

@@ -20,11 +20,13 @@ from conflux.evaluation.implicit_reward import implicit_reward_margins
 from conflux.evaluation.records import evaluate_method, read_records, weighted_labels
 from conflux.evaluation.tables import figure2_job, table1_job, table2_job
 from conflux.modeling.base_model import BaseModelSpec, load_base_model, write_manifest
-from conflux.modeling.logprobs import sequence_logps, tokenize_pairs
+from conflux.modeling.logprobs import sequence_logps
 from conflux.modeling.method_policy import adapter_dirs, run_beta
 from conflux.modeling.policy import LoraSpec, PreferencePolicy
 from conflux.modeling.tiny_model import TinyModelConfig, build_tiny_model
-from conflux.training.reference import TokenizeSettings, compute_reference_logps, write_reference
+from conflux.modeling.tokenize import TokenizeSettings
+from conflux.training.reference import compute_reference_logps, write_reference
+from reference_impl import tokenize_pairs
 
 SETTINGS = TokenizeSettings(max_length=256)
 BETA = 0.1

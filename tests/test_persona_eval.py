@@ -19,8 +19,8 @@ from conflux.modeling.base_model import BaseModelSpec, load_base_model, write_ma
 from conflux.modeling.generation import GenerationSettings, encode_prompt, generate
 from conflux.modeling.policy import LoraSpec
 from conflux.modeling.tiny_model import TinyModelConfig, build_tiny_model
+from conflux.modeling.tokenize import TokenizeSettings
 from conflux.modeling.variants import load_variant, resolve_model_dir
-from conflux.training.reference import TokenizeSettings
 
 SETTINGS = TokenizeSettings(max_length=192)
 GEN = GenerationSettings(max_new_tokens=8, batch_size=4)

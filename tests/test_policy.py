@@ -11,8 +11,9 @@ from peft.tuners.lora import LoraLayer
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from conflux.modeling.logprobs import sequence_logps, tokenize_pairs
+from conflux.modeling.logprobs import sequence_logps
 from conflux.modeling.policy import LoraSpec, PreferencePolicy, merged_delta, policy_at
+from reference_impl import tokenize_pairs
 
 VOCAB = 128
 CORPUS = [

@@ -3,7 +3,7 @@ from _bootstrap import start
 start(snakemake)
 
 from conflux.evaluation.records import evaluate_method
-from conflux.training.reference import TokenizeSettings
+from conflux.modeling.tokenize import TokenizeSettings
 
 evaluate_method(
     method=snakemake.wildcards.variant,

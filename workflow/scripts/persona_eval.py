@@ -5,7 +5,7 @@ start(snakemake)
 
 from conflux.evaluation.persona_eval import persona_eval_job
 from conflux.modeling.generation import GenerationSettings
-from conflux.training.reference import TokenizeSettings
+from conflux.modeling.tokenize import TokenizeSettings
 
 persona_eval_job(
     variant=snakemake.params.variant,

@@ -2,7 +2,8 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.training.reference import TokenizeSettings, reference_job
+from conflux.modeling.tokenize import TokenizeSettings
+from conflux.training.reference import reference_job
 
 reference_job(
     snakemake.input.pairs,

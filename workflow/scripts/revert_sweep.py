@@ -4,7 +4,7 @@ start(snakemake)
 
 from conflux.analysis.revert import revert_sweep_job
 from conflux.modeling.generation import GenerationSettings
-from conflux.training.reference import TokenizeSettings
+from conflux.modeling.tokenize import TokenizeSettings
 
 revert = snakemake.params.revert
 revert_sweep_job(

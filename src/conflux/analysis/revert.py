@@ -41,8 +41,8 @@ from conflux.evaluation.persona_eval import evaluate_variant, held_out_inputs
 from conflux.evaluation.report_files import write_csv, write_figure, write_markdown
 from conflux.modeling.base_model import to_work_device, working_dtype
 from conflux.modeling.generation import GenerationSettings
+from conflux.modeling.tokenize import TokenizeSettings
 from conflux.modeling.variants import load_variant
-from conflux.training.reference import TokenizeSettings
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from conflux.data.pairs import PairTable
-from conflux.modeling.logprobs import pad_id_of
+from conflux.modeling.logprobs import score_rows
 from conflux.modeling.policy import PreferencePolicy
-from conflux.training.reference import TokenizeSettings, encode_pairs, read_reference, score_rows
+from conflux.modeling.tokenize import TokenizeSettings, encode_pairs, pad_id_of
+from conflux.training.reference import read_reference
 
 
 @torch.no_grad()

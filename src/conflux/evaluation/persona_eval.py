@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from conflux.atomic import write_json
 from conflux.data.pairs import read_pairs, read_sft
@@ -38,16 +37,15 @@ from conflux.errors import ConfluxError, DataError
 from conflux.evaluation.persona_markers import count_markers, style_summary
 from conflux.modeling.base_model import to_work_device, working_dtype
 from conflux.modeling.generation import GenerationSettings, encode_prompt, generate
-from conflux.modeling.logprobs import collate_rows, fit_pair, pad_id_of, response_ids, sequence_logps
+from conflux.modeling.logprobs import score_rows
+from conflux.modeling.tokenize import TokenizeSettings, fit_pair, pad_id_of, response_ids
 from conflux.modeling.variants import load_variant
-from conflux.training.reference import TokenizeSettings, length_sorted_batches
 
 log = logging.getLogger(__name__)
 
 # ---- log-probs of held-out pairs ---------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def response_logps(
     model,
     tokenizer,
@@ -67,8 +65,7 @@ def response_logps(
     rows, cut = [], []
     for prompt, a, b in zip(prompts, responses_a, responses_b, strict=True):
         ids = encode_prompt(tokenizer, prompt, prompt_format)
-        # The same cut as conflux.modeling.logprobs.encode_pair, applied to a prompt tokenized in either
-        # format.
+        # The same cut as conflux.modeling.tokenize.encode_pair, applied to a prompt in either format.
         pair_rows, n_cut = fit_pair(
             ids,
             (response_ids(tokenizer, a), response_ids(tokenizer, b)),
@@ -77,15 +74,10 @@ def response_logps(
         )
         rows.append(pair_rows)
         cut.append(n_cut > 0)
-    pad = pad_id_of(tokenizer)
-    logp_a, logp_b = np.zeros(len(rows)), np.zeros(len(rows))
-    lengths = [len(ra[0]) + max(len(ra[1]), len(rb[1])) for ra, rb in rows]
     model.eval()
-    for idx in length_sorted_batches(lengths, batch_size):
-        batch = collate_rows([rows[i][0] for i in idx], [rows[i][1] for i in idx], pad)
-        a, b = sequence_logps(model, batch)
-        logp_a[idx] = a.double().cpu().numpy()
-        logp_b[idx] = b.double().cpu().numpy()
+    logp_a, logp_b = score_rows(
+        model, [a for a, _ in rows], [b for _, b in rows], pad_id_of(tokenizer), batch_size=batch_size
+    )
     return {
         "logp_a": logp_a,
         "logp_b": logp_b,

@@ -35,7 +35,8 @@ from conflux.errors import ConfluxError, DataError
 from conflux.evaluation.implicit_reward import policy_logps
 from conflux.modeling.method_policy import load_method_policy, run_beta
 from conflux.modeling.policy import PreferencePolicy
-from conflux.training.reference import TokenizeSettings, read_reference
+from conflux.modeling.tokenize import TokenizeSettings
+from conflux.training.reference import read_reference
 
 log = logging.getLogger(__name__)
 

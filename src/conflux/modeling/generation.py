@@ -3,7 +3,7 @@
 Prompt format. TRL's SFT and DPO trainers, given plain-string data as conflux's persona jobs give them, train
 on ``tokenizer(prompt + response)`` without a chat template, so ``"plain"`` prompts a model that way;
 ``"chat"`` uses the tokenizer's chat template, as the preference study's log-probs do
-(:func:`conflux.modeling.logprobs.prompt_ids`). Every variant in one table must be prompted the same way.
+(:func:`conflux.modeling.tokenize.prompt_ids`). Every variant in one table must be prompted the same way.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from conflux.errors import ConfluxError
-from conflux.modeling.logprobs import pad_id_of, prompt_ids
-from conflux.training.reference import length_sorted_batches
+from conflux.modeling.tokenize import length_sorted_batches, pad_id_of, prompt_ids
 
 PROMPT_FORMATS = ("plain", "chat")
 

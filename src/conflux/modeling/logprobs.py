@@ -1,160 +1,20 @@
 """Sequence log-probabilities log π(y|x): the sum of response-token log-probs given the prompt.
 
 Both responses of a pair go through the model in one forward pass as a [a_0..a_{B-1}; b_0..b_{B-1}] batch
-(2B rows), as TRL's DPO trainer concatenates chosen and rejected: one pass is cheaper than two, and the two
-halves see identical numerics.
+(2B rows, :class:`~conflux.modeling.tokenize.PairBatch`), as TRL's DPO trainer concatenates chosen and
+rejected: one pass is cheaper than two, and the two halves see identical numerics.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+import numpy as np
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
 
-from conflux.errors import ConfluxError
-
-TRUNCATIONS = ("keep_end_of_prompt", "keep_start")
-
-
-@dataclass
-class PairBatch:
-    """Token tensors [2B, T] of the concatenated batch: rows 0..B-1 hold response a, rows B..2B-1 response b.
-
-    ``loss_mask`` marks the response tokens (eos included), the only tokens whose log-prob counts; prompt
-    and padding tokens are 0.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    loss_mask: torch.Tensor
-    n_pairs: int
-
-    def to(self, device: torch.device | str) -> PairBatch:
-        return PairBatch(
-            self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device), self.n_pairs
-        )
-
-
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Prompt tokens, through the chat template when the tokenizer has one (ending in the assistant cue)."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-        # The template writes its own special tokens (bos, role markers); adding them again would double bos.
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(prompt)["input_ids"])
-
-
-def response_ids(tokenizer: PreTrainedTokenizerBase, response: str) -> list[int]:
-    """Response tokens followed by eos, so the model is also scored on ending the answer."""
-    if tokenizer.eos_token_id is None:
-        raise ConfluxError("the tokenizer has no eos token; log π(y|x) needs one to end the response")
-    return [*tokenizer(response, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
-
-
-def fit_pair(
-    prompt: list[int], responses: tuple[list[int], list[int]], max_length: int, truncation: str
-) -> tuple[list[tuple[list[int], list[int]]], int]:
-    """Cut one pair to ``max_length``; return the two (prompt, response) rows and how many rows were cut.
-
-    keep_end_of_prompt: drop prompt tokens from the start first (the end of the prompt is what the answer
-    depends on most), then cut response ends. The prompt is cut once per pair, for the longer response, so
-    both responses are scored under the same context; at least one prompt token is kept so the first response
-    token has a position to be predicted from. keep_start: plain right truncation of prompt + response.
-    """
-    if truncation == "keep_end_of_prompt":
-        longest = max(len(r) for r in responses)
-        keep = min(len(prompt), max(max_length - longest, min(1, len(prompt))))
-        kept_prompt = prompt[len(prompt) - keep :]
-    else:
-        kept_prompt = prompt[:max_length]
-    rows, n_cut = [], 0
-    for response in responses:
-        kept_response = response[: max(max_length - len(kept_prompt), 0)]
-        n_cut += len(kept_prompt) < len(prompt) or len(kept_response) < len(response)
-        rows.append((kept_prompt, kept_response))
-    return rows, n_cut
-
-
-Row = tuple[list[int], list[int]]  # (prompt ids, response ids) of one response
-
-
-def pad_id_of(tokenizer: PreTrainedTokenizerBase) -> int:
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise ConfluxError("the tokenizer has neither a pad nor an eos token to pad with")
-    return pad_id
-
-
-def encode_pair(
-    tokenizer: PreTrainedTokenizerBase,
-    prompt: str,
-    response_a: str,
-    response_b: str,
-    *,
-    max_length: int,
-    truncation: str = "keep_end_of_prompt",
-) -> tuple[Row, Row, int]:
-    """Token rows of one pair, cut to ``max_length``: (row_a, row_b, number of rows cut)."""
-    if truncation not in TRUNCATIONS:
-        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
-    if max_length < 2:
-        raise ValueError(f"max_length must be at least 2 (a prompt and a response token), got {max_length}")
-    p = prompt_ids(tokenizer, prompt)
-    (row_a, row_b), n_cut = fit_pair(
-        p, (response_ids(tokenizer, response_a), response_ids(tokenizer, response_b)), max_length, truncation
-    )
-    return row_a, row_b, n_cut
-
-
-def collate_rows(rows_a: Sequence[Row], rows_b: Sequence[Row], pad_id: int) -> PairBatch:
-    """Right-pad B pairs of token rows into one [2B, T] :class:`PairBatch` (a rows first, then b rows)."""
-    if len(rows_a) != len(rows_b):
-        raise ValueError(f"{len(rows_a)} a-rows but {len(rows_b)} b-rows")
-    rows = [*rows_a, *rows_b]
-    width = max(len(p) + len(r) for p, r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (p, r) in enumerate(rows):
-        n = len(p) + len(r)
-        input_ids[i, :n] = torch.tensor(p + r, dtype=torch.long)
-        attention_mask[i, :n] = 1
-        loss_mask[i, len(p) : n] = 1
-    return PairBatch(input_ids, attention_mask, loss_mask, n_pairs=len(rows_a))
-
-
-def tokenize_pairs(
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    responses_a: Sequence[str],
-    responses_b: Sequence[str],
-    *,
-    max_length: int,
-    truncation: str = "keep_end_of_prompt",
-) -> tuple[PairBatch, int]:
-    """Tokenize B pairs into one right-padded [2B, T] batch; also return the number of truncated rows.
-
-    Rows are counted rather than dropped so the caller can report how much of the data did not fit.
-    """
-    if not len(prompts) == len(responses_a) == len(responses_b):
-        raise ValueError(
-            f"prompts, responses_a, responses_b differ in length: "
-            f"{len(prompts)}, {len(responses_a)}, {len(responses_b)}"
-        )
-    pad_id = pad_id_of(tokenizer)
-    rows_a, rows_b, n_truncated = [], [], 0
-    for prompt, a, b in zip(prompts, responses_a, responses_b, strict=True):
-        row_a, row_b, n_cut = encode_pair(
-            tokenizer, prompt, a, b, max_length=max_length, truncation=truncation
-        )
-        rows_a.append(row_a)
-        rows_b.append(row_b)
-        n_truncated += n_cut
-    return collate_rows(rows_a, rows_b, pad_id), n_truncated
+from conflux.modeling.tokenize import PairBatch, Row, collate_rows, length_sorted_batches
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -190,3 +50,26 @@ def sequence_logps(model: PreTrainedModel, batch: PairBatch) -> tuple[torch.Tens
     # masked_fill, not a product: a pad position's logits may be non-finite and NaN·0 is still NaN.
     logps = per_token.masked_fill(batch.loss_mask[:, start + 1 :] == 0, 0.0).sum(dim=-1)
     return logps[: batch.n_pairs], logps[batch.n_pairs :]
+
+
+@torch.no_grad()
+def score_rows(
+    model: PreTrainedModel,
+    rows_a: Sequence[Row],
+    rows_b: Sequence[Row],
+    pad_id: int,
+    *,
+    batch_size: int,
+    desc: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sequence log-probs of every pair's rows, in their order, in length-sorted batches (float64)."""
+    logp_a = np.zeros(len(rows_a), dtype=np.float64)
+    logp_b = np.zeros(len(rows_b), dtype=np.float64)
+    lengths = [len(p) + max(len(ra), len(rb)) for (p, ra), (_, rb) in zip(rows_a, rows_b, strict=True)]
+    batches = length_sorted_batches(lengths, batch_size)
+    for idx in tqdm(batches, desc=desc, unit="batch", disable=desc is None):
+        batch = collate_rows([rows_a[i] for i in idx], [rows_b[i] for i in idx], pad_id)
+        a, b = sequence_logps(model, batch)
+        logp_a[idx] = a.double().cpu().numpy()
+        logp_b[idx] = b.double().cpu().numpy()
+    return logp_a, logp_b

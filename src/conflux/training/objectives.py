@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from conflux.errors import ConfluxError
-from conflux.modeling.logprobs import PairBatch, sequence_logps
+from conflux.modeling.logprobs import sequence_logps
 from conflux.modeling.policy import SHARED, PreferencePolicy, dim_name
+from conflux.modeling.tokenize import PairBatch
 from conflux.training.losses import (
     kl_bernoulli_loss,
     kl_target,

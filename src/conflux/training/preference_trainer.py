@@ -33,11 +33,11 @@ from conflux.atomic import atomic_path, write_json
 from conflux.data.pairs import PairTable, read_pairs
 from conflux.errors import ConfluxError, DataError
 from conflux.modeling.base_model import load_base_model, read_manifest, working_dtype
-from conflux.modeling.logprobs import PairBatch, Row, collate_rows, encode_pair, pad_id_of
 from conflux.modeling.policy import SHARED, PreferencePolicy, dim_name
+from conflux.modeling.tokenize import PairBatch, Row, TokenizeSettings, collate_rows, encode_pair, pad_id_of
 from conflux.training.config import TrainConfig
 from conflux.training.objectives import Objective, StepContext, StepInputs, make_objective
-from conflux.training.reference import TokenizeSettings, read_reference
+from conflux.training.reference import read_reference
 
 log = logging.getLogger(__name__)
 

@@ -11,20 +11,18 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from conflux.atomic import atomic_path
 from conflux.data.pairs import PairTable
 from conflux.errors import DataError
-from conflux.modeling.logprobs import Row, collate_rows, encode_pair, pad_id_of, sequence_logps
+from conflux.modeling.logprobs import score_rows
+from conflux.modeling.tokenize import TokenizeSettings, encode_pairs, pad_id_of
 
 log = logging.getLogger(__name__)
 _META_KEY = b"conflux_reference"
@@ -38,59 +36,6 @@ REFERENCE_SCHEMA = pa.schema(
         pa.field("truncated", pa.bool_(), nullable=False),
     ]
 )
-
-
-@dataclass(frozen=True)
-class TokenizeSettings:
-    """How pairs become token rows; the cache is only valid for the settings it was computed with."""
-
-    max_length: int
-    truncation: str = "keep_end_of_prompt"
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Index batches of similar length (longest first), so padding is small and an OOM shows up at once."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def encode_pairs(
-    tokenizer: PreTrainedTokenizerBase, pairs: PairTable, settings: TokenizeSettings
-) -> tuple[list[Row], list[Row], list[bool]]:
-    """Token rows of every pair (a rows, b rows) and whether each pair was cut to ``max_length``."""
-    cols = pairs.table.to_pydict()
-    rows_a, rows_b, cut = [], [], []
-    for prompt, a, b in zip(cols["prompt"], cols["response_a"], cols["response_b"], strict=True):
-        row_a, row_b, n_cut = encode_pair(
-            tokenizer, prompt, a, b, max_length=settings.max_length, truncation=settings.truncation
-        )
-        rows_a.append(row_a)
-        rows_b.append(row_b)
-        cut.append(n_cut > 0)
-    return rows_a, rows_b, cut
-
-
-@torch.no_grad()
-def score_rows(
-    model: PreTrainedModel,
-    rows_a: Sequence[Row],
-    rows_b: Sequence[Row],
-    pad_id: int,
-    *,
-    batch_size: int,
-    desc: str | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sequence log-probs of every pair's rows, in their order, in length-sorted batches (float64)."""
-    logp_a = np.zeros(len(rows_a), dtype=np.float64)
-    logp_b = np.zeros(len(rows_b), dtype=np.float64)
-    lengths = [len(p) + max(len(ra), len(rb)) for (p, ra), (_, rb) in zip(rows_a, rows_b, strict=True)]
-    batches = length_sorted_batches(lengths, batch_size)
-    for idx in tqdm(batches, desc=desc, unit="batch", disable=desc is None):
-        batch = collate_rows([rows_a[i] for i in idx], [rows_b[i] for i in idx], pad_id)
-        a, b = sequence_logps(model, batch)
-        logp_a[idx] = a.double().cpu().numpy()
-        logp_b[idx] = b.double().cpu().numpy()
-    return logp_a, logp_b
 
 
 def compute_reference_logps(
