@@ -102,7 +102,8 @@ def run_ours(args, model_dir, tokenizer, pairs, online: bool):
     import numpy as np
     from transformers import TrainingArguments
 
-    from conflux.modeling.policy import LoraSpec, PreferencePolicy
+    from conflux.modeling.lora import LoraSpec
+    from conflux.modeling.policy import PreferencePolicy
     from conflux.modeling.tokenize import TokenizeSettings
     from conflux.training.objectives import CurriculumStage1, StepInputs
     from conflux.training.preference_trainer import PairDataset, PreferenceTrainer
@@ -150,7 +151,7 @@ def run_trl(args, model_dir, tokenizer, pairs, online: bool):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from conflux.modeling.policy import LoraSpec
+    from conflux.modeling.lora import LoraSpec
 
     prompt, chosen, rejected = rows_of(pairs)
     data = Dataset.from_dict({"prompt": prompt, "chosen": chosen, "rejected": rejected})

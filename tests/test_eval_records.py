@@ -16,17 +16,17 @@ from conflux.data.pairs import read_pairs, write_pairs
 from conflux.data.split import SplitConfig, split_pairs
 from conflux.data.synthetic import synthetic_pku
 from conflux.errors import ConfluxError
-from conflux.evaluation.implicit_reward import implicit_reward_margins
+from conflux.evaluation.implicit_reward import run_beta
 from conflux.evaluation.records import evaluate_method, read_records, weighted_labels
 from conflux.evaluation.tables import figure2_job, table1_job, table2_job
 from conflux.modeling.base_model import BaseModelSpec, load_base_model, write_manifest
 from conflux.modeling.logprobs import sequence_logps
-from conflux.modeling.method_policy import adapter_dirs, run_beta
-from conflux.modeling.policy import LoraSpec, PreferencePolicy
+from conflux.modeling.lora import LoraSpec
+from conflux.modeling.policy import PreferencePolicy, adapter_dirs
 from conflux.modeling.tiny_model import TinyModelConfig, build_tiny_model
 from conflux.modeling.tokenize import TokenizeSettings
 from conflux.training.reference import compute_reference_logps, write_reference
-from reference_impl import tokenize_pairs
+from reference_impl import implicit_reward_margins, tokenize_pairs
 
 SETTINGS = TokenizeSettings(max_length=256)
 BETA = 0.1

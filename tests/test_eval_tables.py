@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from conflux.errors import ConfluxError
-from conflux.evaluation.accuracy import MEAN, table1, table1_wide, table2, win_shares
+from conflux.evaluation.accuracy import table1, table1_wide, table2, win_shares
 from conflux.evaluation.records import WEIGHT_GRID, evaluation_plan, records_frame, weighted_labels
+from conflux.evaluation.report_files import MEAN
 
 DIMS2 = ("helpful", "harmless")
 # Three k=2 pairs. d = s_a - s_b: p0 (2, -1), p1 (-1, 2), p2 (1, -1); at (.5, .5) p2 is a tie.

@@ -17,7 +17,7 @@ from conflux.evaluation.persona_markers import count_markers, style_summary
 from conflux.evaluation.persona_table import persona_table_job
 from conflux.modeling.base_model import BaseModelSpec, load_base_model, write_manifest
 from conflux.modeling.generation import GenerationSettings, encode_prompt, generate
-from conflux.modeling.policy import LoraSpec
+from conflux.modeling.lora import LoraSpec
 from conflux.modeling.tiny_model import TinyModelConfig, build_tiny_model
 from conflux.modeling.tokenize import TokenizeSettings
 from conflux.modeling.variants import load_variant, resolve_model_dir

@@ -12,8 +12,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from conflux.modeling.logprobs import sequence_logps
-from conflux.modeling.policy import LoraSpec, PreferencePolicy, merged_delta, policy_at
-from reference_impl import tokenize_pairs
+from conflux.modeling.lora import LoraSpec
+from conflux.modeling.policy import PreferencePolicy
+from reference_impl import merged_delta, policy_at, tokenize_pairs
 
 VOCAB = 128
 CORPUS = [

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from conflux.config import DatasetSpec, PersonaSplitConfig
 from conflux.data.jobs import bundled_corpus, source_fingerprint, write_pair_dataset, write_persona_dataset
 from conflux.data.pairs import read_pairs, read_sft
+from conflux.data.specs import DatasetSpec, PersonaSplitConfig
 from conflux.errors import DataError
 
 PKU_HEADER = "prompt,response_0,response_1,better_response_id,safer_response_id\n"

@@ -28,7 +28,9 @@ from conflux.analysis.task_vectors import (
 )
 from conflux.analysis.tensor_io import WeightFiles
 from conflux.errors import ConfluxError, DataError
-from conflux.modeling.policy import LoraSpec, PreferencePolicy, merged_delta
+from conflux.modeling.lora import LoraSpec
+from conflux.modeling.policy import PreferencePolicy
+from reference_impl import merged_delta
 from weight_checkpoints import CONFIG, save_checkpoint, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,17 +22,17 @@ from conflux.data.pairs import read_pairs, write_pairs
 from conflux.data.split import SplitConfig, split_pairs
 from conflux.data.synthetic import synthetic_pku
 from conflux.errors import DataError
-from conflux.evaluation.implicit_reward import implicit_reward_margins, pair_accuracy
 from conflux.modeling.base_model import BaseModelSpec, load_base_model, write_manifest
 from conflux.modeling.logprobs import sequence_logps
-from conflux.modeling.policy import LoraSpec, PreferencePolicy, merged_delta
+from conflux.modeling.lora import LoraSpec
+from conflux.modeling.policy import PreferencePolicy
 from conflux.modeling.tiny_model import TinyModelConfig, build_tiny_model
 from conflux.modeling.tokenize import TokenizeSettings
 from conflux.training.config import TrainConfig
 from conflux.training.objectives import StepContext, StepInputs, make_objective
 from conflux.training.preference_trainer import PreferenceJob, resume_point, run_preference_job
 from conflux.training.reference import compute_reference_logps, read_reference, write_reference
-from reference_impl import tokenize_pairs
+from reference_impl import implicit_reward_margins, merged_delta, pair_accuracy, tokenize_pairs
 
 SETTINGS = TokenizeSettings(max_length=128)
 CFG = TrainConfig(

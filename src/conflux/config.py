@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from conflux.data.specs import DatasetSpec, PersonaSplitConfig
 from conflux.data.split import SplitConfig
 from conflux.errors import ConfigError
 from conflux.modeling.base_model import BaseModelSpec
@@ -22,48 +23,6 @@ from conflux.modeling.tiny_model import TinyModelConfig
 from conflux.training.config import TrainConfig, resolve_train_config
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
-PAIR_KINDS = ("synthetic_pku", "synthetic_helpsteer", "pku_saferlhf", "helpsteer2", "canonical")
-PERSONA_KINDS = ("persona",)
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One dataset entry; which fields matter depends on ``kind`` (see the schema)."""
-
-    name: str
-    kind: str
-    path: str | None = None
-    general: str | None = None
-    persona: str | None = None
-    hub_split: str = "train"
-    dims: tuple[str, ...] | None = None
-    n_pairs: int | None = None
-    n_prompts: int | None = None
-    conflict_rate: float = 0.3
-    seed: int = 0
-
-    @property
-    def is_persona(self) -> bool:
-        return self.kind in PERSONA_KINDS
-
-    @property
-    def k(self) -> int:
-        """Number of preference dimensions, known from the config alone (the DAG needs no data on disk)."""
-        if self.is_persona:
-            return 1
-        if self.kind in ("synthetic_pku", "pku_saferlhf"):
-            return 2
-        if self.dims:
-            return len(self.dims)
-        return 5  # synthetic_helpsteer, or helpsteer2 with all five attributes
-
-
-@dataclass(frozen=True)
-class PersonaSplitConfig:
-    eval_fraction: float = 0.2
-    seed: int = 0
-
-
 STUDY_METHODS = {"curriculum": ("curriculum", "panacea", "dpo_soup"), "persona": ("sft", "dpo")}
 METHOD_RULES = {
     "curriculum": ("curriculum_stage1", "curriculum_stage2", "curriculum_stage3"),

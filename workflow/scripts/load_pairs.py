@@ -2,8 +2,8 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.config import DatasetSpec
 from conflux.data.jobs import write_pair_dataset
+from conflux.data.specs import DatasetSpec
 
 write_pair_dataset(
     DatasetSpec(**snakemake.params.spec),

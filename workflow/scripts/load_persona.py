@@ -2,8 +2,8 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.config import DatasetSpec, PersonaSplitConfig
 from conflux.data.jobs import write_persona_dataset
+from conflux.data.specs import DatasetSpec, PersonaSplitConfig
 
 write_persona_dataset(
     DatasetSpec(**snakemake.params.spec),

@@ -19,8 +19,7 @@ import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
 from conflux.analysis.param_names import MODULE_TYPES
-from conflux.evaluation.accuracy import MEAN
-from conflux.evaluation.report_files import write_figure
+from conflux.evaluation.report_files import MEAN, write_figure
 
 NON_LAYER = "-"
 

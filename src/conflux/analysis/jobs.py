@@ -17,20 +17,15 @@ from conflux.analysis.conflict_tables import pairwise_conflict_table, write_conf
 from conflux.analysis.merge import merge_sft_dpo
 from conflux.analysis.stats import STATS_SCHEMA, task_vector_stats, write_frame
 from conflux.analysis.task_vectors import adapter_set, open_task_vectors
-from conflux.modeling.base_model import read_manifest
+from conflux.modeling.base_model import base_model_dir
 from conflux.modeling.variants import resolve_model_dir
-
-
-def base_dir(manifest: str | Path) -> Path:
-    """The base model's weights directory, from the manifest every job loads the base through."""
-    return Path(read_manifest(manifest)["load_path"])
 
 
 def run_sources(run_dirs: Mapping[str, str | Path], manifest: str | Path) -> dict:
     """Task-vector sources of trained runs: a TRL output (model/) is one source labelled by its key; a
     preference run (adapters/) gives one source per adapter, labelled ``<key>/<adapter>`` when there are
     several runs (DPO-Soup members are runs with one adapter each, labelled by the adapter alone)."""
-    base = base_dir(manifest)
+    base = base_model_dir(manifest)
     sources = {}
     for key, run in run_dirs.items():
         run = Path(run)
@@ -79,7 +74,7 @@ def merge_job(
     """The SFT+DPO combination grid (λ -> model directory), merged once and written as models transformers
     loads."""
     merge_sft_dpo(
-        base_dir(manifest),
+        base_model_dir(manifest),
         resolve_model_dir(sft_run),
         resolve_model_dir(dpo_run),
         outputs,

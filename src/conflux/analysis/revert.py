@@ -30,16 +30,14 @@ from typing import Any
 import pandas as pd
 import torch
 
-from conflux.analysis.jobs import base_dir
 from conflux.analysis.merge import revert_selection
 from conflux.analysis.param_names import MODULE_TYPES, parse_param_name
 from conflux.analysis.tensor_io import WeightFiles
 from conflux.atomic import write_json
 from conflux.errors import ConfluxError, DataError
-from conflux.evaluation.accuracy import MEAN
 from conflux.evaluation.persona_eval import evaluate_variant, held_out_inputs
-from conflux.evaluation.report_files import write_csv, write_figure, write_markdown
-from conflux.modeling.base_model import to_work_device, working_dtype
+from conflux.evaluation.report_files import MEAN, write_csv, write_figure, write_markdown
+from conflux.modeling.base_model import base_model_dir, to_work_device, working_dtype
 from conflux.modeling.generation import GenerationSettings
 from conflux.modeling.tokenize import TokenizeSettings
 from conflux.modeling.variants import load_variant
@@ -184,7 +182,7 @@ def revert_sweep_job(
     persona, prompts, pairs = held_out_inputs(sft_eval, pairs_eval)
     model, tokenizer = load_variant(manifest, model_dir, dtype=working_dtype())
     model = to_work_device(model)
-    base = WeightFiles(base_dir(manifest))
+    base = WeightFiles(base_model_dir(manifest))
     swap = BaseSwap(model, base)
     targets = revert_targets(base.names, layers=layers, modules=modules, cells=cells)
 

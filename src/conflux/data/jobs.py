@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 from conflux.atomic import write_json
-from conflux.config import DatasetSpec, PersonaSplitConfig
 from conflux.data.loaders import (
     LoadResult,
     PersonaData,
@@ -23,6 +22,7 @@ from conflux.data.pairs import write_pairs, write_sft
 from conflux.data.persona_split import split_persona
 from conflux.data.persona_text import bundled_persona_path
 from conflux.data.sources import BUNDLED_PREFIX, resolve_path, source_fingerprint
+from conflux.data.specs import DatasetSpec, PersonaSplitConfig
 from conflux.data.synthetic import corpus_texts, synthetic_helpsteer, synthetic_pku
 
 log = logging.getLogger(__name__)

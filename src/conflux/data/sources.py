@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from conflux.data.persona_text import bundled_persona_path
 
 if TYPE_CHECKING:
-    from conflux.config import DatasetSpec
+    from conflux.data.specs import DatasetSpec
 
 BUNDLED_PREFIX = "bundled:"
 

@@ -31,8 +31,7 @@ import pandas as pd
 from conflux.errors import ConfluxError
 from conflux.evaluation.bootstrap import PairResampler, percentile_interval
 from conflux.evaluation.records import WEIGHT_GRID, Weight, d_columns, pair_weight, unit_weight, w_columns
-
-MEAN = "mean"  # the seed column's value for the mean over seeds
+from conflux.evaluation.report_files import MEAN
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from conflux.evaluation.accuracy import MEAN
+from conflux.evaluation.report_files import MEAN
 
 
 def figure2(settings: pd.DataFrame, *, seed: str = MEAN, ncols: int = 5) -> Figure:

@@ -1,4 +1,4 @@
-"""Implicit rewards r_w(y) = β log π(y|x; w)/π_ref(y|x) of a trained policy, and their pair accuracy.
+"""Implicit rewards r_w(y) = β log π(y|x; w)/π_ref(y|x) of a trained policy: log-probs at w, margins, β.
 
 The policy is evaluated through the same :class:`~conflux.modeling.policy.PreferencePolicy` abstraction it was
 trained with, and π_ref comes from the cached reference log-probs, so an evaluation costs one forward per pair
@@ -7,6 +7,7 @@ and w.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,10 +15,10 @@ import numpy as np
 import torch
 
 from conflux.data.pairs import PairTable
+from conflux.errors import ConfluxError
 from conflux.modeling.logprobs import score_rows
 from conflux.modeling.policy import PreferencePolicy
 from conflux.modeling.tokenize import TokenizeSettings, encode_pairs, pad_id_of
-from conflux.training.reference import read_reference
 
 
 @torch.no_grad()
@@ -37,31 +38,28 @@ def policy_logps(
         return score_rows(model, rows_a, rows_b, pad_id_of(tokenizer), batch_size=batch_size)
 
 
-def implicit_reward_margins(
-    policy: PreferencePolicy,
-    tokenizer,
-    pairs: PairTable,
-    references: Sequence[str | Path],
-    w: Sequence[float],
-    settings: TokenizeSettings,
-    beta: float,
-    *,
-    batch_size: int = 32,
+def implicit_reward_margin(
+    logp_a: np.ndarray, logp_b: np.ndarray, ref_a: np.ndarray, ref_b: np.ndarray, beta: float
 ) -> np.ndarray:
-    """r_w(y_a) − r_w(y_b) per pair: positive means the policy at w prefers response a."""
-    ref_a, ref_b = read_reference(references, settings, pairs.table.column("pair_id").to_pylist())
-    logp_a, logp_b = policy_logps(policy, tokenizer, pairs, w, settings, batch_size=batch_size)
+    """r_w(y_a) − r_w(y_b) = β[(log π(y_a; w) − log π_ref(y_a)) − (log π(y_b; w) − log π_ref(y_b))] per pair.
+
+    Positive means the policy at w prefers response a. Every evaluation margin of the curriculum study is
+    computed here, from sequence log-probs of the policy at w and the cached reference.
+    """
     return beta * ((logp_a - ref_a) - (logp_b - ref_b))
 
 
-def pair_accuracy(margins: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
-    """Share of pairs whose margin sign matches the label (+1: a better, −1: b better); ties (0) excluded.
-
-    A margin of exactly 0 counts as wrong: the policy expressed no preference. Returns (accuracy, n used).
-    """
-    used = labels != 0
-    n = int(used.sum())
-    if n == 0:
-        return float("nan"), 0
-    correct = np.sign(margins[used]) == np.sign(labels[used])
-    return float(correct.mean()), n
+def run_beta(run_dirs: Sequence[str | Path]) -> float:
+    """β of the runs (``train_config.json``), which scales the implicit reward; all runs must agree."""
+    if not run_dirs:
+        raise ConfluxError("no run directories given")
+    betas = {}
+    for run in run_dirs:
+        path = Path(run) / "train_config.json"
+        try:
+            betas[str(run)] = float(json.loads(path.read_text(encoding="utf-8"))["beta"])
+        except (OSError, ValueError, KeyError) as err:
+            raise ConfluxError(f"{path}: cannot read beta ({err})") from None
+    if len(set(betas.values())) != 1:
+        raise ConfluxError(f"the runs of one method were trained with different beta: {betas}")
+    return next(iter(betas.values()))

@@ -28,6 +28,7 @@ from conflux.evaluation.bootstrap import (
 from conflux.evaluation.persona_eval import held_out_pairs
 from conflux.evaluation.persona_markers import count_markers
 from conflux.evaluation.report_files import (
+    MEAN,
     fmt_estimate,
     interval_note,
     write_caption,
@@ -35,7 +36,6 @@ from conflux.evaluation.report_files import (
     write_markdown,
 )
 
-MEAN = "mean"
 NO_SEED = "-"  # the base model has no training seed
 
 

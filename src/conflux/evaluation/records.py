@@ -32,9 +32,8 @@ from conflux.atomic import atomic_path
 from conflux.data.pairs import PairTable, read_pairs
 from conflux.data.split import dim_pair_conflict
 from conflux.errors import ConfluxError, DataError
-from conflux.evaluation.implicit_reward import policy_logps
-from conflux.modeling.method_policy import load_method_policy, run_beta
-from conflux.modeling.policy import PreferencePolicy
+from conflux.evaluation.implicit_reward import implicit_reward_margin, policy_logps, run_beta
+from conflux.modeling.policy import PreferencePolicy, load_method_policy
 from conflux.modeling.tokenize import TokenizeSettings
 from conflux.training.reference import read_reference
 
@@ -209,7 +208,7 @@ def evaluate_policy(
         if len(idx) == 0:
             continue
         logp_a, logp_b = policy_logps(policy, tokenizer, pairs.take(idx), w, settings, batch_size=batch_size)
-        margins = beta * ((logp_a - ref_a[idx]) - (logp_b - ref_b[idx]))
+        margins = implicit_reward_margin(logp_a, logp_b, ref_a[idx], ref_b[idx], beta)
         extra = {"logp_a": logp_a, "logp_b": logp_b, "ref_logp_a": ref_a[idx], "ref_logp_b": ref_b[idx]}
         frames.append(
             records_frame(

@@ -17,6 +17,8 @@ from matplotlib.figure import Figure
 
 from conflux.atomic import atomic_path, write_text
 
+MEAN = "mean"  # a table's seed column for the row that averages over seeds
+
 
 def fmt_number(value: object, digits: int = 3) -> str:
     """A cell as text: floats to ``digits`` decimals, NaN as an en dash, anything else as ``str``."""

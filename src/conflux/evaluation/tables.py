@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from conflux.evaluation.accuracy import MEAN, table1, table1_wide, table2
+from conflux.evaluation.accuracy import table1, table1_wide, table2
 from conflux.evaluation.figures import figure2
 from conflux.evaluation.records import WEIGHT_GRID, read_records
 from conflux.evaluation.report_files import (
+    MEAN,
     fmt_estimate,
     interval_note,
     write_caption,

@@ -139,6 +139,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise ConfluxError(f"cannot read model manifest {p}: {exc}") from exc
 
 
+def base_model_dir(manifest: str | Path) -> Path:
+    """The base model's weights directory, from the manifest every job loads the base through."""
+    return Path(read_manifest(manifest)["load_path"])
+
+
 def load_base_model(manifest: dict[str, Any] | str | Path, *, dtype: str | None = None) -> tuple[Any, Any]:
     """Load the base model and tokenizer a manifest points at.
 

@@ -16,10 +16,15 @@ and re-applied after every switch (see :meth:`PreferencePolicy.train_only`).
 
 Pitfall left to the caller: with gradient checkpointing the forward is recomputed during ``backward``; run
 ``backward`` inside the same ``at(w)`` block (one backward per w), or the recomputation sees other scalings.
+
+A trained method is one such policy (:func:`load_method_policy`): a curriculum stage or Panacea is one
+training output with every adapter; DPO-Soup is k outputs (``dpo_soup/dim<i>``) each holding only its own
+``dim<i>``, which together make one policy without `shared`, interpolated at w like any other.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,19 +36,10 @@ from transformers import PreTrainedModel
 
 from conflux.atomic import atomic_path
 from conflux.errors import ConfluxError
-from conflux.training.config import ALL_PROJECTIONS, LoraSpec
-
-__all__ = [
-    "ALL_PROJECTIONS",
-    "SHARED",
-    "LoraSpec",
-    "PreferencePolicy",
-    "dim_name",
-    "merged_delta",
-    "policy_at",
-]
+from conflux.modeling.lora import LoraSpec
 
 SHARED = "shared"
+_ADAPTER_NAME = re.compile(rf"^({SHARED}|dim\d+)$")
 
 
 def dim_name(i: int) -> str:
@@ -194,34 +190,32 @@ class PreferencePolicy:
         return {key: t.detach().clone() for key, t in state.items()}
 
 
-@contextmanager
-def policy_at(policy: PreferencePolicy, w: Sequence[float] | torch.Tensor) -> Iterator[PeftModel]:
-    """Function form of :meth:`PreferencePolicy.at`, in the papers' notation π(·; w)."""
-    with policy.at(w) as model:
-        yield model
+# ---- trained runs ------------------------------------------------------------------------------------------
 
 
-def merged_delta(policy: PreferencePolicy, w: Sequence[float] | torch.Tensor) -> dict[str, torch.Tensor]:
-    """ΔW(w) = Σ_adapters scale·(α/r)·B·A per target weight, keyed by the base model's parameter name.
+def adapter_dirs(run_dirs: Sequence[str | Path]) -> dict[str, Path]:
+    """``adapters/<name>/`` of every run directory, ordered shared, dim0, dim1, ...
 
-    Computed from the LoRA matrices directly (not from the forward pass), so adding it to a copy of the base
-    weights is an independent check that ``policy.at(w)`` interpolates the merged weights.
+    A curriculum stage or Panacea is one run with `shared` and every dim adapter; DPO-Soup is k runs with one
+    dim adapter each, which together make one policy without `shared`.
     """
-    scales = policy.weights(w)
-    prefix = "base_model.model."
-    deltas: dict[str, torch.Tensor] = {}
-    for module_name, layer in policy.model.named_modules():
-        if not isinstance(layer, LoraLayer):
-            continue
-        total = None
-        for name, s in scales.items():
-            if name not in layer.lora_A or s == 0.0:
-                continue
-            alpha, r = layer.lora_alpha[name], layer.r[name]
-            base_scale = alpha / r**0.5 if layer.use_rslora.get(name, False) else alpha / r
-            product = layer.lora_B[name].weight @ layer.lora_A[name].weight
-            term = (s * base_scale) * product.detach()
-            total = term if total is None else total + term
-        if total is not None:
-            deltas[module_name.removeprefix(prefix) + ".weight"] = total
-    return deltas
+    found: dict[str, Path] = {}
+    for run in run_dirs:
+        root = Path(run) / "adapters"
+        if not root.is_dir():
+            raise ConfluxError(f"{run}: no adapters/ directory; is this a preference training output?")
+        for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+            if not _ADAPTER_NAME.match(sub.name):
+                raise ConfluxError(f"{sub}: adapter directories are named '{SHARED}' or dim<i>")
+            if sub.name in found:
+                raise ConfluxError(f"adapter '{sub.name}' is in both {found[sub.name]} and {sub}")
+            found[sub.name] = sub
+    if not found:
+        raise ConfluxError(f"no adapters in {[str(r) for r in run_dirs]}")
+    dims = sorted((n for n in found if n != SHARED), key=lambda n: int(n[3:]))
+    return {name: found[name] for name in ([SHARED] if SHARED in found else []) + dims}
+
+
+def load_method_policy(base_model: torch.nn.Module, run_dirs: Sequence[str | Path]) -> PreferencePolicy:
+    """The trained policy π(·; w) of a method: its runs' adapters on ``base_model`` (modified in place)."""
+    return PreferencePolicy.load(base_model, adapter_dirs(run_dirs))

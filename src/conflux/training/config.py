@@ -12,37 +12,11 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from conflux.errors import ConfigError
-
-ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from conflux.modeling.lora import LoraSpec
 
 PREFERENCE_METHODS = ("curriculum_stage1", "curriculum_stage2", "curriculum_stage3", "panacea", "dpo_soup")
 TRL_METHODS = ("sft", "dpo")
 METHODS = PREFERENCE_METHODS + TRL_METHODS
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    """LoRA hyper-parameters of one adapter (the paper's r=8, α=16 on all projections by default).
-
-    Lives here, torch-free, because the workflow resolves training settings while it builds the DAG.
-    """
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ALL_PROJECTIONS
-
-    def to_peft(self):
-        from peft import LoraConfig
-
-        return LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=list(self.target_modules),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
 
 
 @dataclass(frozen=True)

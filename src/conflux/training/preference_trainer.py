@@ -33,7 +33,7 @@ from conflux.atomic import atomic_path, write_json
 from conflux.data.pairs import PairTable, read_pairs
 from conflux.errors import ConfluxError, DataError
 from conflux.modeling.base_model import load_base_model, read_manifest, working_dtype
-from conflux.modeling.policy import SHARED, PreferencePolicy, dim_name
+from conflux.modeling.policy import PreferencePolicy, load_method_policy
 from conflux.modeling.tokenize import PairBatch, Row, TokenizeSettings, collate_rows, encode_pair, pad_id_of
 from conflux.training.config import TrainConfig
 from conflux.training.objectives import Objective, StepContext, StepInputs, make_objective
@@ -297,12 +297,7 @@ def write_run_outputs(tmp: Path, work_dir: Path, cfg: TrainConfig, summary: dict
 def load_policy(job: PreferenceJob, base_model: Any, k: int) -> PreferencePolicy:
     """The previous stage's adapters when there is one, else fresh adapters seeded by the job's seed."""
     if job.init_adapters is not None:
-        root = Path(job.init_adapters) / "adapters"
-        names = sorted(p.name for p in root.iterdir() if p.is_dir())
-        order = [n for n in [SHARED, *(dim_name(i) for i in range(k))] if n in names]
-        if len(order) != len(names):
-            raise ConfluxError(f"{root}: unexpected adapter directories {names}")
-        return PreferencePolicy.load(base_model, {n: root / n for n in order})
+        return load_method_policy(base_model, [job.init_adapters])
     shared = job.method != "dpo_soup"
     return PreferencePolicy.create(base_model, k, job.cfg.lora.spec(), shared=shared, seed=job.seed)
 
