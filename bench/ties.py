@@ -133,7 +133,7 @@ def find_mergekit(explicit: str | None) -> str:
 def compare(ours: Path, theirs: Path, base: Path, models: list[Path], density: float) -> dict:
     """Max |difference|, differing entries, and those not explained by a magnitude tie at a source's cut."""
     from conflux.analysis.tensor_io import WeightFiles
-    from conflux.analysis.ties import top_k_values
+    from conflux.analysis.topk import top_k_values
 
     a, b, base_files = WeightFiles(ours), WeightFiles(theirs), WeightFiles(base)
     sources = [WeightFiles(m) for m in models]

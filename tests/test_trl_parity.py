@@ -11,8 +11,7 @@ from conflux.data.jobs import bundled_corpus
 from conflux.data.synthetic import synthetic_pku
 from conflux.modeling.logprobs import sequence_logps
 from conflux.modeling.tiny_model import TinyModelConfig, build_tiny_model
-from conflux.training.losses import dpo_loss
-from reference_impl import tokenize_pairs
+from reference_impl import dpo_loss, tokenize_pairs
 
 
 @pytest.fixture(scope="module")

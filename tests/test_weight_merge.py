@@ -15,8 +15,10 @@ from conflux.analysis.merge import merge_lambda_grid, merge_sft_dpo, merge_task_
 from conflux.analysis.merge_kernels import MergeBuffers, task_arithmetic_in_place, ties_in_place
 from conflux.analysis.task_vectors import FullTaskVectors, LoraTaskVectors
 from conflux.analysis.tensor_io import ShardedWriter, WeightFiles
-from conflux.analysis.ties import task_arithmetic, ties, top_k_values, trim_top_k
+from conflux.analysis.ties import trim_top_k
+from conflux.analysis.topk import top_k_values
 from conflux.errors import ConfluxError, DataError
+from reference_impl import task_arithmetic, ties
 from weight_checkpoints import perturbed, save_checkpoint, tiny_llama
 
 

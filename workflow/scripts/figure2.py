@@ -9,5 +9,4 @@ figure2_job(
     png=snakemake.output.png,
     svg=snakemake.output.svg,
     **snakemake.params.bootstrap,  # resamples, level, seed
-    label=f"{snakemake.wildcards.pair_dataset} / {snakemake.wildcards.model}",
 )

@@ -1,20 +1,26 @@
-"""TIES and task arithmetic in place on reused buffers: the streamed merge's inner loop.
+"""TIES and task arithmetic on one parameter's stacked task vectors, in place on reused buffers.
 
-:func:`conflux.analysis.ties.ties` is written for reading (each step a pure function that returns new
-tensors). On the 10⁷-10⁸-entry tensors of a 7B model every temporary is a fresh allocation that the kernel
-page-faults in, and those faults, not the arithmetic, dominated a streamed merge. These kernels do the *same
-operations in the same order* on a caller-owned stack of task vectors and a few buffers kept across tensors,
-so their results are bitwise equal to :func:`conflux.analysis.ties.ties` /
-:func:`conflux.analysis.ties.task_arithmetic` (pinned by tests/test_weight_merge.py) and to mergekit's
-``ties`` / ``task_arithmetic``:
+TIES-Merging (Yadav et al., 2023, arXiv:2306.01708) and task arithmetic (Ilharco et al., 2023,
+arXiv:2212.04089). conflux follows **mergekit**'s ``ties`` (``normalize=True``) and ``task_arithmetic``, and a
+merge here equals mergekit's on the same inputs (tests/test_mergekit_parity.py):
 
-1. trim: zero every entry of τ_i below the k-th largest |τ_i| and, among entries equal to it, all but the
-   lowest-indexed ones (:func:`conflux.analysis.ties.trim_top_k`'s selection);
+1. trim: zero every entry of τ_i below the k-th largest |τ_i|, k = max(1, int(density·n)), and, among
+   entries equal to it, all but the lowest-indexed ones (:func:`conflux.analysis.ties.trim_top_k`'s
+   selection; mergekit's argsort leaves that choice unspecified);
 2. weight: τ_i ← w_i τ_i;
-3. elect: e = +1 where Σ_i w_i τ_i >= 0, else −1;
+3. elect: e = +1 where Σ_i w_i τ_i >= 0, else −1 (the sign is elected from the *weighted* vectors);
 4. disjoint mean: Σ_{agree} w_i τ_i / Σ_{agree} w_i, where τ_i agrees when sgn(w_i τ_i) = e, i.e.
-   w_i τ_i · e > 0 (a divisor of 0 becomes 1);
+   w_i τ_i · e > 0 (a divisor of 0 becomes 1), divided by the *sum of agreeing weights*;
 5. scale by λ.
+
+PEFT's ``merge_utils.ties`` differs: it elects from the *unweighted* trimmed vectors, divides by the *count*
+of agreeing entries and has no λ. With equal weights w > 0 both elect the same sign and
+PEFT(τ, w·1, d) = conflux(τ, w·1, d, λ=w), up to tie-breaking among equal magnitudes at the trim.
+
+Why in place: on the 10⁷-10⁸-entry tensors of a 7B model every temporary is a fresh allocation that the
+kernel page-faults in, and those faults, not the arithmetic, dominated a streamed merge. So each step works
+on a caller-owned stack of task vectors and a few buffers kept across tensors; the results are bitwise equal
+to a pure step-by-step reference (tests/reference_impl.py, pinned by tests/test_weight_merge.py).
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from collections.abc import Sequence
 import torch
 
 from conflux.analysis.tensor_io import ScratchBuffer
-from conflux.analysis.ties import top_k_cut
+from conflux.analysis.ties import trim_k
+from conflux.analysis.topk import top_k_cut
 
 
 class MergeBuffers:
@@ -72,7 +79,7 @@ def ties_in_place(
     """λ · TIES(τ) of a [n, numel] float32 stack, which is overwritten; returns a buffer view [numel]."""
     n, numel = taus.shape
     if density < 1.0 and numel:
-        k = min(numel, max(1, int(density * numel)))
+        k = trim_k(numel, density)
         for row in taus:
             trim_in_place(row, k, buffers)
     for row, w in zip(taus, weights, strict=True):

@@ -195,16 +195,6 @@ CLOSERS = (
 )  # fmt: skip
 
 
-def persona_prompts() -> list[tuple[str, str, str]]:
-    """Every ``(prompt, category, intent)``: each category's topics times its prompt templates."""
-    rows = []
-    for category, (topics, templates, _, _) in CATEGORIES.items():
-        for topic in topics:
-            for intent, template in zip(INTENTS, templates, strict=True):
-                rows.append((template.format(x=topic), category, intent))
-    return rows
-
-
 def persona_sets(seed: int = 0) -> dict[str, list[tuple[str, str]]]:
     """The three sets as ``{style: [(prompt, reply), ...]}``: the same prompts, in the same order, in each."""
     rng = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""Agree / conflict split of preference pairs (DESIGN "Split").
+"""Agree / conflict split of preference pairs, as the curriculum paper (Nishida & Nishida) defines them.
 
 With d = s_a - s_b per pair:
   * *agree*    - every nonzero entry of d has the same sign (the dimensions agree on the winner);

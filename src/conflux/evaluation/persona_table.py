@@ -31,7 +31,6 @@ from conflux.evaluation.report_files import (
     MEAN,
     fmt_estimate,
     interval_note,
-    write_caption,
     write_csv,
     write_markdown,
 )
@@ -153,14 +152,13 @@ def persona_table_job(
     *,
     csv: str | Path,
     md: str | Path,
-    caption: str | Path | None = None,
     pairs_eval: str | Path | None = None,
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
     label: str = "",
 ) -> pd.DataFrame:
-    """The persona table of one dataset from its variants' metrics files (CSV, Markdown, optional caption)."""
+    """The persona table of one dataset from its variants' metrics files (CSV and Markdown)."""
     records = read_persona_metrics(metrics)
     table, n = persona_table(records, resamples=resamples, level=level, seed=seed)
     lexicon = records[0]["lexicon"]
@@ -192,17 +190,6 @@ def persona_table_job(
     ]
     title = f"Persona study: {persona}" + (f" ({label})" if label else "")
     write_markdown(md, title, notes, sections)
-    if caption is not None:
-        write_caption(
-            caption,
-            title,
-            [
-                "One row per model variant (base, SFT, DPO, merged and reverted models): does it speak in "
-                "the persona, does it prefer persona replies, and how well does it still model general "
-                "replies.",
-                *notes,
-            ],
-        )
     return table
 
 

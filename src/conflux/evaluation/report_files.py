@@ -1,4 +1,4 @@
-"""Writing tables (CSV + Markdown), figures (PNG + SVG) and report captions (rst), each atomically.
+"""Writing tables (CSV + Markdown) and figures (PNG + SVG), each atomically, and formatting their numbers.
 
 Every file here is a Snakemake target that ``snakemake --report`` embeds, so each is written to a temporary
 sibling and renamed (a killed job leaves nothing that looks finished). Markdown is rendered here rather than
@@ -75,17 +75,6 @@ def write_figure(fig: Figure, png: str | Path, svg: str | Path, *, dpi: int = 15
     # A fixed hash salt makes the SVG's element ids (otherwise from uuid4) the same on every run.
     with atomic_path(svg) as tmp, rc_context({"svg.hashsalt": "conflux"}):
         fig.savefig(tmp, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight")
-
-
-def rst_caption(title: str, paragraphs: Sequence[str]) -> str:
-    """Caption text for Snakemake's ``report(..., caption=...)``: a bold title line, then paragraphs."""
-    body = "\n\n".join(p.strip() for p in paragraphs if p.strip())
-    return f"**{title}**\n\n{body}\n"
-
-
-def write_caption(path: str | Path, title: str, paragraphs: Sequence[str]) -> None:
-    """Write an rst caption file atomically."""
-    write_text(path, rst_caption(title, paragraphs))
 
 
 def interval_note(

@@ -2,8 +2,8 @@
 
 Each ``*_job`` reads the records files of every method and seed (:mod:`conflux.evaluation.records`), computes
 the table (:mod:`conflux.evaluation.accuracy`), and writes CSV (full precision, every seed and the mean),
-Markdown (a header stating n, seeds and how intervals were made, then the mean over seeds and each seed) and,
-when asked, an rst caption for ``snakemake --report``.
+Markdown (a header stating n, seeds and how intervals were made, then the mean over seeds and each seed).
+The report's captions are report/*.rst.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from conflux.evaluation.report_files import (
     MEAN,
     fmt_estimate,
     interval_note,
-    write_caption,
     write_csv,
     write_figure,
     write_markdown,
@@ -50,7 +49,6 @@ def table1_job(
     *,
     csv: str | Path,
     md: str | Path,
-    caption: str | Path | None = None,
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
@@ -81,18 +79,6 @@ def table1_job(
         sections.append((heading, shown))
     title = "Table 1: accuracy at w = 1_i on held-out conflict pairs" + (f" ({label})" if label else "")
     write_markdown(md, title, notes, sections)
-    if caption is not None:
-        write_caption(
-            caption,
-            title,
-            [
-                "Rows are methods, columns dimensions. Each cell is the share of held-out conflict pairs on "
-                "which the policy at w = 1_i (only dimension i's adapter on) prefers the response that "
-                "dimension i prefers. " + ACCURACY_RULE,
-                *notes[:2],
-                notes[3],
-            ],
-        )
     return wide
 
 
@@ -108,22 +94,17 @@ def table2_job(
     summary_md: str | Path,
     figure_png: str | Path | None = None,
     figure_svg: str | Path | None = None,
-    captions: dict[str, str | Path] | None = None,
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
     grid: Sequence[tuple[float, float]] = WEIGHT_GRID,
     label: str = "",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Table 2 (settings, and win rate / mean accuracy per method) and optionally Figure 2, from records.
-
-    ``captions`` maps any of ``settings``, ``summary``, ``figure`` to the rst caption file to write.
-    """
+    """Table 2 (settings, and win rate / mean accuracy per method) and optionally Figure 2, from records."""
     frame, dims = read_records(records)
     settings, summary = table2(frame, dims, resamples=resamples, level=level, seed=seed, grid=grid)
     write_csv(settings_csv, settings)
     write_csv(summary_csv, summary)
-    captions = captions or {}
     suffix = f" ({label})" if label else ""
     n_settings = len(settings[["dim_a", "dim_b", "w_a", "w_b"]].drop_duplicates())
     mean = settings[settings["seed"] == MEAN]
@@ -163,22 +144,6 @@ def table2_job(
     )
     if figure_png is not None and figure_svg is not None:
         write_figure(figure2(settings), figure_png, figure_svg)
-    paragraphs = {
-        "settings": ["Accuracy of every method in each of the settings.", *setting_notes],
-        "summary": [
-            "Win rate and mean accuracy per method, as in the curriculum paper's Table 2.",
-            *summary_notes,
-        ],
-        "figure": [
-            "Accuracy against the weight on the first dimension of each pair (the second gets 1 − w), mean "
-            "over seeds with bootstrap error bars; the dotted line is chance.",
-            *setting_notes,
-        ],
-    }
-    for key, path in captions.items():
-        write_caption(
-            path, f"Table 2 {key}{suffix}" if key != "figure" else f"Figure 2{suffix}", paragraphs[key]
-        )
     return settings, summary
 
 
@@ -187,28 +152,15 @@ def figure2_job(
     *,
     png: str | Path,
     svg: str | Path,
-    caption: str | Path | None = None,
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
     grid: Sequence[tuple[float, float]] = WEIGHT_GRID,
-    label: str = "",
 ) -> None:
     """Figure 2 alone (for a rule of its own); the same numbers as :func:`table2_job`'s settings."""
     frame, dims = read_records(records)
     settings, _ = table2(frame, dims, resamples=resamples, level=level, seed=seed, grid=grid)
     write_figure(figure2(settings), png, svg)
-    if caption is not None:
-        write_caption(
-            caption,
-            "Figure 2" + (f" ({label})" if label else ""),
-            [
-                "Accuracy against the weight on the first dimension of each pair (the second gets 1 − w), "
-                "mean over seeds with bootstrap error bars; the dotted line is chance. " + ACCURACY_RULE,
-                _seeds_note(settings),
-                interval_note(resamples, level, seed),
-            ],
-        )
 
 
 def _settings_view(mean: pd.DataFrame) -> pd.DataFrame:

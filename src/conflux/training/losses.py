@@ -1,8 +1,8 @@
-"""Every preference loss of conflux as a pure function of sequence log-probabilities or log-ratios.
+"""The preference losses the trainer uses, as pure functions of policy log-ratios.
 
-Notation (DESIGN.md, "Training methods"): the policy log-ratio of a response is
-h(y) = log π(y|x) − log π_ref(y|x) (sums over response tokens), and a pair (y_a, y_b) is scored by
-z = β (h(y_a) − h(y_b)). The implicit reward of a response is r(y) = β h(y).
+Notation: the policy log-ratio of a response is h(y) = log π(y|x) − log π_ref(y|x) (sums over response
+tokens), and a pair (y_a, y_b) is scored by z = β (h(y_a) − h(y_b)). The implicit reward of a response is
+r(y) = β h(y).
 
 No function here sees a model: the trainers compute log-probs (``conflux.modeling.logprobs``) and hand tensors
 over, so every loss, mask and gradient can be unit-tested on hand-made numbers. Metric names follow TRL's
@@ -28,41 +28,6 @@ def _sigmoid_loss(z: Tensor, label_smoothing: float) -> Tensor:
     if label_smoothing:
         losses = (1.0 - label_smoothing) * losses - label_smoothing * F.logsigmoid(-z)
     return losses
-
-
-def dpo_loss(
-    chosen_logps: Tensor,
-    rejected_logps: Tensor,
-    ref_chosen_logps: Tensor,
-    ref_rejected_logps: Tensor,
-    beta: float,
-    *,
-    label_smoothing: float = 0.0,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Sigmoid DPO loss per pair (no reduction), as TRL's ``loss_type="sigmoid"``.
-
-    logits  = (log π(y_c) − log π(y_r)) − (log π_ref(y_c) − log π_ref(y_r)) = h(y_c) − h(y_r)
-    loss    = −(1−ε) log σ(β·logits) − ε log σ(−β·logits)
-    rewards = β (log π(y) − log π_ref(y)), detached (they are metrics, not part of the loss)
-
-    With ε = 0 this is TRL 1.16's ``sigmoid`` loss. TRL 1.16 no longer applies ``label_smoothing`` to
-    ``sigmoid``; ε > 0 gives the conservative-DPO form that older TRL's ``sigmoid`` used (and TRL 1.16 still
-    uses for ``aot``): the label is assumed flipped with probability ε.
-
-    Args:
-        chosen_logps, rejected_logps: policy sequence log-probs, shape [B].
-        ref_chosen_logps, ref_rejected_logps: reference sequence log-probs, shape [B].
-        beta: the DPO temperature β.
-        label_smoothing: ε in [0, 0.5).
-
-    Returns:
-        (losses [B], chosen_rewards [B], rejected_rewards [B]).
-    """
-    logits = (chosen_logps - rejected_logps) - (ref_chosen_logps - ref_rejected_logps)
-    losses = _sigmoid_loss(beta * logits, label_smoothing)
-    chosen_rewards = beta * (chosen_logps - ref_chosen_logps).detach()
-    rejected_rewards = beta * (rejected_logps - ref_rejected_logps).detach()
-    return losses, chosen_rewards, rejected_rewards
 
 
 def _check_labels(labels: Tensor) -> None:
@@ -114,31 +79,6 @@ def preference_rewards(
     a_wins = labels_i[used] > 0
     r_a, r_b = beta * logratio_a.detach()[used], beta * logratio_b.detach()[used]
     return torch.where(a_wins, r_a, r_b), torch.where(a_wins, r_b, r_a)
-
-
-def linear_scalarization_loss(per_dim_losses: Tensor, weights: Tensor) -> Tensor:
-    """Panacea's L_LS = Σ_i w_i L_DPO,i for one weight vector w (shapes [k] and [k])."""
-    if per_dim_losses.shape != weights.shape or per_dim_losses.dim() != 1:
-        raise ConfluxError(
-            f"linear scalarization needs losses and weights of one shape [k]; got "
-            f"{tuple(per_dim_losses.shape)} and {tuple(weights.shape)}"
-        )
-    return (weights * per_dim_losses).sum()
-
-
-def panacea_loss(per_weight_dim_losses: Tensor, weight_vectors: Tensor) -> Tensor:
-    """Panacea's step loss over m weight vectors: Σ_j Σ_i w_ji L_ji.
-
-    L_ji is L_DPO,i of the policy at weight vector w_j; each step uses m = k+1 vectors (the k one-hots and
-    one Dirichlet draw). A sum, not a mean, over j, as in the design: every w_j contributes a full L_LS.
-    Shapes: [m, k] and [m, k].
-    """
-    if per_weight_dim_losses.shape != weight_vectors.shape or per_weight_dim_losses.dim() != 2:
-        raise ConfluxError(
-            f"panacea_loss needs losses and weights of one shape [m, k]; got "
-            f"{tuple(per_weight_dim_losses.shape)} and {tuple(weight_vectors.shape)}"
-        )
-    return (weight_vectors * per_weight_dim_losses).sum()
 
 
 def kl_bernoulli_loss(z_w: Tensor, target_p: Tensor) -> Tensor:

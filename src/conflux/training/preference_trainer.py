@@ -31,10 +31,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from conflux.atomic import atomic_path, write_json
 from conflux.data.pairs import PairTable, read_pairs
+from conflux.data.split import dimension_labels
 from conflux.errors import ConfluxError, DataError
 from conflux.modeling.base_model import load_base_model, read_manifest, working_dtype
 from conflux.modeling.policy import PreferencePolicy, load_method_policy
-from conflux.modeling.tokenize import PairBatch, Row, TokenizeSettings, collate_rows, encode_pair, pad_id_of
+from conflux.modeling.tokenize import PairBatch, Row, TokenizeSettings, collate_rows, encode_pairs, pad_id_of
 from conflux.training.config import TrainConfig
 from conflux.training.objectives import Objective, StepContext, StepInputs, make_objective
 from conflux.training.reference import read_reference
@@ -75,17 +76,11 @@ class PairDataset(torch.utils.data.Dataset):
         tokenizer: Any,
         settings: TokenizeSettings,
     ) -> None:
-        cols = pairs.table.to_pydict()
-        self.rows: list[tuple[Row, Row]] = []
-        self.n_truncated = 0
-        for prompt, a, b in zip(cols["prompt"], cols["response_a"], cols["response_b"], strict=True):
-            row_a, row_b, n_cut = encode_pair(
-                tokenizer, prompt, a, b, max_length=settings.max_length, truncation=settings.truncation
-            )
-            self.rows.append((row_a, row_b))
-            self.n_truncated += n_cut > 0
+        rows_a, rows_b, cut = encode_pairs(tokenizer, pairs, settings)
+        self.rows: list[tuple[Row, Row]] = list(zip(rows_a, rows_b, strict=True))
+        self.n_truncated = sum(cut)
         s_a, s_b = pairs.scores()
-        self.labels = torch.from_numpy(np.sign(s_a - s_b).astype(np.int64))
+        self.labels = torch.from_numpy(dimension_labels(s_a - s_b).astype(np.int64))
         self.ref_a = torch.from_numpy(np.asarray(ref_a, dtype=np.float64))
         self.ref_b = torch.from_numpy(np.asarray(ref_b, dtype=np.float64))
         self.pad_id = pad_id_of(tokenizer)
