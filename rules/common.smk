@@ -9,7 +9,8 @@ from snakemake.utils import validate
 # (conda envs, SLURM jobs) importing the checkout's code rather than some other installed copy.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from conflux.config import config_error_from, offline_requested, parse_config  # noqa: E402
+from conflux.config import config_error_from, parse_config  # noqa: E402
+from conflux.offline import hub_offline  # noqa: E402
 from conflux.data.sources import source_fingerprint  # noqa: E402
 
 try:
@@ -18,7 +19,7 @@ except WorkflowError as err:
     raise config_error_from(err) from None
 
 CFG = parse_config(config)
-OFFLINE = offline_requested(CFG.offline)
+OFFLINE = hub_offline(CFG.offline)
 PAIR_DATASETS = sorted(n for n, d in CFG.datasets.items() if not d.is_persona)
 PERSONA_DATASETS = sorted(n for n, d in CFG.datasets.items() if d.is_persona)
 EMBEDDED_MODELS = sorted(n for n, m in CFG.models.items() if m.source == "embedded")

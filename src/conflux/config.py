@@ -7,7 +7,6 @@ other sections, kinds that do not fit a study). Every failure is a :class:`Confi
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,15 +121,6 @@ class WorkflowConfig:
     def train(self, method: str, dataset: str) -> TrainConfig:
         """The resolved settings of one training rule on one dataset."""
         return resolve_train_config(self.training, method, dataset)
-
-
-def offline_requested(cfg_offline: bool) -> bool:
-    """Offline if the config says so or the Hugging Face offline variables are set."""
-    env = any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes")
-        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
-    return cfg_offline or env
 
 
 def config_error_from(error: BaseException) -> ConfigError:

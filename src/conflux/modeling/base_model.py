@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,13 @@ from typing import Any
 from conflux.atomic import write_json
 from conflux.errors import ConfluxError
 from conflux.modeling.tiny_model import TinyModelConfig
+from conflux.offline import hub_offline
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("embedded", "local", "hub")
 # What a download needs: config, tokenizer files and safetensors weights, never *.bin or other formats.
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
-_TRUE = {"1", "true", "yes", "on"}
 
 
 @dataclass(frozen=True)
@@ -39,11 +38,6 @@ class BaseModelSpec:
     trust_remote_code: bool = False
     dtype: str = "auto"
     tiny: TinyModelConfig | None = None
-
-
-def hub_offline(offline: bool) -> bool:
-    """Offline when the config says so or when ``HF_HUB_OFFLINE`` is set truthy in the environment."""
-    return offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
 
 
 def weight_files(model_dir: str | Path) -> list[Path]:

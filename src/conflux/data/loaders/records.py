@@ -9,7 +9,6 @@ message that says how to point the config at downloaded files, instead of hangin
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,11 +19,11 @@ import datasets
 
 from conflux.data.loaders.scan import scan_csv, scan_json, scan_parquet
 from conflux.errors import DataError
+from conflux.offline import OFFLINE_ENV, hub_offline
 
 log = logging.getLogger(__name__)
 
 BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -74,7 +73,7 @@ def open_records(
         return _read_local(path, source, columns)
     if path.suffix.lower() in BUILDERS or source.startswith(("/", ".", "~")) or not _HUB_ID.match(source):
         raise DataError("file not found", file=source, row="all", field="path")
-    if offline or _env_offline():
+    if hub_offline(offline):
         raise DataError(
             f"'{source}' is not a local file; as a Hugging Face hub id it cannot be fetched offline "
             f"(offline mode, or {'/'.join(OFFLINE_ENV)} set). Download it where there is network access "
@@ -85,10 +84,6 @@ def open_records(
             field="path",
         )
     return _read_hub(source, split, columns)
-
-
-def _env_offline() -> bool:
-    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on") for name in OFFLINE_ENV)
 
 
 def _read_local(path: Path, file: str, columns: Sequence[str]) -> Records:
