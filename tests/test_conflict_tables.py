@@ -103,12 +103,12 @@ def test_full_models_table_is_written_atomically(tmp_path: Path) -> None:
 
 def test_conflict_tables_reject_bad_input() -> None:
     with pytest.raises(ConfluxError, match="at least two"):
-        pairwise_conflict_table([TensorTaskVectors("x", {P: T1})])
+        pairwise_conflict_table([TensorTaskVectors("x", {P: T1})], density=0.2)
     with pytest.raises(ConfluxError, match="shape"):
         pairwise_conflict_table(
-            {"x": TensorTaskVectors("x", {P: T1}), "y": TensorTaskVectors("y", {P: T1[:2]})}
+            {"x": TensorTaskVectors("x", {P: T1}), "y": TensorTaskVectors("y", {P: T1[:2]})}, density=0.2
         )
     with pytest.raises(ConfluxError, match="unknown sources"):
-        pairwise_conflict_table(sources(), pairs=[("t1", "t9")])
+        pairwise_conflict_table(sources(), pairs=[("t1", "t9")], density=0.2)
     with pytest.raises(ConfluxError, match="weights"):
-        elected_conflict_table(sources(), weights=[1.0])
+        elected_conflict_table(sources(), weights=[1.0], density=0.2)

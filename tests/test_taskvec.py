@@ -162,7 +162,7 @@ def test_bf16_stats_accumulate_in_float32(tmp_path: Path) -> None:
     ft = save_checkpoint(tmp_path / "ft", {"w": torch.full((n,), 1 + 2**-7, dtype=torch.bfloat16)})
     tau = FullTaskVectors(ft, base).tau("w")
     assert tau.dtype == torch.float32
-    stats = task_vector_stats(FullTaskVectors(ft, base)).iloc[0]
+    stats = task_vector_stats(FullTaskVectors(ft, base), density=0.2).iloc[0]
     assert stats["mean"] == 2**-7 and stats["l2"] == pytest.approx(math.sqrt(n) * 2**-7, rel=1e-6)
     assert stats["std"] == 0.0 and stats["frac_positive"] == 1.0
     running = torch.tensor(0.0, dtype=torch.bfloat16)
@@ -365,7 +365,7 @@ def test_stats_of_a_large_task_vector_match_plain_definitions(quantised: bool) -
 def test_stats_of_a_non_finite_task_vector_are_nan_beyond_l2() -> None:
     tau = torch.zeros(100_000)
     tau[5] = float("inf")
-    stats = tensor_stats(tau)
+    stats = tensor_stats(tau, density=0.2)
     assert stats["l2"] == math.inf and math.isnan(stats["trim_threshold"]) and math.isnan(stats["mean"])
 
 
@@ -399,7 +399,7 @@ def test_stats_leave_no_output_on_error(tmp_path: Path) -> None:
     ft["model.norm.weight"] = torch.tensor([float("nan"), 1.0])
     tv = FullTaskVectors(save_checkpoint(tmp_path / "ft", ft), base)
     with pytest.raises(ConfluxError, match=r"model\.norm\.weight"):
-        write_task_vector_stats(tv, tmp_path / "stats.parquet", dump_dir=tmp_path / "dump")
+        write_task_vector_stats(tv, tmp_path / "stats.parquet", dump_dir=tmp_path / "dump", density=0.2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "ft"]
 
 
@@ -417,11 +417,11 @@ _RSS_CHILD = textwrap.dedent(
         return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 
     tv = FullTaskVectors(sys.argv[1], sys.argv[2])
-    task_vector_stats(FullTaskVectors(sys.argv[3], sys.argv[4]))  # warm up allocator and lazy imports
+    task_vector_stats(FullTaskVectors(sys.argv[3], sys.argv[4]), density=0.2)  # warm up allocator, imports
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = status("VmRSS")
-    task_vector_stats(tv)
+    task_vector_stats(tv, density=0.2)
     print(status("VmHWM") - before)
     """
 )

@@ -77,7 +77,7 @@ def test_task_arithmetic_hand_example(tmp_path: Path) -> None:
     sources = [FullTaskVectors(a, base), FullTaskVectors(b, base)]
     # 0.5 · (τa + 2 τb) = 0.5 · [2, 0, -2, 0.5] = [1, 0, -1, 0.25]
     out = merge_task_vectors(
-        base, sources, tmp_path / "ta", method="task_arithmetic", weights=[1, 2], lam=0.5
+        base, sources, tmp_path / "ta", method="task_arithmetic", weights=[1, 2], lam=0.5, density=0.2
     )
     assert WeightFiles(out).get("w").tolist() == [2.0, 1.0, 0.0, 1.25]
     # TIES without trim: weighted rows [1,-1,0,0.5], [1,1,-2,0]; sums [2,0,-2,0.5] elect [+,+,-,+];
@@ -100,7 +100,9 @@ def test_merge_of_lora_and_full_sources(models: Path, tmp_path: Path) -> None:
         LoraTaskVectors(tmp_path / "adapter", models / "base"),
         FullTaskVectors(models / "sft", models / "base"),
     ]
-    out = merge_task_vectors(models / "base", sources, tmp_path / "m", method="task_arithmetic", lam=0.5)
+    out = merge_task_vectors(
+        models / "base", sources, tmp_path / "m", method="task_arithmetic", lam=0.5, density=0.2
+    )
     base, sft, merged = state(models / "base"), state(models / "sft"), state(out)
     for name, theta in base.items():
         expected = theta + task_arithmetic(
@@ -112,7 +114,7 @@ def test_merge_of_lora_and_full_sources(models: Path, tmp_path: Path) -> None:
 def test_sft_dpo_lambda_grid(models: Path, tmp_path: Path) -> None:
     base, sft, dpo = state(models / "base"), state(models / "sft"), state(models / "dpo")
     grid = {lam: tmp_path / f"lam{lam}" for lam in (0.0, 0.5, 1.0)}
-    outs = merge_sft_dpo(models / "base", models / "sft", models / "dpo", grid)
+    outs = merge_sft_dpo(models / "base", models / "sft", models / "dpo", grid, density=0.2)
     assert outs == list(grid.values())
     for lam, out in grid.items():
         record = json.loads((out / "conflux_merge.json").read_text())
@@ -137,9 +139,11 @@ def test_lambda_grid_of_bf16_checkpoints_equals_one_merge_per_lambda(tmp_path: P
         tensors = {k: (v + scale * torch.randn(v.shape, generator=gen)).bfloat16() for k, v in theta.items()}
         dirs[name] = save_checkpoint(tmp_path / name, tensors)
     sources = [FullTaskVectors(dirs["a"], dirs["base"]), FullTaskVectors(dirs["b"], dirs["base"])]
-    grid = merge_lambda_grid(dirs["base"], sources, {0.25: tmp_path / "g25", 0.7: tmp_path / "g70"})
+    grid = merge_lambda_grid(
+        dirs["base"], sources, {0.25: tmp_path / "g25", 0.7: tmp_path / "g70"}, density=0.2
+    )
     for lam, out in zip((0.25, 0.7), grid, strict=True):
-        single = merge_task_vectors(dirs["base"], sources, tmp_path / f"s{lam}", lam=lam)
+        single = merge_task_vectors(dirs["base"], sources, tmp_path / f"s{lam}", lam=lam, density=0.2)
         for name in theta:
             a, b = WeightFiles(out).get(name), WeightFiles(single).get(name)
             assert a.dtype == torch.bfloat16 and torch.equal(a, b)
@@ -152,7 +156,7 @@ def test_lambda_grid_of_bf16_checkpoints_equals_one_merge_per_lambda(tmp_path: P
 
     broken = [sources[0], Broken(dirs["b"], dirs["base"])]
     with pytest.raises(OSError, match="disk gone"):
-        merge_lambda_grid(dirs["base"], broken, {0.5: tmp_path / "x1", 1.0: tmp_path / "x2"})
+        merge_lambda_grid(dirs["base"], broken, {0.5: tmp_path / "x1", 1.0: tmp_path / "x2"}, density=0.2)
     assert not (tmp_path / "x1").exists() and not (tmp_path / "x2").exists() and leftovers(tmp_path) == []
 
 
@@ -212,7 +216,7 @@ def test_failure_mid_merge_leaves_no_output(models: Path, tmp_path: Path) -> Non
     shard = next(f for f in sorted(dpo.glob("model-*.safetensors")) if f != first)
     shard.unlink()  # vanishes after the headers were read: the merge fails after writing a shard or more
     with pytest.raises(DataError) as err:
-        merge_task_vectors(models / "base", sources, tmp_path / "out", max_shard_bytes=2_000)
+        merge_task_vectors(models / "base", sources, tmp_path / "out", max_shard_bytes=2_000, density=0.2)
     assert err.value.file == str(shard) and files.file(err.value.row) == shard
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
@@ -221,7 +225,10 @@ def test_mismatched_source_is_rejected_before_writing(models: Path, tmp_path: Pa
     save_checkpoint(tmp_path / "other", {"model.layers.0.self_attn.q_proj.weight": torch.zeros(3, 3)})
     with pytest.raises(DataError) as err:
         merge_task_vectors(
-            tmp_path / "other", [FullTaskVectors(models / "sft", models / "base")], tmp_path / "out"
+            tmp_path / "other",
+            [FullTaskVectors(models / "sft", models / "base")],
+            tmp_path / "out",
+            density=0.2,
         )
     assert err.value.field == "tensor" and str(tmp_path / "other") in err.value.file
     assert not (tmp_path / "out").exists()

@@ -75,7 +75,7 @@ class RevertConfig:
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    density: float = 0.2
+    density: float  # the TIES trim density of every analysis; its default is the schema's
     merge_method: str = "ties"
     lambdas: tuple[float, ...] = (0.5, 1.0)
     revert: RevertConfig = field(default_factory=RevertConfig)
@@ -93,13 +93,13 @@ class WorkflowConfig:
     datasets: dict[str, DatasetSpec]
     split: SplitConfig
     persona_split: PersonaSplitConfig
+    analysis: AnalysisConfig
     studies: dict[str, Study] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)  # the raw training/methods blocks, see train()
     reference_batch_size: int = 32
     keep_checkpoints: bool = False
     evaluation: EvaluationConfig = field(default_factory=lambda: EvaluationConfig())
     resources: dict[str, Any] = field(default_factory=dict)
-    analysis: AnalysisConfig = field(default_factory=lambda: AnalysisConfig())
 
     def resources_for(self, rule_class: str, rule: str) -> dict[str, Any]:
         """Cluster resources of one rule: ``resources.default``, then ``.<class>``, then ``.rules.<rule>``.

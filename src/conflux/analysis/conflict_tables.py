@@ -95,7 +95,7 @@ def _trimmed(
 def pairwise_conflict_table(
     sources: Mapping[str, TaskVectors] | Sequence[TaskVectors],
     *,
-    density: float = 0.2,
+    density: float,
     pairs: Sequence[tuple[str, str]] | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
@@ -139,7 +139,7 @@ def pairwise_conflict_table(
 def elected_conflict_table(
     sources: Mapping[str, TaskVectors] | Sequence[TaskVectors],
     *,
-    density: float = 0.2,
+    density: float,
     weights: Sequence[float] | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:

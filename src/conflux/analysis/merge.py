@@ -67,7 +67,7 @@ def merge_task_vectors(
     method: str = "ties",
     weights: Sequence[float] | None = None,
     lam: float = 1.0,
-    density: float = 0.2,
+    density: float,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: bool = False,
 ) -> Path:
@@ -107,7 +107,7 @@ def merge_lambda_grid(
     *,
     method: str = "ties",
     weights: Sequence[float] | None = None,
-    density: float = 0.2,
+    density: float,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: bool = False,
 ) -> list[Path]:
@@ -183,7 +183,7 @@ def merge_sft_dpo(
     outputs: Mapping[float, str | Path],
     *,
     method: str = "ties",
-    density: float = 0.2,
+    density: float,
     weights: tuple[float, float] = (1.0, 1.0),
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> list[Path]:

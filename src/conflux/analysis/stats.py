@@ -137,7 +137,7 @@ def _stats(flat: torch.Tensor, density: float, scratch: ScratchBuffer) -> dict[s
     }
 
 
-def tensor_stats(tau: torch.Tensor, density: float = 0.2) -> dict[str, float]:
+def tensor_stats(tau: torch.Tensor, *, density: float) -> dict[str, float]:
     """The statistics of one task vector (see the module docstring); ``tau`` is not modified."""
     return _stats(tau.detach().to(torch.float32, copy=True).reshape(-1), density, ScratchBuffer())
 
@@ -163,7 +163,7 @@ def task_vector_stats(
     tv: TaskVectors,
     *,
     model: str | None = None,
-    density: float = 0.2,
+    density: float,
     dump_dir: str | Path | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
@@ -222,7 +222,7 @@ def write_task_vector_stats(
     out: str | Path,
     *,
     model: str | None = None,
-    density: float = 0.2,
+    density: float,
     dump_dir: str | Path | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
