@@ -52,10 +52,10 @@ def measure(kind: str, path: Path, out_dir: Path) -> dict:
 
         rows = pq.read_table(path).num_rows
     else:
-        from conflux.data.split import SPLIT_NAMES, SplitConfig, split_file
+        from conflux.data.split import SPLIT_NAMES, SplitConfig, split_pairs_job
 
         outputs = {name: out_dir / f"{name}.parquet" for name in SPLIT_NAMES}
-        stats = split_file(path, outputs, out_dir / "stats.json", SplitConfig())
+        stats = split_pairs_job(path, outputs, out_dir / "stats.json", SplitConfig())
         rows = stats["input_pairs"]
     seconds = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,7 +1,7 @@
 rule taskvec_stats_persona:
     input:
-        sft="results/train/{model}/{persona_dataset}/seed{seed}/sft",
-        dpo="results/train/{model}/{persona_dataset}/seed{seed}/dpo",
+        sft=train_output("sft", "persona_dataset"),
+        dpo=train_output("dpo", "persona_dataset"),
         manifest="results/models/{model}/manifest.json",
     output:
         "results/analysis/{model}/{persona_dataset}/seed{seed}/taskvec_stats.parquet",
@@ -23,8 +23,8 @@ rule taskvec_stats_persona:
 
 rule conflict_sft_dpo:
     input:
-        sft="results/train/{model}/{persona_dataset}/seed{seed}/sft",
-        dpo="results/train/{model}/{persona_dataset}/seed{seed}/dpo",
+        sft=train_output("sft", "persona_dataset"),
+        dpo=train_output("dpo", "persona_dataset"),
         manifest="results/models/{model}/manifest.json",
     output:
         "results/analysis/{model}/{persona_dataset}/seed{seed}/conflict_sft_dpo.parquet",
@@ -90,8 +90,8 @@ rule conflict_dims:
 
 rule merge_sft_dpo:
     input:
-        sft="results/train/{model}/{persona_dataset}/seed{seed}/sft",
-        dpo="results/train/{model}/{persona_dataset}/seed{seed}/dpo",
+        sft=train_output("sft", "persona_dataset"),
+        dpo=train_output("dpo", "persona_dataset"),
         manifest="results/models/{model}/manifest.json",
     output:
         merge_grid_outputs(),
@@ -114,7 +114,7 @@ rule merge_sft_dpo:
 
 rule revert_sweep:
     input:
-        model="results/train/{model}/{persona_dataset}/seed{seed}/{revert_method}",
+        model=get_revert_model,
         sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
         pairs_eval="results/data/{persona_dataset}/persona/pairs_eval.parquet",
         manifest="results/models/{model}/manifest.json",

@@ -1,3 +1,4 @@
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -10,6 +11,15 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from conflux.config import config_error_from, parse_config  # noqa: E402
+from conflux.methods import (  # noqa: E402
+    METHODS,
+    STAGES,
+    analysed_variants,
+    method_of,
+    revertable_methods,
+    stage,
+    variants,
+)
 from conflux.offline import hub_offline  # noqa: E402
 from conflux.data.sources import source_fingerprint  # noqa: E402
 
@@ -24,12 +34,14 @@ PAIR_DATASETS = sorted(n for n, d in CFG.datasets.items() if not d.is_persona)
 PERSONA_DATASETS = sorted(n for n, d in CFG.datasets.items() if d.is_persona)
 EMBEDDED_MODELS = sorted(n for n, m in CFG.models.items() if m.source == "embedded")
 SPLIT_PARTS = ["agree", "conflict", "agree_sub", "eval_conflict", "eval_agree"]
+# The two persona models that conflict_sft_dpo, taskvec_stats_persona and merge_sft_dpo compare.
+SFT_DPO = ("sft", "dpo")
 PERSONA_PARTS = ["sft_train", "sft_eval", "pairs_train", "pairs_eval"]
 
 
 def _alternatives(names):
     """A wildcard regex matching exactly the given names (or nothing when there are none)."""
-    return "|".join(names) if names else "(?!x)x"
+    return "|".join(re.escape(n) for n in names) if names else "(?!x)x"
 
 
 wildcard_constraints:
@@ -38,10 +50,10 @@ wildcard_constraints:
     model=_alternatives(sorted(CFG.models)),
     tiny_model=_alternatives(EMBEDDED_MODELS),
     ref_part="agree|conflict|eval_conflict|eval_agree",
-    variant="curriculum_stage[123]|panacea|dpo_soup",
-    persona_variant="|".join(["sft", "dpo", *CFG.analysis.merge_variants()]).replace(".", r"\."),
-    analysis_variant="curriculum_stage3|panacea|dpo_soup",
-    revert_method="sft|dpo",
+    variant=_alternatives(variants("curriculum")),
+    persona_variant=_alternatives([*variants("persona"), *CFG.analysis.merge_variants()]),
+    analysis_variant=_alternatives(analysed_variants()),
+    revert_method=_alternatives(revertable_methods()),
     seed=r"\d+",
     dim=r"\d+",
 
@@ -55,13 +67,6 @@ RULE_CLASSES = {
     "build_tiny_model": "models",
     "base_model_manifest": "models",
     "reference_logps": "reference",
-    "curriculum_stage1": "training",
-    "curriculum_stage2": "training",
-    "curriculum_stage3": "training",
-    "panacea": "training",
-    "dpo_soup": "training",
-    "sft": "training",
-    "dpo": "training",
     "evaluate_method": "evaluation",
     "persona_eval_base": "evaluation",
     "persona_eval": "evaluation",
@@ -78,6 +83,7 @@ RULE_CLASSES = {
     "key_layers": "report",
     "weight_figures_persona": "report",
     "weight_figures_adapters": "report",
+    **{rule: method_of(rule).resource_class for rule in STAGES},  # the training rules
 }
 
 
@@ -140,6 +146,11 @@ def train_params(method):
     return params
 
 
+def train_output(rule, dataset="pair_dataset"):
+    """A training rule's output directory pattern, from the method registry."""
+    return f"results/train/{{model}}/{{{dataset}}}/seed{{seed}}/{stage(rule).output}"
+
+
 def checkpoint_dir(wildcards, output):
     """Trainer checkpoints sit beside, not inside, the output, so a failed job's rerun can resume."""
     return str(output[0]).replace("results/train/", "results/checkpoints/", 1)
@@ -179,30 +190,28 @@ def persona_outputs(dataset):
 
 # ---- evaluation ---------------------------------------------------------------------------------------------
 
-# What each trained method is evaluated as: every curriculum stage (the paper reports the curriculum after each
-# stage), Panacea, and DPO-Soup's members interpolated at w.
-METHOD_VARIANTS = {
-    "curriculum": ["curriculum_stage1", "curriculum_stage2", "curriculum_stage3"],
-    "panacea": ["panacea"],
-    "dpo_soup": ["dpo_soup"],
-}
 TWO_DIM_DATASETS = [d for d in PAIR_DATASETS if CFG.datasets[d].k == 2]
 MULTI_DIM_DATASETS = [d for d in PAIR_DATASETS if CFG.datasets[d].k > 2]
 
 
 def eval_variants():
-    return [v for m in CFG.study("curriculum").methods for v in METHOD_VARIANTS[m]]
+    """Variants in the curriculum study's tables: every stage of every configured method."""
+    return variants("curriculum", CFG.study("curriculum").methods)
+
+
+def stage_dirs(dataset, model, seed, rule):
+    """The output directories of one training rule; a per-dimension stage has one per dimension."""
+    run = f"results/train/{model}/{dataset}/seed{seed}"
+    out = stage(rule).output
+    if stage(rule).per_dimension:
+        return [f"{run}/{out.format(dim=i)}" for i in range(CFG.datasets[dataset].k)]
+    return [f"{run}/{out}"]
 
 
 def get_eval_runs(wildcards):
     """The training outputs a method variant is evaluated from (DPO-Soup: all k members)."""
-    run = f"results/train/{wildcards.model}/{wildcards.pair_dataset}/seed{wildcards.seed}"
     variant = wildcards.get("variant") or wildcards.analysis_variant
-    if variant.startswith("curriculum_stage"):
-        return [f"{run}/curriculum/stage{variant[-1]}"]
-    if variant == "dpo_soup":
-        return [f"{run}/dpo_soup/dim{i}" for i in range(CFG.datasets[wildcards.pair_dataset].k)]
-    return [f"{run}/{variant}"]
+    return stage_dirs(wildcards.pair_dataset, wildcards.model, wildcards.seed, variant)
 
 
 def get_eval_records(wildcards):
@@ -226,10 +235,15 @@ def get_persona_tokenize(wildcards):
     return {"max_length": cfg.max_length, "truncation": cfg.truncation}
 
 
+def sft_and_dpo_trained():
+    """Whether the persona study trains both models that the SFT-vs-DPO analyses and merges compare."""
+    return set(SFT_DPO) <= set(CFG.study("persona").methods)
+
+
 def persona_variants():
-    """Trained persona variants: SFT and DPO, and their merges when both are trained."""
-    methods = list(CFG.study("persona").methods)
-    return methods + (CFG.analysis.merge_variants() if {"sft", "dpo"} <= set(methods) else [])
+    """Trained persona variants, and the SFT+DPO merges when both are trained."""
+    trained = variants("persona", CFG.study("persona").methods)
+    return trained + (CFG.analysis.merge_variants() if sft_and_dpo_trained() else [])
 
 
 def merge_grid_outputs():
@@ -242,8 +256,8 @@ def merge_grid_outputs():
 def get_persona_model(wildcards):
     """A persona variant's weights: a training output, or a merge of SFT and DPO."""
     v = wildcards.persona_variant
-    if v in ("sft", "dpo"):
-        return f"results/train/{wildcards.model}/{wildcards.persona_dataset}/seed{wildcards.seed}/{v}"
+    if v in STAGES:
+        return stage_dirs(wildcards.persona_dataset, wildcards.model, wildcards.seed, v)[0]
     return f"results/merges/{wildcards.model}/{wildcards.persona_dataset}/seed{wildcards.seed}/{v}"
 
 
@@ -261,7 +275,7 @@ def get_persona_metrics(wildcards):
 def get_analysis_runs(wildcards):
     """Training outputs whose adapters are analysed, keyed by label (DPO-Soup: one run per dimension)."""
     runs = get_eval_runs(wildcards)
-    if wildcards.analysis_variant == "dpo_soup":
+    if stage(wildcards.analysis_variant).per_dimension:
         return {f"dim{i}": run for i, run in enumerate(runs)}
     return {wildcards.analysis_variant: runs[0]}
 
@@ -269,6 +283,10 @@ def get_analysis_runs(wildcards):
 def revert_methods():
     """Persona variants the revert sweep covers: those of analysis.revert that the study trains."""
     return [m for m in CFG.analysis.revert.methods if m in CFG.study("persona").methods]
+
+
+def get_revert_model(wildcards):
+    return stage_dirs(wildcards.persona_dataset, wildcards.model, wildcards.seed, wildcards.revert_method)[0]
 
 
 def get_revert_sweeps(wildcards):
@@ -287,14 +305,13 @@ def _figures(root, suffix=""):
 def analysis_outputs(study_name, dataset, model, seed):
     root = f"results/analysis/{model}/{dataset}/seed{seed}"
     figures = f"results/tables/{model}/{dataset}/seed{seed}"
-    methods = CFG.study(study_name).methods
     if study_name == "persona":
-        if not {"sft", "dpo"} <= set(methods):
+        if not sft_and_dpo_trained():
             return []
         return [f"{root}/taskvec_stats.parquet", f"{root}/conflict_sft_dpo.parquet", *_figures(figures)]
-    variants = [v for v in ("curriculum_stage3", "dpo_soup") if v in eval_variants()]
-    tables = [f"{root}/{kind}_{v}.parquet" for v in variants for kind in ("taskvec_stats", "conflict_dims")]
-    return tables + [f for v in variants for f in _figures(figures, f"_{v}")]
+    analysed = [v for v in analysed_variants() if v in eval_variants()]
+    tables = [f"{root}/{kind}_{v}.parquet" for v in analysed for kind in ("taskvec_stats", "conflict_dims")]
+    return tables + [f for v in analysed for f in _figures(figures, f"_{v}")]
 
 
 def evaluation_outputs(study_name, dataset, model):
@@ -317,12 +334,7 @@ def evaluation_outputs(study_name, dataset, model):
 
 
 def training_outputs(dataset, model, seed, method):
-    run = f"results/train/{model}/{dataset}/seed{seed}"
-    if method == "curriculum":
-        return [f"{run}/curriculum/stage{i}" for i in (1, 2, 3)]
-    if method == "dpo_soup":
-        return [f"{run}/dpo_soup/dim{i}" for i in range(CFG.datasets[dataset].k)]
-    return [f"{run}/{method}"]
+    return [d for rule in METHODS[method].rules for d in stage_dirs(dataset, model, seed, rule)]
 
 
 def get_final_output():

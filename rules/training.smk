@@ -26,7 +26,7 @@ rule curriculum_stage1:
         references=[reference("agree")],
         manifest="results/models/{model}/manifest.json",
     output:
-        directory("results/train/{model}/{pair_dataset}/seed{seed}/curriculum/stage1"),
+        directory(train_output("curriculum_stage1")),
     log:
         "logs/curriculum_stage1/{model}/{pair_dataset}/seed{seed}.log",
     benchmark:
@@ -37,7 +37,6 @@ rule curriculum_stage1:
     resources:
         **job_resources("curriculum_stage1"),
     params:
-        method="curriculum_stage1",
         train=train_params("curriculum_stage1"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,
@@ -50,9 +49,9 @@ rule curriculum_stage2:
         pairs=[split_part("conflict")],
         references=[reference("conflict")],
         manifest="results/models/{model}/manifest.json",
-        init="results/train/{model}/{pair_dataset}/seed{seed}/curriculum/stage1",
+        init=train_output("curriculum_stage1"),
     output:
-        directory("results/train/{model}/{pair_dataset}/seed{seed}/curriculum/stage2"),
+        directory(train_output("curriculum_stage2")),
     log:
         "logs/curriculum_stage2/{model}/{pair_dataset}/seed{seed}.log",
     benchmark:
@@ -63,7 +62,6 @@ rule curriculum_stage2:
     resources:
         **job_resources("curriculum_stage2"),
     params:
-        method="curriculum_stage2",
         train=train_params("curriculum_stage2"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,
@@ -76,9 +74,9 @@ rule curriculum_stage3:
         pairs=[split_part("agree_sub"), split_part("conflict")],
         references=[reference("agree_sub"), reference("conflict")],
         manifest="results/models/{model}/manifest.json",
-        init="results/train/{model}/{pair_dataset}/seed{seed}/curriculum/stage2",
+        init=train_output("curriculum_stage2"),
     output:
-        directory("results/train/{model}/{pair_dataset}/seed{seed}/curriculum/stage3"),
+        directory(train_output("curriculum_stage3")),
     log:
         "logs/curriculum_stage3/{model}/{pair_dataset}/seed{seed}.log",
     benchmark:
@@ -89,7 +87,6 @@ rule curriculum_stage3:
     resources:
         **job_resources("curriculum_stage3"),
     params:
-        method="curriculum_stage3",
         train=train_params("curriculum_stage3"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,
@@ -103,7 +100,7 @@ rule panacea:
         references=[reference("agree"), reference("conflict")],
         manifest="results/models/{model}/manifest.json",
     output:
-        directory("results/train/{model}/{pair_dataset}/seed{seed}/panacea"),
+        directory(train_output("panacea")),
     log:
         "logs/panacea/{model}/{pair_dataset}/seed{seed}.log",
     benchmark:
@@ -114,7 +111,6 @@ rule panacea:
     resources:
         **job_resources("panacea"),
     params:
-        method="panacea",
         train=train_params("panacea"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,
@@ -128,7 +124,7 @@ rule dpo_soup:
         references=[reference("agree"), reference("conflict")],
         manifest="results/models/{model}/manifest.json",
     output:
-        directory("results/train/{model}/{pair_dataset}/seed{seed}/dpo_soup/dim{dim}"),
+        directory(train_output("dpo_soup")),
     log:
         "logs/dpo_soup/{model}/{pair_dataset}/seed{seed}/dim{dim}.log",
     benchmark:
@@ -139,7 +135,6 @@ rule dpo_soup:
     resources:
         **job_resources("dpo_soup"),
     params:
-        method="dpo_soup",
         train=train_params("dpo_soup"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,
@@ -152,7 +147,7 @@ rule sft:
         data="results/data/{persona_dataset}/persona/sft_train.parquet",
         manifest="results/models/{model}/manifest.json",
     output:
-        directory("results/train/{model}/{persona_dataset}/seed{seed}/sft"),
+        directory(train_output("sft", "persona_dataset")),
     log:
         "logs/sft/{model}/{persona_dataset}/seed{seed}.log",
     benchmark:
@@ -163,7 +158,6 @@ rule sft:
     resources:
         **job_resources("sft"),
     params:
-        method="sft",
         train=train_params("sft"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,
@@ -176,7 +170,7 @@ rule dpo:
         data="results/data/{persona_dataset}/persona/pairs_train.parquet",
         manifest="results/models/{model}/manifest.json",
     output:
-        directory("results/train/{model}/{persona_dataset}/seed{seed}/dpo"),
+        directory(train_output("dpo", "persona_dataset")),
     log:
         "logs/dpo/{model}/{persona_dataset}/seed{seed}.log",
     benchmark:
@@ -187,7 +181,6 @@ rule dpo:
     resources:
         **job_resources("dpo"),
     params:
-        method="dpo",
         train=train_params("dpo"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,

@@ -17,9 +17,9 @@ from conflux.data.split import SplitConfig, split_pairs
 from conflux.data.synthetic import synthetic_pku
 from conflux.errors import ConfluxError
 from conflux.evaluation.implicit_reward import run_beta
-from conflux.evaluation.records import evaluate_method, read_records, weighted_labels
+from conflux.evaluation.records import evaluate_method_job, read_records, weighted_labels
 from conflux.evaluation.tables import figure2_job, table1_job, table2_job
-from conflux.modeling.base_model import BaseModelSpec, load_base_model, write_manifest
+from conflux.modeling.base_model import BaseModelSpec, base_model_manifest_job, load_base_model
 from conflux.modeling.logprobs import sequence_logps
 from conflux.modeling.lora import LoraSpec
 from conflux.modeling.policy import PreferencePolicy, adapter_dirs
@@ -61,7 +61,7 @@ def ws(tmp_path_factory) -> Path:
     texts = cols["prompt"] + cols["response_a"] + cols["response_b"]
     cfg = TinyModelConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2)
     build_tiny_model(texts, cfg, root / "hf")
-    write_manifest(
+    base_model_manifest_job(
         BaseModelSpec(name="tiny", source="embedded"), root / "manifest.json", built_dir=root / "hf"
     )
     model, tokenizer = load_base_model(root / "manifest.json", dtype="float32")
@@ -80,7 +80,7 @@ def ws(tmp_path_factory) -> Path:
 
 
 def _evaluate(ws: Path, method: str, runs: list[Path], out: Path, **kwargs) -> pd.DataFrame:
-    return evaluate_method(
+    return evaluate_method_job(
         method=method,
         seed=0,
         run_dirs=runs,

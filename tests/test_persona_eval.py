@@ -15,7 +15,7 @@ from conflux.data.persona_text import PERSONA_MARKERS, persona_sets
 from conflux.evaluation.persona_eval import perplexity, persona_eval_job, response_logps
 from conflux.evaluation.persona_markers import count_markers, style_summary
 from conflux.evaluation.persona_table import persona_table_job
-from conflux.modeling.base_model import BaseModelSpec, load_base_model, write_manifest
+from conflux.modeling.base_model import BaseModelSpec, base_model_manifest_job, load_base_model
 from conflux.modeling.generation import GenerationSettings, encode_prompt, generate
 from conflux.modeling.lora import LoraSpec
 from conflux.modeling.tiny_model import TinyModelConfig, build_tiny_model
@@ -63,7 +63,7 @@ def ws(tmp_path_factory) -> Path:
     texts = [t for rows in sets.values() for pair in rows[:120] for t in pair]
     cfg = TinyModelConfig(vocab_size=600, hidden_size=32, intermediate_size=64, num_layers=2)
     build_tiny_model(texts, cfg, root / "hf")
-    write_manifest(
+    base_model_manifest_job(
         BaseModelSpec(name="tiny", source="embedded"), root / "manifest.json", built_dir=root / "hf"
     )
     held = list(range(200, 205))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conflux.data.jobs import bundled_corpus, source_fingerprint, write_pair_dataset, write_persona_dataset
+from conflux.data.jobs import bundled_corpus, load_pairs_job, load_persona_job, source_fingerprint
 from conflux.data.pairs import read_pairs, read_sft
 from conflux.data.specs import DatasetSpec, PersonaSplitConfig
 from conflux.errors import DataError
@@ -16,7 +16,7 @@ PKU_HEADER = "prompt,response_0,response_1,better_response_id,safer_response_id\
 
 def test_synthetic_dataset_writes_pairs_and_stats(tmp_path):
     spec = DatasetSpec(name="s", kind="synthetic_pku", n_pairs=50, conflict_rate=0.4, seed=3)
-    write_pair_dataset(spec, tmp_path / "pairs.parquet", tmp_path / "load_stats.json", offline=True)
+    load_pairs_job(spec, tmp_path / "pairs.parquet", tmp_path / "load_stats.json", offline=True)
     pairs = read_pairs(tmp_path / "pairs.parquet")
     stats = json.loads((tmp_path / "load_stats.json").read_text())
     assert pairs.dims == ("helpful", "harmless") and len(pairs) == 50 == stats["pairs"]
@@ -26,7 +26,7 @@ def test_pku_file_dispatches_to_its_loader(tmp_path):
     src = tmp_path / "pku.csv"
     src.write_text(PKU_HEADER + "how?,do A,do B,0,1\nwhy?,yes,no,1,1\n")
     spec = DatasetSpec(name="pku", kind="pku_saferlhf", path=str(src))
-    write_pair_dataset(spec, tmp_path / "pairs.parquet", tmp_path / "stats.json", offline=True)
+    load_pairs_job(spec, tmp_path / "pairs.parquet", tmp_path / "stats.json", offline=True)
     sa, sb = read_pairs(tmp_path / "pairs.parquet").scores()
     assert sa.tolist() == [[1, 0], [0, 0]] and sb.tolist() == [[0, 1], [1, 1]]
 
@@ -45,7 +45,7 @@ def test_bad_input_leaves_no_output(tmp_path, content, row, field):
     out = tmp_path / "out"
     spec = DatasetSpec(name="pku", kind="pku_saferlhf", path=str(src))
     with pytest.raises(DataError) as err:
-        write_pair_dataset(spec, out / "pairs.parquet", out / "stats.json", offline=True)
+        load_pairs_job(spec, out / "pairs.parquet", out / "stats.json", offline=True)
     assert err.value.row == row and err.value.field == field and "in.csv" in str(err.value)
     assert not out.exists() or not list(out.iterdir())
 
@@ -53,7 +53,7 @@ def test_bad_input_leaves_no_output(tmp_path, content, row, field):
 def test_hub_id_offline_fails_at_once(tmp_path):
     spec = DatasetSpec(name="pku", kind="pku_saferlhf", path="PKU-Alignment/PKU-SafeRLHF")
     with pytest.raises(DataError, match="offline"):
-        write_pair_dataset(spec, tmp_path / "p.parquet", tmp_path / "s.json", offline=True)
+        load_pairs_job(spec, tmp_path / "p.parquet", tmp_path / "s.json", offline=True)
     assert not list(tmp_path.iterdir())
 
 
@@ -64,7 +64,7 @@ def test_bundled_persona_dataset_splits_by_prompt(tmp_path):
     outputs = {
         part: tmp_path / f"{part}.parquet" for part in ("sft_train", "sft_eval", "pairs_train", "pairs_eval")
     }
-    write_persona_dataset(
+    load_persona_job(
         spec, PersonaSplitConfig(eval_fraction=0.2, seed=0), outputs, tmp_path / "stats.json", offline=True
     )
     stats = json.loads((tmp_path / "stats.json").read_text())

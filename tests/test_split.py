@@ -15,8 +15,8 @@ from conflux.data.split import (
     classify,
     dim_pair_conflict,
     dimension_labels,
-    split_file,
     split_pairs,
+    split_pairs_job,
 )
 from conflux.errors import DataError
 
@@ -155,7 +155,7 @@ def test_no_conflict_pairs_is_an_error_naming_the_file(tmp_path):
     write_pairs(src, pairs_from([[1, 1], [0, 1], [-1, -1]]))
     outputs = {name: tmp_path / f"{name}.parquet" for name in SPLIT_NAMES}
     with pytest.raises(DataError) as err:
-        split_file(src, outputs, tmp_path / "stats.json", SplitConfig())
+        split_pairs_job(src, outputs, tmp_path / "stats.json", SplitConfig())
     assert "pairs.parquet" in str(err.value) and "row all" in str(err.value) and "scores_a" in str(err.value)
     assert "no conflict pairs" in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.parquet"]
@@ -175,7 +175,7 @@ def test_split_file_writes_every_part_with_metadata(tmp_path):
     src = tmp_path / "pairs.parquet"
     write_pairs(src, pairs_from([[1, 1]] * 8 + [[1, -1]] * 8, dims=["helpful", "harmless"]))
     outputs = {name: tmp_path / "split" / f"{name}.parquet" for name in SPLIT_NAMES}
-    split_file(src, outputs, tmp_path / "split" / "stats.json", SplitConfig(seed=2))
+    split_pairs_job(src, outputs, tmp_path / "split" / "stats.json", SplitConfig(seed=2))
     stats = json.loads((tmp_path / "split" / "stats.json").read_text())
     for name in SPLIT_NAMES:
         part = read_pairs(outputs[name], allow_empty=True)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from conflux.errors import ConfluxError
-from conflux.modeling.base_model import BaseModelSpec, load_base_model, read_manifest, write_manifest
+from conflux.modeling.base_model import BaseModelSpec, base_model_manifest_job, load_base_model, read_manifest
 from conflux.modeling.tiny_model import TinyModelConfig, build_tiny_model, train_tokenizer
 
 TEXTS = [
@@ -149,7 +149,7 @@ def _spec(source: str, path: str | None = None, name: str = "m") -> BaseModelSpe
 def test_manifest_round_trip_and_load(tiny_dir, tmp_path, source):
     spec = _spec("local", str(tiny_dir)) if source == "local" else _spec("embedded")
     out = tmp_path / "manifest.json"
-    written = write_manifest(spec, out, built_dir=tiny_dir if source == "embedded" else None)
+    written = base_model_manifest_job(spec, out, built_dir=tiny_dir if source == "embedded" else None)
     assert read_manifest(out) == written
     assert written["source"] == source and written["load_path"] == str(tiny_dir)
     assert written["weight_files"] == ["model.safetensors"]
@@ -162,7 +162,7 @@ def test_manifest_round_trip_and_load(tiny_dir, tmp_path, source):
 
 
 def test_load_base_model_dtype_override(tiny_dir, tmp_path):
-    manifest = write_manifest(_spec("local", str(tiny_dir)), tmp_path / "m.json")
+    manifest = base_model_manifest_job(_spec("local", str(tiny_dir)), tmp_path / "m.json")
     model, _ = load_base_model(manifest, dtype="bfloat16")
     assert model.dtype == torch.bfloat16
 
@@ -175,7 +175,7 @@ def test_load_base_model_sets_missing_pad_to_eos(tiny_dir, tmp_path):
     del cfg["pad_token"]
     cfg_path.write_text(json.dumps(cfg))
     assert AutoTokenizer.from_pretrained(copy).pad_token is None
-    _, tok = load_base_model(write_manifest(_spec("local", str(copy)), tmp_path / "m.json"))
+    _, tok = load_base_model(base_model_manifest_job(_spec("local", str(copy)), tmp_path / "m.json"))
     assert tok.pad_token == tok.eos_token == "<|eos|>"
 
 
@@ -185,7 +185,7 @@ def test_local_dir_with_only_bin_weights_is_refused(tmp_path):
     (model_dir / "config.json").write_text("{}")
     (model_dir / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(ConfluxError, match=r"old_model.*safetensors") as err:
-        write_manifest(_spec("local", str(model_dir)), tmp_path / "m.json")
+        base_model_manifest_job(_spec("local", str(model_dir)), tmp_path / "m.json")
     assert "pytorch_model.bin" in str(err.value)
     assert not (tmp_path / "m.json").exists()
 
@@ -197,7 +197,7 @@ def test_local_dir_missing_or_without_config_is_refused(tmp_path, make):
         model_dir.mkdir()
         (model_dir / "model.safetensors").write_bytes(b"")
     with pytest.raises(ConfluxError, match=str(model_dir)):
-        write_manifest(_spec("local", str(model_dir)), tmp_path / "m.json")
+        base_model_manifest_job(_spec("local", str(model_dir)), tmp_path / "m.json")
 
 
 @pytest.mark.parametrize("how", ["config", "env"])
@@ -206,7 +206,7 @@ def test_hub_id_offline_fails_fast_with_local_path_hint(tmp_path, monkeypatch, h
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
     with pytest.raises(ConfluxError, match="cannot be fetched offline") as err:
-        write_manifest(
+        base_model_manifest_job(
             _spec("hub", "meta-llama/Meta-Llama-3-8B", name="llama3"),
             tmp_path / "m.json",
             offline=how == "config",
@@ -219,4 +219,4 @@ def test_hub_id_offline_fails_fast_with_local_path_hint(tmp_path, monkeypatch, h
 
 def test_embedded_without_built_dir_is_refused(tmp_path):
     with pytest.raises(ConfluxError, match="built directory"):
-        write_manifest(_spec("embedded"), tmp_path / "m.json")
+        base_model_manifest_job(_spec("embedded"), tmp_path / "m.json")

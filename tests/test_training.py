@@ -22,7 +22,7 @@ from conflux.data.pairs import read_pairs, write_pairs
 from conflux.data.split import SplitConfig, split_pairs
 from conflux.data.synthetic import synthetic_pku
 from conflux.errors import DataError
-from conflux.modeling.base_model import BaseModelSpec, load_base_model, write_manifest
+from conflux.modeling.base_model import BaseModelSpec, base_model_manifest_job, load_base_model
 from conflux.modeling.logprobs import sequence_logps
 from conflux.modeling.lora import LoraSpec
 from conflux.modeling.policy import PreferencePolicy
@@ -54,7 +54,7 @@ def ws(tmp_path_factory) -> Path:
     for name, part in parts.items():
         write_pairs(root / f"{name}.parquet", part)
     build_tiny_model(bundled_corpus(seed=0), TinyModelConfig(vocab_size=1024), root / "hf")
-    write_manifest(
+    base_model_manifest_job(
         BaseModelSpec(name="tiny", source="embedded"),
         root / "manifest.json",
         built_dir=root / "hf",
@@ -364,14 +364,14 @@ def test_job_killed_mid_run_resumes_to_the_uninterrupted_result(ws, tmp_path):
 def test_two_process_ddp_equals_one_process_with_the_same_global_batch(ws):
     """torchrun with 2 ranks (gloo on CPU; NCCL on GPUs) x micro-batch 8 must train exactly what one process
     does with 2 accumulation steps of 8: same global batch, same data order, gradients averaged."""
-    from conflux.training.launch import job_from_dict, job_to_dict, run_job
+    from conflux.training.launch import job_from_dict, job_to_dict, train_job
 
     cfg = replace(CFG, max_steps=3, batch_size=16, per_device_batch_size=8)
     one = make_job(ws, "curriculum_stage2", "ddp1", parts=["conflict"], cfg=cfg)
     two = make_job(ws, "curriculum_stage2", "ddp2", parts=["conflict"], cfg=cfg)
     assert job_from_dict(job_to_dict(two)) == two  # the spec the ranks rebuild the job from
-    assert run_job(one, gpus=1)["world_size"] == 1
-    assert run_job(two, gpus=2)["world_size"] == 2
+    assert train_job(one, gpus=1)["world_size"] == 1
+    assert train_job(two, gpus=2)["world_size"] == 2
     for name in ("dim0", "dim1"):
         got, want = adapter(two.out_dir, name), adapter(one.out_dir, name)
         for key in want:

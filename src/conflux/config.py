@@ -17,19 +17,12 @@ import yaml
 from conflux.data.specs import DatasetSpec, PersonaSplitConfig
 from conflux.data.split import SplitConfig
 from conflux.errors import ConfigError
+from conflux.methods import METHODS, methods_of
 from conflux.modeling.base_model import BaseModelSpec
 from conflux.modeling.tiny_model import TinyModelConfig
 from conflux.training.config import TrainConfig, resolve_train_config
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
-STUDY_METHODS = {"curriculum": ("curriculum", "panacea", "dpo_soup"), "persona": ("sft", "dpo")}
-METHOD_RULES = {
-    "curriculum": ("curriculum_stage1", "curriculum_stage2", "curriculum_stage3"),
-    "panacea": ("panacea",),
-    "dpo_soup": ("dpo_soup",),
-    "sft": ("sft",),
-    "dpo": ("dpo",),
-}
 
 
 @dataclass(frozen=True)
@@ -161,14 +154,14 @@ def parse_config(raw: dict[str, Any]) -> WorkflowConfig:
     datasets = {name: _dataset_spec(name, spec) for name, spec in raw["datasets"].items()}
     studies = {}
     for study_name, study in raw.get("studies", {}).items():
-        methods = tuple(study.get("methods", STUDY_METHODS[study_name]))
+        allowed = methods_of(study_name)
+        methods = tuple(study.get("methods", allowed))
         for i, method in enumerate(methods):
-            if method not in STUDY_METHODS[study_name]:
+            if method not in allowed:
                 raise ConfigError(
                     f"studies.{study_name}.methods.{i}",
                     "method fits study",
-                    f"'{method}' is not a method of the {study_name} study "
-                    f"({list(STUDY_METHODS[study_name])})",
+                    f"'{method}' is not a method of the {study_name} study ({list(allowed)})",
                 )
         studies[study_name] = Study(tuple(study["datasets"]), tuple(study["models"]), methods)
         for i, ds in enumerate(study["datasets"]):
@@ -197,7 +190,7 @@ def parse_config(raw: dict[str, Any]) -> WorkflowConfig:
     # Resolve every job's settings now, so a bad combination fails at start and not in the middle of a run.
     for study in studies.values():
         for method in study.methods:
-            for rule in METHOD_RULES[method]:
+            for rule in METHODS[method].rules:
                 for ds in study.datasets:
                     resolve_train_config(training, rule, ds)
     return WorkflowConfig(

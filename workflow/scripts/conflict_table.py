@@ -3,8 +3,8 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.analysis.jobs import conflict_job
+from conflux.analysis.jobs import conflict_table_job
 
-conflict_job(
+conflict_table_job(
     snakemake.params.runs, snakemake.input.manifest, snakemake.output[0], density=snakemake.params.density
 )

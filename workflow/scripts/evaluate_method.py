@@ -2,10 +2,10 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.evaluation.records import evaluate_method
+from conflux.evaluation.records import evaluate_method_job
 from conflux.modeling.tokenize import TokenizeSettings
 
-evaluate_method(
+evaluate_method_job(
     method=snakemake.wildcards.variant,
     seed=int(snakemake.wildcards.seed),
     run_dirs=list(snakemake.input.runs),

@@ -2,10 +2,10 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.data.jobs import write_pair_dataset
+from conflux.data.jobs import load_pairs_job
 from conflux.data.specs import DatasetSpec
 
-write_pair_dataset(
+load_pairs_job(
     DatasetSpec(**snakemake.params.spec),
     snakemake.output.pairs,
     snakemake.output.stats,

@@ -2,10 +2,10 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.data.jobs import write_persona_dataset
+from conflux.data.jobs import load_persona_job
 from conflux.data.specs import DatasetSpec, PersonaSplitConfig
 
-write_persona_dataset(
+load_persona_job(
     DatasetSpec(**snakemake.params.spec),
     PersonaSplitConfig(**snakemake.params.split),
     {part: snakemake.output[part] for part in ("sft_train", "sft_eval", "pairs_train", "pairs_eval")},

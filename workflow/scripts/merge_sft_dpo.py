@@ -2,9 +2,9 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.analysis.jobs import merge_job
+from conflux.analysis.jobs import merge_sft_dpo_job
 
-merge_job(
+merge_sft_dpo_job(
     snakemake.input.manifest,
     snakemake.input.sft,
     snakemake.input.dpo,

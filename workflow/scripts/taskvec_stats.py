@@ -3,8 +3,8 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.analysis.jobs import stats_job
+from conflux.analysis.jobs import taskvec_stats_job
 
-stats_job(
+taskvec_stats_job(
     snakemake.params.runs, snakemake.input.manifest, snakemake.output[0], density=snakemake.params.density
 )

@@ -1,4 +1,4 @@
-# Shared by the five preference rules (curriculum stages, panacea, dpo_soup), which differ in params.method.
+# Shared by the preference training rules (curriculum stages, panacea, dpo_soup); the rule names the stage.
 from pathlib import Path
 
 from _bootstrap import start
@@ -6,12 +6,12 @@ from _bootstrap import start
 start(snakemake)
 
 from conflux.training.config import train_config_from_dict
-from conflux.training.launch import run_job
+from conflux.training.launch import train_job
 from conflux.training.preference_trainer import PreferenceJob
 
-run_job(
+train_job(
     PreferenceJob(
-        method=snakemake.params.method,
+        method=snakemake.rule,  # a training rule is named as its stage in the registry
         pairs=[Path(p) for p in snakemake.input.pairs],
         references=[Path(p) for p in snakemake.input.references],
         manifest=Path(snakemake.input.manifest),

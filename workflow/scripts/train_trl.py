@@ -1,4 +1,4 @@
-# Shared by the sft and dpo rules of the persona study: they differ only in params.method and the data file.
+# Shared by the sft and dpo rules of the persona study; the rule names the stage (and so the TRL trainer).
 from pathlib import Path
 
 from _bootstrap import start
@@ -6,12 +6,12 @@ from _bootstrap import start
 start(snakemake)
 
 from conflux.training.config import train_config_from_dict
-from conflux.training.launch import run_job
+from conflux.training.launch import train_job
 from conflux.training.trl_jobs import TrlJob
 
-run_job(
+train_job(
     TrlJob(
-        method=snakemake.params.method,
+        method=snakemake.rule,  # a training rule is named as its stage in the registry
         data=Path(snakemake.input.data),
         manifest=Path(snakemake.input.manifest),
         out_dir=Path(snakemake.output[0]),

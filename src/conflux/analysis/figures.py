@@ -181,7 +181,8 @@ def weight_figures_job(
     norms_svg: str | Path,
     label: str,
 ) -> None:
-    """Heatmaps (‖τ‖₂ per model, CL-L2 share per pair) and per-layer norm lines of one set of runs."""
+    """Rules ``weight_figures_persona`` and ``weight_figures_adapters``: heatmaps (‖τ‖₂ per model, CL-L2
+    share per pair) and per-layer norm lines of one set of runs."""
     stats_frame = pq.read_table(stats).to_pandas()
     conflict_frame = pq.read_table(conflict).to_pandas()
     panels = stats_panels(stats_frame) + share_panels(conflict_frame)

@@ -37,10 +37,11 @@ def run_sources(run_dirs: Mapping[str, str | Path], manifest: str | Path) -> dic
     return sources
 
 
-def stats_job(
+def taskvec_stats_job(
     run_dirs: Mapping[str, str | Path], manifest: str | Path, out: str | Path, *, density: float
 ) -> None:
-    """Per-parameter task-vector statistics of every source of the runs, one Parquet file (column model)."""
+    """Rules ``taskvec_stats_persona`` (SFT and DPO) and ``taskvec_stats_adapters`` (a method's adapters):
+    per-parameter task-vector statistics of every source of the runs, one Parquet file (column model)."""
     sources = run_sources(run_dirs, manifest)
     frames = [task_vector_stats(tv, model=label, density=density) for label, tv in sources.items()]
     write_frame(
@@ -48,7 +49,7 @@ def stats_job(
     )
 
 
-def conflict_job(
+def conflict_table_job(
     run_dirs: Mapping[str, str | Path],
     manifest: str | Path,
     out: str | Path,
@@ -56,13 +57,14 @@ def conflict_job(
     density: float,
     pairs: Sequence[tuple[str, str]] | None = None,
 ) -> None:
-    """Pairwise Conflict-Limited L2 per parameter between the runs' sources (SFT vs DPO, dim_i vs dim_j)."""
+    """Rules ``conflict_sft_dpo`` and ``conflict_dims``: pairwise Conflict-Limited L2 per parameter between
+    the runs' sources (SFT vs DPO, dim_i vs dim_j)."""
     sources = run_sources(run_dirs, manifest)
     sources.pop("shared", None)  # the shared module is common to every w; conflicts are between dimensions
     write_conflict_table(pairwise_conflict_table(sources, density=density, pairs=pairs), out, density=density)
 
 
-def merge_job(
+def merge_sft_dpo_job(
     manifest: str | Path,
     sft_run: str | Path,
     dpo_run: str | Path,
@@ -71,8 +73,8 @@ def merge_job(
     method: str,
     density: float,
 ) -> None:
-    """The SFT+DPO combination grid (λ -> model directory), merged once and written as models transformers
-    loads."""
+    """The ``merge_sft_dpo`` rule: the SFT+DPO combination grid (λ -> model directory), merged once and
+    written as models transformers loads."""
     merge_sft_dpo(
         base_model_dir(manifest),
         resolve_model_dir(sft_run),

@@ -1,7 +1,7 @@
 """From a dataset entry of the config to canonical files: dispatch to the loader or generator for its kind.
 
-This is the one place that knows every dataset kind; rule scripts call :func:`write_pair_dataset` and
-:func:`write_persona_dataset`, which compute everything first and write last, so bad input leaves no output.
+This is the one place that knows every dataset kind; rule scripts call :func:`load_pairs_job` and
+:func:`load_persona_job`, which compute everything first and write last, so bad input leaves no output.
 """
 
 from __future__ import annotations
@@ -49,9 +49,7 @@ def load_pair_dataset(spec: DatasetSpec, *, offline: bool) -> LoadResult:
     raise ValueError(f"dataset '{spec.name}': kind '{spec.kind}' is not a pair dataset")
 
 
-def write_pair_dataset(
-    spec: DatasetSpec, pairs_out: str | Path, stats_out: str | Path, *, offline: bool
-) -> None:
+def load_pairs_job(spec: DatasetSpec, pairs_out: str | Path, stats_out: str | Path, *, offline: bool) -> None:
     """Load a pair dataset and write its canonical Parquet file and its load statistics."""
     result = load_pair_dataset(spec, offline=offline)
     for reason, count in result.drops.items():
@@ -82,7 +80,7 @@ def load_persona_dataset(spec: DatasetSpec, *, offline: bool) -> PersonaData:
     )
 
 
-def write_persona_dataset(
+def load_persona_job(
     spec: DatasetSpec,
     cfg: PersonaSplitConfig,
     outputs: dict[str, str | Path],

@@ -187,7 +187,7 @@ def _rate(part: int, whole: int) -> float:
     return round(part / whole, 6) if whole else 0.0
 
 
-def split_file(
+def split_pairs_job(
     pairs_path: str | Path, outputs: dict[str, str | Path], stats_path: str | Path, cfg: SplitConfig
 ) -> dict:
     """Read canonical pairs, split them, and write every part and the stats (nothing is written on error)."""

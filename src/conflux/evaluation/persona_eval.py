@@ -214,7 +214,8 @@ def persona_eval_job(
     prompt_format: str = "plain",
     lexicon: Mapping[str, Sequence[str]] = PERSONA_MARKERS,
 ) -> dict[str, Any]:
-    """Evaluate one variant on a persona dataset's held-out part and write its metrics JSON atomically.
+    """Rules ``persona_eval`` and ``persona_eval_base``: evaluate one variant (the base model when
+    ``model_dir`` is None) on a persona dataset's held-out part and write its metrics JSON atomically.
 
     Args:
         variant: the name shown in the table (``base``, ``sft``, ``dpo``, ``ties_sft_dpo``, ...).

@@ -227,7 +227,7 @@ def evaluate_policy(
     return pd.concat(frames, ignore_index=True)
 
 
-def evaluate_method(
+def evaluate_method_job(
     *,
     method: str,
     seed: int,

@@ -78,7 +78,7 @@ def _resolve_hub(spec: BaseModelSpec, offline: bool) -> str:
     return snapshot_download(spec.path, revision=spec.revision, allow_patterns=HUB_PATTERNS)
 
 
-def write_manifest(
+def base_model_manifest_job(
     spec: BaseModelSpec, out: str | Path, *, built_dir: str | Path | None = None, offline: bool = True
 ) -> dict[str, Any]:
     """Resolve ``spec`` to a checked local directory and write its manifest JSON atomically to ``out``.
@@ -125,7 +125,7 @@ def write_manifest(
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Read a manifest written by :func:`write_manifest`."""
+    """Read a manifest written by :func:`base_model_manifest_job`."""
     p = Path(path)
     try:
         return json.loads(p.read_text(encoding="utf-8"))

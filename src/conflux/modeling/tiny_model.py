@@ -125,6 +125,14 @@ def llama_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> Ll
     )
 
 
+def build_tiny_model_job(cfg: TinyModelConfig, out_dir: str | Path) -> Path:
+    """The ``build_tiny_model`` rule: the tiny model of ``cfg`` on the bundled corpus (persona sets and
+    synthetic preference text, :func:`conflux.data.jobs.bundled_corpus`)."""
+    from conflux.data.jobs import bundled_corpus
+
+    return build_tiny_model(bundled_corpus(seed=cfg.seed), cfg, out_dir)
+
+
 def build_tiny_model(texts: Iterable[str], cfg: TinyModelConfig, out_dir: str | Path) -> Path:
     """Train the tokenizer, initialise the Llama from ``cfg.seed`` and save both into ``out_dir`` atomically.
 

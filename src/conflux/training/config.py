@@ -12,11 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from conflux.errors import ConfigError
+from conflux.methods import PREFERENCE, STAGES
 from conflux.modeling.lora import LoraSpec
-
-PREFERENCE_METHODS = ("curriculum_stage1", "curriculum_stage2", "curriculum_stage3", "panacea", "dpo_soup")
-TRL_METHODS = ("sft", "dpo")
-METHODS = PREFERENCE_METHODS + TRL_METHODS
 
 
 @dataclass(frozen=True)
@@ -96,8 +93,9 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_train_config(raw: dict[str, Any], method: str, dataset: str) -> TrainConfig:
     """defaults ← ``training`` ← ``methods.<method>`` ← ``training.per_dataset.<dataset>``."""
-    if method not in METHODS:
-        raise ConfigError("methods", "known method", f"unknown method '{method}'; known: {list(METHODS)}")
+    if method not in STAGES:
+        known = list(STAGES)
+        raise ConfigError("methods", "known method", f"unknown method '{method}'; known: {known}")
     training = dict(raw.get("training", {}))
     per_dataset = training.pop("per_dataset", {})
     merged = _merge(training, raw.get("methods", {}).get(method, {}))
@@ -105,7 +103,7 @@ def resolve_train_config(raw: dict[str, Any], method: str, dataset: str) -> Trai
     cfg = train_config_from_dict(merged)
     if cfg.finetune not in ("lora", "full"):
         raise ConfigError(f"methods.{method}.finetune", "enum", "finetune must be 'lora' or 'full'")
-    if cfg.finetune == "full" and method in PREFERENCE_METHODS:
+    if cfg.finetune == "full" and STAGES[method].trainer == PREFERENCE:
         raise ConfigError(
             f"methods.{method}.finetune",
             "lora for preference methods",

@@ -19,17 +19,18 @@ from typing import Any
 
 from conflux.atomic import write_json
 from conflux.errors import ConfluxError
+from conflux.methods import PREFERENCE, TRL
 from conflux.training.config import train_config_from_dict
 from conflux.training.preference_trainer import PreferenceJob, run_preference_job
 from conflux.training.trl_jobs import TrlJob, run_trl_job
 
 log = logging.getLogger(__name__)
-_KINDS = {"preference": (PreferenceJob, run_preference_job), "trl": (TrlJob, run_trl_job)}
+_KINDS = {PREFERENCE: (PreferenceJob, run_preference_job), TRL: (TrlJob, run_trl_job)}
 _PATH_FIELDS = {"manifest", "out_dir", "work_dir", "init_adapters", "data"}
 
 
 def job_to_dict(job: PreferenceJob | TrlJob) -> dict[str, Any]:
-    kind = "preference" if isinstance(job, PreferenceJob) else "trl"
+    kind = PREFERENCE if isinstance(job, PreferenceJob) else TRL
     values = {}
     for f in dataclasses.fields(job):
         value = getattr(job, f.name)
@@ -58,8 +59,9 @@ def job_from_dict(spec: dict[str, Any]) -> PreferenceJob | TrlJob:
     return cls(**values)
 
 
-def run_job(job: PreferenceJob | TrlJob, *, gpus: int = 0) -> dict[str, Any] | None:
-    """Train ``job`` on ``gpus`` GPUs of this node (0 or 1: in this process)."""
+def train_job(job: PreferenceJob | TrlJob, *, gpus: int = 0) -> dict[str, Any] | None:
+    """Every training rule (the stages of :mod:`conflux.methods`): train ``job`` on ``gpus`` GPUs of this node
+    (0 or 1: in this process) with the stage's trainer."""
     if gpus <= 1:
         run = run_preference_job if isinstance(job, PreferenceJob) else run_trl_job
         return run(job)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from conflux.errors import ConfluxError
+from conflux.methods import PREFERENCE, STAGES, stage
 from conflux.modeling.logprobs import sequence_logps
 from conflux.modeling.policy import SHARED, PreferencePolicy, dim_name
 from conflux.modeling.tokenize import PairBatch
@@ -87,16 +88,28 @@ def overall_labels(labels: Tensor) -> Tensor:
 
 
 class Objective(ABC):
-    """Base class: ``adapters`` are those the policy has, ``trained`` those this objective updates."""
+    """Base class: ``name`` is the objective's name in the method registry (:mod:`conflux.methods`), whose
+    stage entry says which adapters it trains; :meth:`passes` is what one step computes."""
 
     name = "objective"
 
-    def __init__(self, k: int, beta: float) -> None:
+    def __init__(self, k: int, beta: float, dim: int | None = None) -> None:
         self.k = k
         self.beta = beta
+        self.dim = dim
 
-    @abstractmethod
-    def trained(self, policy: PreferencePolicy) -> list[str]: ...
+    def trained(self, policy: PreferencePolicy) -> list[str]:
+        """The adapters this objective updates, as its registry stage says (``trains``)."""
+        trains = stage(self.name).trains
+        if trains == "shared":
+            return [SHARED]
+        if trains == "dims":
+            return [dim_name(i) for i in range(self.k)]
+        if trains == "all":
+            return list(policy.adapter_names)
+        if trains == "dim" and self.dim is not None:
+            return [dim_name(self.dim)]
+        raise ConfluxError(f"objective {self.name} cannot train {trains!r}")
 
     @abstractmethod
     def passes(
@@ -123,9 +136,6 @@ class CurriculumStage1(Objective):
 
     name = "curriculum_stage1"
 
-    def trained(self, policy: PreferencePolicy) -> list[str]:
-        return [SHARED]
-
     def passes(self, policy, ctx, inputs):
         labels = overall_labels(inputs.labels)
         with policy.at(torch.zeros(self.k)):
@@ -139,9 +149,6 @@ class CurriculumStage2(Objective):
     """Conflict pairs, `shared` frozen: k passes, pass i at w = 1_i trains dim_i on L_DPO,i."""
 
     name = "curriculum_stage2"
-
-    def trained(self, policy: PreferencePolicy) -> list[str]:
-        return [dim_name(i) for i in range(self.k)]
 
     def passes(self, policy, ctx, inputs):
         for i in range(self.k):
@@ -157,9 +164,6 @@ class CurriculumStage3(Objective):
     """
 
     name = "curriculum_stage3"
-
-    def trained(self, policy: PreferencePolicy) -> list[str]:
-        return list(policy.adapter_names)
 
     def passes(self, policy, ctx, inputs):
         deltas = []
@@ -181,9 +185,6 @@ class Panacea(Objective):
     loss Σ_j Σ_i w_ji L_DPO,i(π(·; w_j)) (linear scalarization, as Panacea's LS variant)."""
 
     name = "panacea"
-
-    def trained(self, policy: PreferencePolicy) -> list[str]:
-        return list(policy.adapter_names)
 
     def passes(self, policy, ctx, inputs):
         weights = [*one_hot_weights(self.k), sample_dirichlet_weights(self.k, ctx.weight_generator())]
@@ -211,26 +212,25 @@ class SoupDimension(Objective):
 
     name = "dpo_soup"
 
-    def __init__(self, k: int, beta: float, dim: int) -> None:
-        super().__init__(k, beta)
+    def __init__(self, k: int, beta: float, dim: int | None = None) -> None:
+        if dim is None:
+            raise ConfluxError("dpo_soup needs the dimension it trains")
         if not 0 <= dim < k:
             raise ConfluxError(f"DPO-Soup dimension {dim} is out of range for k={k}")
-        self.dim = dim
-
-    def trained(self, policy: PreferencePolicy) -> list[str]:
-        return [dim_name(self.dim)]
+        super().__init__(k, beta, dim)
 
     def passes(self, policy, ctx, inputs):
         for loss, metrics, _ in self._dim_pass(policy, ctx, inputs, self.dim, f"/dim{self.dim}"):
             yield loss, metrics
 
 
-def make_objective(method: str, k: int, beta: float, dim: int | None = None) -> Objective:
-    classes = {c.name: c for c in (CurriculumStage1, CurriculumStage2, CurriculumStage3, Panacea)}
-    if method == SoupDimension.name:
-        if dim is None:
-            raise ConfluxError("dpo_soup needs the dimension it trains")
-        return SoupDimension(k, beta, dim)
-    if method not in classes:
-        raise ConfluxError(f"unknown preference method '{method}'")
-    return classes[method](k, beta)
+OBJECTIVES: dict[str, type[Objective]] = {
+    c.name: c for c in (CurriculumStage1, CurriculumStage2, CurriculumStage3, Panacea, SoupDimension)
+}
+
+
+def make_objective(rule: str, k: int, beta: float, dim: int | None = None) -> Objective:
+    """The objective a preference training rule runs, as the method registry names it."""
+    if rule not in STAGES or STAGES[rule].trainer != PREFERENCE:
+        raise ConfluxError(f"unknown preference method '{rule}'")
+    return OBJECTIVES[STAGES[rule].objective](k, beta, dim)

@@ -33,6 +33,7 @@ from conflux.atomic import atomic_path, write_json
 from conflux.data.pairs import PairTable, read_pairs
 from conflux.data.split import dimension_labels
 from conflux.errors import ConfluxError, DataError
+from conflux.methods import method_of, stage
 from conflux.modeling.base_model import load_base_model, read_manifest, working_dtype
 from conflux.modeling.policy import PreferencePolicy, load_method_policy
 from conflux.modeling.tokenize import PairBatch, Row, TokenizeSettings, collate_rows, encode_pairs, pad_id_of
@@ -293,7 +294,7 @@ def load_policy(job: PreferenceJob, base_model: Any, k: int) -> PreferencePolicy
     """The previous stage's adapters when there is one, else fresh adapters seeded by the job's seed."""
     if job.init_adapters is not None:
         return load_method_policy(base_model, [job.init_adapters])
-    shared = job.method != "dpo_soup"
+    shared = method_of(job.method).shared
     return PreferencePolicy.create(base_model, k, job.cfg.lora.spec(), shared=shared, seed=job.seed)
 
 
@@ -357,7 +358,8 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
         "trained_adapters": objective.trained(policy),
         "seconds": round(time.time() - started, 2),
     }
-    saved = objective.trained(policy) if job.method == "dpo_soup" else policy.adapter_names
+    # A per-dimension job (a DPO-Soup member) owns only its own adapter; the others stayed at their init.
+    saved = objective.trained(policy) if stage(job.method).per_dimension else policy.adapter_names
     with atomic_path(job.out_dir, directory=True) as tmp:
         policy.model.save_pretrained(str(tmp / "adapters"), selected_adapters=list(saved))
         write_run_outputs(tmp, job.work_dir, job.cfg, summary)

@@ -113,7 +113,7 @@ def read_reference(
     return np.concatenate(col_a)[rows], np.concatenate(col_b)[rows]
 
 
-def reference_job(
+def reference_logps_job(
     pairs_path: str | Path,
     manifest_path: str | Path,
     out: str | Path,

@@ -20,6 +20,7 @@ from datasets import Dataset
 from conflux.atomic import atomic_path
 from conflux.data.pairs import read_pairs, read_sft
 from conflux.errors import ConfluxError
+from conflux.methods import STAGES, stage
 from conflux.modeling.base_model import load_base_model, read_manifest, working_dtype
 from conflux.training.config import TrainConfig
 from conflux.training.preference_trainer import (
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrlJob:
-    method: str  # "sft" or "dpo"
+    method: str  # a TRL stage of the method registry (sft, dpo)
     data: Path  # sft_train.parquet (sft) or pairs_train.parquet (dpo)
     manifest: Path
     out_dir: Path
@@ -91,10 +92,11 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
     model, tokenizer = load_base_model(read_manifest(job.manifest), dtype=working_dtype())
     job.work_dir.mkdir(parents=True, exist_ok=True)
     common = trainer_kwargs(job.cfg, job.work_dir, job.seed, world_size())
-    if job.method == "sft":
+    kind = stage(job.method).objective if job.method in STAGES else None
+    if kind == "sft":
         data, trainer_cls = sft_dataset(job.data), SFTTrainer
         args = SFTConfig(**common, max_length=job.cfg.max_length)
-    elif job.method == "dpo":
+    elif kind == "dpo":
         data, trainer_cls = dpo_dataset(job.data), DPOTrainer
         args = DPOConfig(**common, max_length=job.cfg.max_length, beta=job.cfg.beta)
     else:

@@ -1,0 +1,142 @@
+"""The method registry: every training method of conflux, named once.
+
+A method belongs to one study and trains in one or more rules, its stages. Every other list of methods is
+derived from this table: the workflow's wildcard constraints, resource classes and default targets
+(rules/common.smk), the methods a study accepts and the settings that resolve (:mod:`conflux.config`,
+:mod:`conflux.training.config`), the trainer, objective and trained adapters of each job
+(:mod:`conflux.training`), and the variants that evaluation and analysis see. tests/test_registry.py checks
+the config schema's enums and the workflow's rules against it, so a method added anywhere else but here fails
+the suite.
+
+Adding a method: an entry in :data:`METHODS`, its objective (:mod:`conflux.training.objectives`) or TRL
+trainer, and its rule in rules/training.smk.
+
+Kept free of heavy imports: the workflow reads it while it plans the DAG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STUDIES = ("curriculum", "persona")
+PREFERENCE = "preference"  # conflux's trainer with an objective (training/preference_trainer.py)
+TRL = "trl"  # TRL's SFTTrainer or DPOTrainer (training/trl_jobs.py)
+# What a stage updates. shared / dims / all: adapters of the multi-adapter policy π(·; w) (all = shared and
+# every dim<i>); dim: only the dim<i> of its own job (one job per dimension); model: the whole model or the
+# LoRA adapter of a TRL run, as finetune says.
+TRAINS = ("shared", "dims", "all", "dim", "model")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training rule of a method, with its own job and output directory.
+
+    ``rule`` names the rule in rules/training.smk, the ``methods.<rule>`` settings in the config, and the
+    method column of the evaluation records. ``objective`` is the objective the preference trainer runs
+    (:data:`conflux.training.objectives.OBJECTIVES`) or, for TRL, its trainer (``sft`` or ``dpo``).
+    ``output`` is the directory under ``results/train/<model>/<dataset>/seed<seed>/``; ``{dim}`` in it makes
+    one job per preference dimension.
+    """
+
+    rule: str
+    objective: str
+    output: str
+    trains: str
+    trainer: str = PREFERENCE
+
+    @property
+    def per_dimension(self) -> bool:
+        return "{dim}" in self.output
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method of a study: its stages in order, each initialised from the one before it.
+
+    ``shared``: the policy has a `shared` adapter besides dim0..dim{k-1} (preference methods).
+    ``analysed``: stages whose adapters get task-vector statistics and dimension-vs-dimension CL-L2 tables.
+    ``revertable``: its full models are reverted layer by layer by the persona study's sweep.
+    Every stage is evaluated: a curriculum stage, Panacea or DPO-Soup as a policy at w (the soup's k jobs
+    together), a persona model with the persona metrics.
+    """
+
+    name: str
+    study: str
+    stages: tuple[Stage, ...]
+    shared: bool = True
+    analysed: tuple[str, ...] = ()
+    revertable: bool = False
+    resource_class: str = "training"
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        return tuple(s.rule for s in self.stages)
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        # The three-stage curriculum over k+1 LoRA modules (Nishida & Nishida).
+        Method(
+            "curriculum",
+            "curriculum",
+            (
+                Stage("curriculum_stage1", "curriculum_stage1", "curriculum/stage1", trains="shared"),
+                Stage("curriculum_stage2", "curriculum_stage2", "curriculum/stage2", trains="dims"),
+                Stage("curriculum_stage3", "curriculum_stage3", "curriculum/stage3", trains="all"),
+            ),
+            analysed=("curriculum_stage3",),
+        ),
+        # Panacea with linear scalarization over k+1 modules (Zhong et al., 2024).
+        Method("panacea", "curriculum", (Stage("panacea", "panacea", "panacea", trains="all"),)),
+        # DPO-Soup: k independent DPO runs, one adapter each, interpolated at w (Rame et al., 2023).
+        Method(
+            "dpo_soup",
+            "curriculum",
+            (Stage("dpo_soup", "dpo_soup", "dpo_soup/dim{dim}", trains="dim"),),
+            shared=False,
+            analysed=("dpo_soup",),
+        ),
+        # The persona study's fine-tunes through TRL (full fine-tuning or LoRA by config).
+        Method("sft", "persona", (Stage("sft", "sft", "sft", trains="model", trainer=TRL),), revertable=True),
+        Method("dpo", "persona", (Stage("dpo", "dpo", "dpo", trains="model", trainer=TRL),), revertable=True),
+    )
+}
+STAGES: dict[str, Stage] = {s.rule: s for m in METHODS.values() for s in m.stages}
+_METHOD_OF_RULE = {s.rule: m for m in METHODS.values() for s in m.stages}
+
+
+def methods_of(study: str) -> tuple[str, ...]:
+    """The methods of one study, in registry order."""
+    return tuple(m.name for m in METHODS.values() if m.study == study)
+
+
+def stage(rule: str) -> Stage:
+    """The stage of a training rule (KeyError for a rule that trains nothing)."""
+    return STAGES[rule]
+
+
+def method_of(rule: str) -> Method:
+    """The method a training rule belongs to."""
+    return _METHOD_OF_RULE[rule]
+
+
+def training_rules(trainer: str | None = None) -> tuple[str, ...]:
+    """Every training rule, or those of one trainer (:data:`PREFERENCE` or :data:`TRL`)."""
+    return tuple(r for r, s in STAGES.items() if trainer is None or s.trainer == trainer)
+
+
+def variants(study: str, methods: tuple[str, ...] | None = None) -> list[str]:
+    """The evaluated variants (stage rules) of a study's methods, all of them by default."""
+    chosen = methods_of(study) if methods is None else methods
+    return [rule for name in chosen for rule in METHODS[name].rules]
+
+
+def analysed_variants() -> list[str]:
+    """Variants whose adapters the weight analysis covers."""
+    return [v for m in METHODS.values() for v in m.analysed]
+
+
+def revertable_methods() -> list[str]:
+    """Methods whose models the revert sweep may set back to the base, layer by layer."""
+    return [m.name for m in METHODS.values() if m.revertable]
