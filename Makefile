@@ -32,7 +32,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/snakefmt --check Snakefile rules \
-		&& $(BIN)/snakemake --lint
+		&& $(BIN)/snakemake --lint && $(BIN)/lint-imports --no-cache
 
 format: setup
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format . && $(BIN)/snakefmt Snakefile rules

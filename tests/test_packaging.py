@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import tomllib
 import yaml
 
@@ -20,3 +24,24 @@ def test_ci_entry_point_runs_make_test(project_root):
     assert "make test" in script
     makefile = (project_root / "Makefile").read_text()
     assert "-eq 5" in makefile, "pytest's exit code 5 (no tests) must fail the run"
+
+
+def test_package_layers_hold(project_root):
+    """import-linter's layers contract (pyproject.toml): subpackages depend one way, leaves on nothing."""
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
+        cwd=project_root,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and "1 kept, 0 broken" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_every_module_reads_in_one_sitting(project_root):
+    """A module past 400 lines is usually two concepts; split it (style guide)."""
+    long = {
+        str(p.relative_to(project_root)): n
+        for p in (project_root / "src").rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400
+    }
+    assert not long, long
