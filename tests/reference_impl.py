@@ -169,7 +169,7 @@ def ties(
     PEFT's ``merge_utils.ties`` differs: it elects from the *unweighted* trimmed vectors and divides by the
     *count* of agreeing entries, PEFT = Σ_{i agrees} w_i τ̂_i / #agrees, and it has no λ (and keeps
     int(density·numel) entries, possibly 0). With equal weights w > 0 both elect the same sign and
-    PEFT(τ, w·1, d) = w · conflux.ties(τ, w·1, d, λ=1) = conflux.ties(τ, w·1, d, λ=w), up to tie-breaking
+    PEFT(τ, w·1, d) = w · ties(τ, w·1, d, λ=1) = ties(τ, w·1, d, λ=w), up to tie-breaking
     among equal magnitudes at the trim.
 
     Args:
