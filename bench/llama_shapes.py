@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import torch
 
 
@@ -26,3 +29,27 @@ def param_shapes(config) -> dict[str, tuple[int, ...]]:
 
     with torch.device("meta"):
         return {k: tuple(v.shape) for k, v in LlamaForCausalLM(config).state_dict().items()}
+
+
+def write_pair(root: Path, args: argparse.Namespace) -> tuple[Path, Path, int]:
+    """base/ and ft/ (base + noise) with the tensor names and shapes of a LlamaConfig (``args``: hidden,
+    layers, vocab, dtype, shard_mb), and the largest tensor's size in bytes."""
+    from conflux.analysis.tensor_io import ShardedWriter
+
+    config = llama_config(args.hidden, args.layers, args.vocab)
+    shapes = param_shapes(config)
+    dtype = getattr(torch, args.dtype)
+    gen = torch.Generator().manual_seed(0)
+    writers = {}
+    for name in ("base", "ft"):
+        (root / name).mkdir()
+        config.save_pretrained(root / name)
+        writers[name] = ShardedWriter(root / name, max_shard_bytes=args.shard_mb * 2**20)
+    for name, shape in shapes.items():
+        base = torch.randn(shape, generator=gen) * 0.02
+        writers["base"].add(name, base.to(dtype))
+        writers["ft"].add(name, (base + torch.randn(shape, generator=gen) * 1e-3).to(dtype))
+    for writer in writers.values():
+        writer.close()
+    largest = max(torch.Size(s).numel() for s in shapes.values()) * dtype.itemsize
+    return root / "ft", root / "base", largest

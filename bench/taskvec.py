@@ -44,33 +44,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from llama_shapes import llama_config, param_shapes
+from llama_shapes import write_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-
-
-def write_pair(root: Path, args: argparse.Namespace) -> tuple[Path, Path, int]:
-    """base/ and ft/ with the tensor names and shapes of a LlamaConfig, and the largest tensor size."""
-    from conflux.analysis.tensor_io import ShardedWriter
-
-    config = llama_config(args.hidden, args.layers, args.vocab)
-    shapes = param_shapes(config)
-    dtype = getattr(torch, args.dtype)
-    gen = torch.Generator().manual_seed(0)
-    writers = {}
-    for name in ("base", "ft"):
-        (root / name).mkdir()
-        config.save_pretrained(root / name)
-        writers[name] = ShardedWriter(root / name, max_shard_bytes=args.shard_mb * 2**20)
-    for name, shape in shapes.items():
-        base = torch.randn(shape, generator=gen) * 0.02
-        writers["base"].add(name, base.to(dtype))
-        writers["ft"].add(name, (base + torch.randn(shape, generator=gen) * 1e-3).to(dtype))
-    for writer in writers.values():
-        writer.close()
-    largest = max(torch.Size(s).numel() for s in shapes.values()) * dtype.itemsize
-    return root / "ft", root / "base", largest
 
 
 # Peak RSS is measured from the point the work starts: the child resets the kernel's high-water mark

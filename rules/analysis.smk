@@ -114,7 +114,7 @@ rule merge_sft_dpo:
 
 rule revert_sweep:
     input:
-        model=get_revert_model,
+        model=get_persona_run,
         sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
         pairs_eval="results/data/{persona_dataset}/persona/pairs_eval.parquet",
         manifest="results/models/{model}/manifest.json",
@@ -246,3 +246,49 @@ rule weight_figures_adapters:
         ),
     script:
         "../workflow/scripts/weight_figures.py"
+
+
+rule dump_task_vectors_persona:
+    input:
+        model=get_persona_run,
+        manifest="results/models/{model}/manifest.json",
+    output:
+        directory("results/dumps/{model}/{persona_dataset}/seed{seed}/{persona_method}"),
+    log:
+        "logs/dump_task_vectors_persona/{model}/{persona_dataset}/seed{seed}/{persona_method}.log",
+    benchmark:
+        "benchmarks/dump_task_vectors_persona/{model}/{persona_dataset}/seed{seed}/{persona_method}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("dump_task_vectors_persona")
+    resources:
+        **job_resources("dump_task_vectors_persona"),
+    params:
+        runs=lambda wildcards, input: {wildcards.persona_method: input.model},
+        dumps=asdict(CFG.analysis.dumps),
+        density=CFG.analysis.density,
+    script:
+        "../workflow/scripts/dump_task_vectors.py"
+
+
+rule dump_task_vectors_adapters:
+    input:
+        runs=lambda wildcards: list(get_analysis_runs(wildcards).values()),
+        manifest="results/models/{model}/manifest.json",
+    output:
+        directory("results/dumps/{model}/{pair_dataset}/seed{seed}/{analysis_variant}"),
+    log:
+        "logs/dump_task_vectors_adapters/{model}/{pair_dataset}/seed{seed}/{analysis_variant}.log",
+    benchmark:
+        "benchmarks/dump_task_vectors_adapters/{model}/{pair_dataset}/seed{seed}/{analysis_variant}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("dump_task_vectors_adapters")
+    resources:
+        **job_resources("dump_task_vectors_adapters"),
+    params:
+        runs=get_analysis_runs,
+        dumps=asdict(CFG.analysis.dumps),
+        density=CFG.analysis.density,
+    script:
+        "../workflow/scripts/dump_task_vectors.py"

@@ -54,6 +54,7 @@ wildcard_constraints:
     persona_variant=_alternatives([*variants("persona"), *CFG.analysis.merge_variants()]),
     analysis_variant=_alternatives(analysed_variants()),
     revert_method=_alternatives(revertable_methods()),
+    persona_method=_alternatives(variants("persona")),
     seed=r"\d+",
     dim=r"\d+",
 
@@ -83,6 +84,8 @@ RULE_CLASSES = {
     "key_layers": "report",
     "weight_figures_persona": "report",
     "weight_figures_adapters": "report",
+    "dump_task_vectors_persona": "analysis",
+    "dump_task_vectors_adapters": "analysis",
     **{rule: method_of(rule).resource_class for rule in STAGES},  # the training rules
 }
 
@@ -285,8 +288,10 @@ def revert_methods():
     return [m for m in CFG.analysis.revert.methods if m in CFG.study("persona").methods]
 
 
-def get_revert_model(wildcards):
-    return stage_dirs(wildcards.persona_dataset, wildcards.model, wildcards.seed, wildcards.revert_method)[0]
+def get_persona_run(wildcards):
+    """The training output of the persona method a job names (its revert_method or persona_method)."""
+    method = wildcards.get("revert_method") or wildcards.persona_method
+    return stage_dirs(wildcards.persona_dataset, wildcards.model, wildcards.seed, method)[0]
 
 
 def get_revert_sweeps(wildcards):
@@ -302,16 +307,30 @@ def _figures(root, suffix=""):
     ]
 
 
+def dump_outputs(dumped, dataset, model, seed):
+    """Task-vector dump directories of the given methods or variants (none when analysis.dumps.mode is none)."""
+    if CFG.analysis.dumps.mode == "none":
+        return []
+    return [f"results/dumps/{model}/{dataset}/seed{seed}/{name}" for name in dumped]
+
+
 def analysis_outputs(study_name, dataset, model, seed):
     root = f"results/analysis/{model}/{dataset}/seed{seed}"
     figures = f"results/tables/{model}/{dataset}/seed{seed}"
     if study_name == "persona":
+        dumps = dump_outputs(variants("persona", CFG.study("persona").methods), dataset, model, seed)
         if not sft_and_dpo_trained():
-            return []
-        return [f"{root}/taskvec_stats.parquet", f"{root}/conflict_sft_dpo.parquet", *_figures(figures)]
+            return dumps
+        return [
+            f"{root}/taskvec_stats.parquet",
+            f"{root}/conflict_sft_dpo.parquet",
+            *_figures(figures),
+            *dumps,
+        ]
     analysed = [v for v in analysed_variants() if v in eval_variants()]
     tables = [f"{root}/{kind}_{v}.parquet" for v in analysed for kind in ("taskvec_stats", "conflict_dims")]
-    return tables + [f for v in analysed for f in _figures(figures, f"_{v}")]
+    figures = [f for v in analysed for f in _figures(figures, f"_{v}")]
+    return tables + figures + dump_outputs(analysed, dataset, model, seed)
 
 
 def evaluation_outputs(study_name, dataset, model):

@@ -64,6 +64,8 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     assert jobs["merge_sft_dpo"] == 2 and jobs["taskvec_stats_persona"] == jobs["conflict_sft_dpo"] == 2
     assert jobs["taskvec_stats_adapters"] == jobs["conflict_dims"] == 2 * 2  # stage 3 and DPO-Soup
     assert jobs["weight_figures_persona"] == 2 and jobs["weight_figures_adapters"] == 2 * 2
+    # task-vector dumps: SFT and DPO of each persona set; stage 3 and DPO-Soup adapters of each pair set
+    assert jobs["dump_task_vectors_persona"] == 2 * 2 and jobs["dump_task_vectors_adapters"] == 2 * 2
     assert jobs["revert_sweep"] == jobs["key_layers"] == 2  # analysis.revert.methods: [dpo]
     for rule in ("curriculum_stage1", "curriculum_stage2", "curriculum_stage3", "panacea"):
         assert jobs[rule] == 2
@@ -86,6 +88,7 @@ def test_paper_dry_run_plans_the_full_matrix(project_root, tmp_path):
     assert jobs["persona_eval"] == runs * (2 + 4)  # sft, dpo and the merges at four λ
     assert jobs["revert_sweep"] == 2 * runs and jobs["key_layers"] == 2 * 2 * 2  # sft, dpo; no seeds
     assert jobs["weight_figures_persona"] == runs and jobs["weight_figures_adapters"] == 2 * runs
+    assert jobs["dump_task_vectors_persona"] == 2 * runs and jobs["dump_task_vectors_adapters"] == 2 * runs
 
 
 def test_lint_is_clean(project_root):
@@ -321,3 +324,28 @@ def test_run_writes_the_key_layers_table_and_the_weight_figures(small_run):
     for name in ("weight_heatmaps", "layer_norms"):
         assert (tables / f"seed0/{name}.png").stat().st_size > 1000
         assert (small_run / f"results/tables/tiny/synth_hs2/seed0/{name}_dpo_soup.png").stat().st_size > 1000
+
+
+def test_run_dumps_the_task_vectors_that_duckdb_reads_back_as_the_stats(small_run):
+    """The default config dumps every entry of τ; DuckDB's per-parameter L2 of a dump is the stats table's."""
+    import duckdb
+    import pandas as pd
+
+    persona = small_run / "results/dumps/tiny/persona_ojousama/seed0"
+    assert sorted(p.name for p in persona.iterdir()) == ["dpo", "sft"]
+    adapters = small_run / "results/dumps/tiny/synth_hs2/seed0"
+    assert sorted(p.name for p in adapters.iterdir()) == ["curriculum_stage3", "dpo_soup"]
+    assert json.loads((adapters / "dpo_soup/_dump.json").read_text())["sources"] == [
+        f"dim{i}" for i in range(5)
+    ]
+    files = ", ".join(f"'{persona}/{m}/**/*.parquet'" for m in ("sft", "dpo"))
+    l2 = duckdb.sql(
+        f"SELECT source, param, sqrt(sum(value::DOUBLE ^ 2)) AS l2 "
+        f"FROM read_parquet([{files}], hive_partitioning=true) GROUP BY ALL"
+    ).df()
+    stats = pd.read_parquet(small_run / "results/analysis/tiny/persona_ojousama/seed0/taskvec_stats.parquet")
+    merged = l2.merge(
+        stats, left_on=["source", "param"], right_on=["model", "param"], suffixes=("", "_stats")
+    )
+    assert len(merged) == len(stats) == len(l2)
+    assert ((merged["l2"] - merged["l2_stats"]).abs() <= 1e-6 * merged["l2_stats"] + 1e-12).all()

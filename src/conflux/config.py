@@ -67,11 +67,20 @@ class RevertConfig:
 
 
 @dataclass(frozen=True)
+class DumpConfig:
+    """Task-vector dumps (:mod:`conflux.analysis.dumps`); ``mode: none`` plans none."""
+
+    mode: str = "trimmed"
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
 class AnalysisConfig:
     density: float  # the TIES trim density of every analysis; its default is the schema's
     merge_method: str = "ties"
     lambdas: tuple[float, ...] = (0.5, 1.0)
     revert: RevertConfig = field(default_factory=RevertConfig)
+    dumps: DumpConfig = field(default_factory=DumpConfig)
 
     def merge_variants(self) -> list[str]:
         """Names of the merged models, e.g. ``ties_lam0.5``: persona-evaluation variants like sft and dpo."""
@@ -206,13 +215,19 @@ def parse_config(raw: dict[str, Any]) -> WorkflowConfig:
         keep_checkpoints=bool(raw.get("keep_checkpoints", False)),
         evaluation=EvaluationConfig(**raw.get("evaluation", {})),
         resources=dict(raw.get("resources", {})),
-        analysis=AnalysisConfig(
-            **{
-                k: tuple(v) if k == "lambdas" else RevertConfig.from_dict(v) if k == "revert" else v
-                for k, v in raw.get("analysis", {}).items()
-            }
-        ),
+        analysis=_analysis_config(raw.get("analysis", {})),
     )
+
+
+def _analysis_config(raw: dict[str, Any]) -> AnalysisConfig:
+    values = dict(raw)
+    if "lambdas" in values:
+        values["lambdas"] = tuple(values["lambdas"])
+    if "revert" in values:
+        values["revert"] = RevertConfig.from_dict(values["revert"])
+    if "dumps" in values:
+        values["dumps"] = DumpConfig(**values["dumps"])
+    return AnalysisConfig(**values)
 
 
 def _model_spec(name: str, spec: dict[str, Any]) -> BaseModelSpec:

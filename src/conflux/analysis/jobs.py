@@ -1,9 +1,9 @@
-"""The weight-analysis rules' jobs: task-vector statistics, CL-L2 tables and SFT+DPO merges of trained runs.
+"""The weight-analysis rules' jobs: task-vector statistics and dumps, CL-L2 tables and SFT+DPO merges.
 
 Each function maps one rule's inputs (training output directories and the base model's manifest) onto the
 streaming library (:mod:`conflux.analysis.task_vectors`, :mod:`conflux.analysis.stats`,
-:mod:`conflux.analysis.conflict_tables`,
-:mod:`conflux.analysis.merge`) and writes one output atomically.
+:mod:`conflux.analysis.dumps`, :mod:`conflux.analysis.conflict_tables`, :mod:`conflux.analysis.merge`) and
+writes one output atomically.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from conflux.analysis.conflict_tables import pairwise_conflict_table, write_conflict_table
+from conflux.analysis.dumps import dump_task_vectors
 from conflux.analysis.merge import merge_sft_dpo
 from conflux.analysis.stats import STATS_SCHEMA, task_vector_stats, write_frame
 from conflux.analysis.task_vectors import adapter_set, open_task_vectors
@@ -47,6 +48,20 @@ def taskvec_stats_job(
     write_frame(
         pd.concat(frames, ignore_index=True), out, STATS_SCHEMA, {"density": density, "models": list(sources)}
     )
+
+
+def dump_task_vectors_job(
+    run_dirs: Mapping[str, str | Path],
+    manifest: str | Path,
+    out_dir: str | Path,
+    *,
+    mode: str,
+    dtype: str,
+    density: float,
+) -> None:
+    """Rules ``dump_task_vectors_persona`` (one fine-tune) and ``dump_task_vectors_adapters`` (a method's
+    adapters): the task vectors of the runs' sources as a Hive-partitioned Parquet dataset."""
+    dump_task_vectors(run_sources(run_dirs, manifest), out_dir, mode=mode, dtype=dtype, density=density)
 
 
 def conflict_table_job(

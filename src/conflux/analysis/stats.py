@@ -45,8 +45,6 @@ from conflux.threads import ordered_map
 
 log = logging.getLogger(__name__)
 
-NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # pyarrow's hive name for a null partition value
-DUMP_CHUNK = 1 << 22
 CHUNK = 1 << 19  # most entries of τ per step of the statistics pass: a chunk and its |τ| stay in cache
 
 STATS_SCHEMA = pa.schema(
@@ -142,29 +140,11 @@ def tensor_stats(tau: torch.Tensor, *, density: float) -> dict[str, float]:
     return _stats(tau.detach().to(torch.float32, copy=True).reshape(-1), density, ScratchBuffer())
 
 
-DUMP_SCHEMA = pa.schema(
-    [("param", pa.dictionary(pa.int32(), pa.string())), ("index", pa.int64()), ("value", pa.float32())]
-)
-
-
-def _dump(root: Path, layer: int | None, seq: int, name: str, flat: torch.Tensor) -> None:
-    """Write every entry of one τ to ``root/layer=<i>/part-<seq>.parquet`` (param, flat index, value)."""
-    part = root / f"layer={NULL_PARTITION if layer is None else layer}"
-    part.mkdir(parents=True, exist_ok=True)
-    with pq.ParquetWriter(part / f"part-{seq:05d}.parquet", DUMP_SCHEMA) as writer:
-        for start in range(0, flat.numel(), DUMP_CHUNK):  # chunks bound the Arrow copies' memory
-            values = flat[start : start + DUMP_CHUNK].numpy()
-            param = pa.DictionaryArray.from_arrays(np.zeros(len(values), dtype=np.int32), pa.array([name]))
-            index = pa.array(np.arange(start, start + len(values), dtype=np.int64))
-            writer.write_table(pa.Table.from_arrays([param, index, pa.array(values)], schema=DUMP_SCHEMA))
-
-
 def task_vector_stats(
     tv: TaskVectors,
     *,
     model: str | None = None,
     density: float,
-    dump_dir: str | Path | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Statistics of every parameter ``tv`` changes, two τ at a time (see the module docstring).
@@ -173,9 +153,6 @@ def task_vector_stats(
         tv: Task-vector source (:class:`conflux.analysis.task_vectors.FullTaskVectors`, a LoRA adapter, a
         policy at w). model: Value of the ``model`` column (default ``tv.label``).
         density: Trim density for the ``trim_*`` columns.
-        dump_dir: Write every entry of every τ here as a hive-partitioned Parquet dataset
-            (``layer=<i>/part-*.parquet``; non-layer parameters under ``layer=__HIVE_DEFAULT_PARTITION__``,
-            read back as a null layer). This directory must not exist yet or is replaced; written atomically.
         progress: Show a tqdm bar.
 
     Returns:
@@ -186,7 +163,7 @@ def task_vector_stats(
     names = tv.names
     local = threading.local()  # each worker thread's τ buffer and scratch, reused from tensor to tensor
 
-    def one(seq: int, dump_root: Path | None) -> dict[str, Any]:
+    def one(seq: int) -> dict[str, Any]:
         if not hasattr(local, "tau"):
             local.tau, local.scratch = ScratchBuffer(), ScratchBuffer()
         name = names[seq]
@@ -195,25 +172,14 @@ def task_vector_stats(
         if not math.isfinite(stats["l2"]):
             raise ConfluxError(f"{label}: task vector of {name} has non-finite entries (NaN or inf)")
         layer, module = parse_param_name(name)
-        if dump_root is not None:
-            _dump(dump_root, layer, seq, name, flat)
         return {"model": label, "param": name, "layer": layer, "module": module, **stats}
 
-    rows: list[dict[str, Any]] = []
-
-    def run(dump_root: Path | None) -> None:
-        # Two tensors at a time (one being read while the other is analysed; memory: two τ buffers) when
-        # the job may use two cores: torch's thread count is the rule's threads (workflow/_bootstrap), so a
-        # job granted one CPU stays on one.
-        workers = max(1, min(2, torch.get_num_threads()))
-        with closing(ordered_map(lambda seq: one(seq, dump_root), range(len(names)), workers)) as results:
-            rows.extend(tqdm(results, desc=f"stats {label}", total=len(names), disable=not progress))
-
-    if dump_dir is None:
-        run(None)
-    else:
-        with atomic_path(dump_dir, directory=True) as tmp:
-            run(tmp)
+    # Two tensors at a time (one being read while the other is analysed; memory: two τ buffers) when the job
+    # may use two cores: torch's thread count is the rule's threads (workflow/_bootstrap), so a job granted
+    # one CPU stays on one.
+    workers = max(1, min(2, torch.get_num_threads()))
+    with closing(ordered_map(one, range(len(names)), workers)) as results:
+        rows = list(tqdm(results, desc=f"stats {label}", total=len(names), disable=not progress))
     return to_frame(rows, STATS_SCHEMA)
 
 
@@ -223,11 +189,10 @@ def write_task_vector_stats(
     *,
     model: str | None = None,
     density: float,
-    dump_dir: str | Path | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
     """:func:`task_vector_stats` written atomically to the Parquet file ``out`` (density in its metadata)."""
-    frame = task_vector_stats(tv, model=model, density=density, dump_dir=dump_dir, progress=progress)
+    frame = task_vector_stats(tv, model=model, density=density, progress=progress)
     write_frame(frame, out, STATS_SCHEMA, {"density": density, "model": model or tv.label})
     log.info("task-vector stats of %s: %d parameters -> %s", model or tv.label, len(frame), out)
     return frame

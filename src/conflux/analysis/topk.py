@@ -1,7 +1,7 @@
 """Exact top-k selection of magnitudes |τ|: of one array in memory, and of an array read in chunks.
 
-In memory (:func:`top_k_values`, :func:`top_k_cut`, :func:`top_k_mask`): the TIES trim of the merges and of
-the conflict tables, for one tensor at a time.
+In memory (:func:`top_k_cut`, :func:`top_k_indices`, :func:`top_k_mask`): the TIES trim of the merges, the
+conflict tables and the dumps, for one tensor at a time.
 
 In chunks (:class:`StreamingTopK`): the exact k-th largest entry, and the sum of squares of the k largest, of
 a non-negative array that the statistics pass reads chunk by chunk. The TIES trim threshold of a task
@@ -81,21 +81,33 @@ def _top_k(magnitude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return candidates[candidates.size - k :], candidates
 
 
-def top_k_mask(magnitude: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask of the k largest entries of a flat ``magnitude``, ties at the cut going to lower indices.
+def top_k_indices(magnitude: np.ndarray, k: int) -> np.ndarray:
+    """Flat indices (ascending) of the k largest entries, ties at the cut going to lower indices.
 
-    Equal to taking the first k of a *stable* descending argsort, in O(n): :func:`top_k_values` finds the
-    k-th largest value t, every entry > t is kept, and the lowest-indexed entries equal to t fill the
-    remaining places. A full argsort (mergekit's way) is O(n log n) and 50-100x slower on the
-    10⁷-10⁸-entry tensors of a 7B model, which made trimming the cost of a whole merge.
+    Equal to the first k of a *stable* descending argsort, in O(n): :func:`top_k_cut` finds the k-th largest
+    value t, one pass lists every entry >= t, and when more entries equal t than there is room for, the
+    highest-indexed of them are dropped. A full argsort (mergekit's way) is O(n log n) and 50-100x slower on
+    the 10⁷-10⁸-entry tensors of a 7B model, which made trimming the cost of a whole merge.
     """
+    threshold, above, at_or_above = top_k_cut(magnitude, k)
+    keep = np.flatnonzero(magnitude >= threshold)
+    if at_or_above > k:
+        tied = np.flatnonzero(magnitude[keep] == threshold)
+        keep = np.delete(keep, tied[k - above :])
+    return keep
+
+
+def top_k_mask(magnitude: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the k largest entries of a flat ``magnitude`` (:func:`top_k_indices`' selection)."""
     n = magnitude.numel()
     if k >= n:
         return torch.ones(n, dtype=torch.bool, device=magnitude.device)
     if magnitude.device.type == "cpu":
-        threshold = float(top_k_values(magnitude.numpy(), k)[0])
-    else:  # no introselect on accelerators; topk is their fast path
-        threshold = float(torch.topk(magnitude, k, sorted=False).values.min())
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[torch.from_numpy(top_k_indices(magnitude.numpy(), k))] = True
+        return mask
+    # no introselect on accelerators; topk is their fast path
+    threshold = float(torch.topk(magnitude, k, sorted=False).values.min())
     mask = magnitude > threshold
     missing = k - int(mask.sum())
     if missing > 0:
