@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -30,8 +32,9 @@ from conflux.modeling.tiny_model import TinyModelConfig, build_tiny_model
 from conflux.modeling.tokenize import TokenizeSettings
 from conflux.training.config import TrainConfig
 from conflux.training.objectives import StepContext, StepInputs, make_objective
-from conflux.training.preference_trainer import PreferenceJob, resume_point, run_preference_job
+from conflux.training.preference_trainer import PreferenceJob, run_preference_job
 from conflux.training.reference import compute_reference_logps, read_reference, write_reference
+from conflux.training.workdir import resume_point
 from reference_impl import implicit_reward_margins, merged_delta, pair_accuracy, tokenize_pairs
 
 SETTINGS = TokenizeSettings(max_length=128)
@@ -292,44 +295,18 @@ def test_dirichlet_weight_is_a_function_of_seed_and_step():
 DRIVER = """
 import json, sys
 from pathlib import Path
-from conflux.training.preference_trainer import PreferenceJob, run_preference_job
-from conflux.training.config import train_config_from_dict
-spec = json.loads(Path(sys.argv[1]).read_text())
-spec["cfg"] = train_config_from_dict(spec["cfg"])
-for key in ("manifest", "out_dir", "work_dir"):
-    spec[key] = Path(spec[key])
-spec["pairs"] = [Path(p) for p in spec["pairs"]]
-spec["references"] = [Path(p) for p in spec["references"]]
-print(json.dumps(run_preference_job(PreferenceJob(**spec))))
+from conflux.training.launch import job_from_dict, train_job
+print(json.dumps(train_job(job_from_dict(json.loads(Path(sys.argv[1]).read_text())))))
 """
 
 
-def _spec_file(job: PreferenceJob, path: Path) -> Path:
-    spec = {
-        "method": job.method,
-        "pairs": [str(p) for p in job.pairs],
-        "references": [str(p) for p in job.references],
-        "manifest": str(job.manifest),
-        "out_dir": str(job.out_dir),
-        "work_dir": str(job.work_dir),
-        "cfg": job.cfg.as_dict(),
-        "seed": job.seed,
-    }
-    path.write_text(json.dumps(spec))
-    return path
+def kill_after_checkpoint(job: PreferenceJob, tmp_path: Path, step: int) -> None:
+    """Run ``job`` through train_job in a child process; SIGKILL it once checkpoint-``step`` is complete."""
+    from conflux.training.launch import job_to_dict
 
-
-def test_job_killed_mid_run_resumes_to_the_uninterrupted_result(ws, tmp_path):
-    """SIGKILL after a checkpoint, rerun: same adapters as a run that was never interrupted (Panacea, whose
-    Dirichlet draws must also continue where they were)."""
-    cfg = replace(CFG, max_steps=14, save_steps=3, logging_steps=1)
-    straight = make_job(ws, "panacea", "resume_straight", parts=["agree", "conflict"], cfg=cfg, seed=1)
-    run_preference_job(straight)
-
-    killed = make_job(ws, "panacea", "resume_killed", parts=["agree", "conflict"], cfg=cfg, seed=1)
-    driver = tmp_path / "driver.py"
+    driver, spec = tmp_path / "driver.py", tmp_path / "spec.json"
     driver.write_text(DRIVER)
-    spec = _spec_file(killed, tmp_path / "spec.json")
+    spec.write_text(json.dumps(job_to_dict(job)))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     proc = subprocess.Popen(
         [sys.executable, str(driver), str(spec)],
@@ -339,23 +316,119 @@ def test_job_killed_mid_run_resumes_to_the_uninterrupted_result(ws, tmp_path):
         start_new_session=True,
     )
     deadline = time.time() + 300
-    while resume_point(killed.work_dir) is None or not resume_point(killed.work_dir).endswith("-6"):
+    while resume_point(job.work_dir) is None or not resume_point(job.work_dir).endswith(f"-{step}"):
         assert proc.poll() is None, "the job finished before it could be killed"
         assert time.time() < deadline
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not killed.out_dir.exists()  # nothing that looks finished
+    assert not job.out_dir.exists()  # nothing that looks finished
 
-    summary = run_preference_job(killed)
-    assert summary["resumed_from"] in ("checkpoint-6", "checkpoint-9", "checkpoint-12")
-    assert summary["global_steps"] == 14
-    for name in ("shared", "dim0", "dim1"):
-        got, want = adapter(killed.out_dir, name), adapter(straight.out_dir, name)
+
+def same_adapters(a: PreferenceJob, b: PreferenceJob, names=("shared", "dim0", "dim1")) -> None:
+    for name in names:
+        got, want = adapter(a.out_dir, name), adapter(b.out_dir, name)
         assert got.keys() == want.keys()
         for key in want:
             torch.testing.assert_close(got[key], want[key], atol=0, rtol=0)
+
+
+def test_job_killed_mid_run_resumes_to_the_uninterrupted_result(ws, tmp_path):
+    """SIGKILL after a checkpoint, rerun: same adapters as a run that was never interrupted (Panacea, whose
+    Dirichlet draws must also continue where they were), and the same mean training loss over all steps."""
+    from conflux.training.launch import train_job
+
+    cfg = replace(CFG, max_steps=14, save_steps=3, logging_steps=1)
+    straight = make_job(ws, "panacea", "resume_straight", parts=["agree", "conflict"], cfg=cfg, seed=1)
+    straight_summary = train_job(straight)
+
+    killed = make_job(ws, "panacea", "resume_killed", parts=["agree", "conflict"], cfg=cfg, seed=1)
+    kill_after_checkpoint(killed, tmp_path, 6)
+    summary = train_job(killed)
+    assert summary["resumed_from"] in ("checkpoint-6", "checkpoint-9", "checkpoint-12")
+    assert summary["global_steps"] == 14
+    same_adapters(killed, straight)
+    assert summary["train_loss"] == pytest.approx(straight_summary["train_loss"], rel=1e-6)
     assert not killed.work_dir.exists()  # checkpoints are removed once the output is complete
+
+
+def test_resume_under_a_changed_learning_rate_is_refused_or_restarts(ws, tmp_path):
+    """A checkpoint made at one learning rate is not continued at another: the rerun stops naming the key;
+    with resume: restart it trains from scratch and equals an uninterrupted run at the new value."""
+    from conflux.errors import ConfluxError
+    from conflux.training.launch import train_job
+
+    old, new = (
+        replace(CFG, max_steps=8, save_steps=2),
+        replace(CFG, max_steps=8, save_steps=2, learning_rate=2e-3),
+    )
+    straight = make_job(ws, "curriculum_stage1", "lr_straight", parts=["agree"], cfg=new)
+    train_job(straight)
+    job = make_job(ws, "curriculum_stage1", "lr_changed", parts=["agree"], cfg=old)
+    kill_after_checkpoint(job, tmp_path, 2)
+    changed = replace(job, cfg=new)
+    with pytest.raises(ConfluxError, match=r"train\.learning_rate: 0\.005 -> 0\.002") as err:
+        train_job(changed)
+    assert "resume: restart" in str(err.value) and str(job.work_dir) in str(err.value)
+    assert resume_point(job.work_dir) is not None and not job.out_dir.exists()  # the refusal changed nothing
+    summary = train_job(changed, resume="restart")
+    assert summary["resumed_from"] is None and summary["global_steps"] == 8
+    same_adapters(job, straight, names=("shared",))
+
+
+def test_a_second_run_of_a_job_in_progress_is_refused(ws, tmp_path):
+    from conflux.errors import ConfluxError
+    from conflux.training.launch import train_job
+    from conflux.training.workdir import LOCK, work_dir_lock
+
+    job = make_job(ws, "curriculum_stage1", "locked", parts=["agree"], cfg=replace(CFG, max_steps=2))
+    with work_dir_lock(job.work_dir), pytest.raises(ConfluxError, match=r"in use by another run.*pid"):
+        train_job(job)
+    assert not job.out_dir.exists()
+    # a lock whose holder died on this host is stale and taken over
+    (job.work_dir / LOCK).write_text(f"{socket.gethostname()} {2**22 + 17}")
+    assert train_job(job)["global_steps"] == 2
+
+
+def test_a_torn_metrics_line_is_cut_and_the_log_goes_on(tmp_path):
+    from conflux.training.workdir import MetricsFile, final_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 0.7}\n{"step": 2, "loss": 0.6}\n{"step": 3, "lo')
+    assert [r["step"] for r in final_metrics(path)] == [1, 2]
+    path.write_text('{"step": 1, "loss": 0.7}\n{"step": 2, "lo')
+    state = SimpleNamespace(is_world_process_zero=True, global_step=2, epoch=0.5)
+    MetricsFile(path).on_log(None, state, None, logs={"loss": 0.6})
+    assert [r["step"] for r in final_metrics(path)] == [1, 2]
+    path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(DataError, match="row 2"):
+        final_metrics(path)
+
+
+def test_trl_job_resumes_and_says_so(ws):
+    """A TRL SFT job rerun over its kept checkpoints resumes (from the last one before the end: see
+    resume_point): resumed_from in its summary, the same steps and the train_loss of the whole run."""
+    import pyarrow as pa
+
+    from conflux.data.pairs import SFT_SCHEMA, write_sft
+    from conflux.training.launch import train_job
+    from conflux.training.trl_jobs import TrlJob
+
+    pairs = read_pairs(ws / "agree.parquet").table.slice(0, 64).to_pydict()
+    rows = {"prompt": pairs["prompt"], "response": pairs["response_a"], "persona": ["p"] * 64}
+    write_sft(ws / "sft_rows.parquet", pa.table(rows, schema=SFT_SCHEMA))
+    cfg = replace(CFG, max_steps=4, save_steps=2, batch_size=8, per_device_batch_size=8)
+    job = TrlJob(method="sft", data=ws / "sft_rows.parquet", manifest=ws / "manifest.json",
+                 out_dir=ws / "out" / "trl", work_dir=ws / "ckpt" / "trl", cfg=cfg, seed=0,
+                 keep_checkpoints=True)  # fmt: skip
+    first = train_job(job)
+    assert first["resumed_from"] is None
+    import shutil
+
+    shutil.rmtree(job.out_dir)
+    again = train_job(job)
+    assert again["resumed_from"] == "checkpoint-2" and again["global_steps"] == 4
+    assert again["train_loss"] == pytest.approx(first["train_loss"], rel=1e-6)
 
 
 # ---- several processes ----------------------------------------------------------------------------------

@@ -24,4 +24,6 @@ train_job(
         keep_checkpoints=snakemake.params.keep_checkpoints,
     ),
     gpus=snakemake.resources.get("gpu", 0),
+    # from the config, not params: changing it must not rerun every finished training job
+    resume=snakemake.config["resume"],
 )

@@ -10,7 +10,6 @@ first of several PEFT adapters).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -25,11 +24,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 from peft.utils import load_peft_weights, set_peft_model_state_dict
-from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import Trainer, TrainingArguments
 
-from conflux.atomic import atomic_path, write_json
+from conflux.atomic import atomic_path
 from conflux.data.pairs import PairTable, read_pairs
 from conflux.data.split import dimension_labels
 from conflux.errors import ConfluxError, DataError
@@ -40,6 +37,7 @@ from conflux.modeling.tokenize import PairBatch, Row, TokenizeSettings, collate_
 from conflux.training.config import TrainConfig
 from conflux.training.objectives import Objective, StepContext, StepInputs, make_objective
 from conflux.training.reference import read_reference
+from conflux.training.workdir import LossLedger, MetricsFile, resume_point, write_run_outputs
 
 log = logging.getLogger(__name__)
 
@@ -172,29 +170,6 @@ class PreferenceTrainer(Trainer):
         self.policy.train_only(sorted(self.policy._trainable))
 
 
-class MetricsFile(TrainerCallback):
-    """Append every log record to a JSONL file, kept with the checkpoints so a resumed run continues it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
-
-
-def final_metrics(path: Path) -> list[dict[str, Any]]:
-    """The metric records of the finished run: a record logged again after a resume replaces the old one."""
-    if not path.exists():
-        return []
-    records: dict[tuple[int, tuple[str, ...]], dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        records[(rec["step"], tuple(sorted(rec)))] = rec
-    return sorted(records.values(), key=lambda r: r["step"])
-
-
 # ---- the job -----------------------------------------------------------------------------------------------
 
 
@@ -252,44 +227,6 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _readable_json(path: Path) -> bool:
-    try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def resume_point(work_dir: Path) -> str | None:
-    """The newest *complete* checkpoint in ``work_dir``, if an earlier attempt of this job left one.
-
-    A job killed while writing a checkpoint leaves a partial ``checkpoint-N``; the Trainer writes
-    ``trainer_state.json`` after the weights, optimizer, scheduler and RNG states, so its presence marks a
-    checkpoint that can be resumed from, and a partial one is skipped (the run then resumes one earlier).
-    """
-    if not work_dir.is_dir():
-        return None
-    steps = []
-    for path in work_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        suffix = path.name.rsplit("-", 1)[-1]
-        if suffix.isdigit() and _readable_json(path / TRAINER_STATE_NAME):
-            steps.append((int(suffix), path))
-    if not steps:
-        return None
-    last = str(max(steps)[1])
-    log.info("resuming from %s", last)
-    return last
-
-
-def write_run_outputs(tmp: Path, work_dir: Path, cfg: TrainConfig, summary: dict[str, Any]) -> None:
-    """metrics.jsonl (deduplicated over resumes), train_config.json and summary.json of a finished run."""
-    with open(tmp / "metrics.jsonl", "w", encoding="utf-8") as handle:
-        for rec in final_metrics(work_dir / "metrics.jsonl"):
-            handle.write(json.dumps(rec) + "\n")
-    write_json(tmp / "train_config.json", cfg.as_dict())
-    write_json(tmp / "summary.json", summary)
-
-
 def load_policy(job: PreferenceJob, base_model: Any, k: int) -> PreferencePolicy:
     """The previous stage's adapters when there is one, else fresh adapters seeded by the job's seed."""
     if job.init_adapters is not None:
@@ -329,6 +266,8 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
         remove_unused_columns=False,  # the collator's keys are ours, not the model's forward arguments
         ddp_find_unused_parameters=True,  # adapters with w_i = 0 are skipped in a pass and get no gradient
     )
+    resume = resume_point(job.work_dir)
+    ledger = LossLedger(resume)
     trainer = PreferenceTrainer(
         policy=policy,
         objective=objective,
@@ -336,9 +275,9 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
         args=args,
         train_dataset=dataset,
         data_collator=dataset.collate,
-        callbacks=[MetricsFile(job.work_dir / "metrics.jsonl")],
+        callbacks=[MetricsFile(job.work_dir / "metrics.jsonl"), ledger],
     )
-    resume = resume_point(job.work_dir)
+    ledger.trainer = trainer
     result = trainer.train(resume_from_checkpoint=resume)
     if not trainer.is_world_process_zero():
         return {}
@@ -354,7 +293,7 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
         "global_steps": trainer.state.global_step,
         "world_size": trainer.args.world_size,
         "resumed_from": Path(resume).name if resume else None,
-        "train_loss": result.training_loss,
+        "train_loss": ledger.train_loss(result.training_loss, trainer.state.global_step),
         "trained_adapters": objective.trained(policy),
         "seconds": round(time.time() - started, 2),
     }
@@ -362,7 +301,7 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
     saved = objective.trained(policy) if stage(job.method).per_dimension else policy.adapter_names
     with atomic_path(job.out_dir, directory=True) as tmp:
         policy.model.save_pretrained(str(tmp / "adapters"), selected_adapters=list(saved))
-        write_run_outputs(tmp, job.work_dir, job.cfg, summary)
+        write_run_outputs(tmp, job.work_dir, job.cfg.as_dict(), summary)
     if not job.keep_checkpoints:
         shutil.rmtree(job.work_dir, ignore_errors=True)
     log.info("%s done: %s", job.method, summary)

@@ -23,13 +23,8 @@ from conflux.errors import ConfluxError
 from conflux.methods import STAGES, stage
 from conflux.modeling.base_model import load_base_model, read_manifest, working_dtype
 from conflux.training.config import TrainConfig
-from conflux.training.preference_trainer import (
-    MetricsFile,
-    resume_point,
-    trainer_kwargs,
-    world_size,
-    write_run_outputs,
-)
+from conflux.training.preference_trainer import trainer_kwargs, world_size
+from conflux.training.workdir import LossLedger, MetricsFile, resume_point, write_run_outputs
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +96,17 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
         args = DPOConfig(**common, max_length=job.cfg.max_length, beta=job.cfg.beta)
     else:
         raise ConfluxError(f"unknown TRL method '{job.method}'")
+    resume = resume_point(job.work_dir)
+    ledger = LossLedger(resume)
     trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=data,
         processing_class=tokenizer,
         peft_config=_peft_config(job.cfg),
-        callbacks=[MetricsFile(job.work_dir / "metrics.jsonl")],
+        callbacks=[MetricsFile(job.work_dir / "metrics.jsonl"), ledger],
     )
+    ledger.trainer = trainer
     # TRL drops rows that lose their whole completion to truncation: count them instead of losing them.
     n_used = len(trainer.train_dataset)
     if n_used < len(data):
@@ -118,7 +116,7 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
             len(data),
             job.cfg.max_length,
         )
-    result = trainer.train(resume_from_checkpoint=resume_point(job.work_dir))
+    result = trainer.train(resume_from_checkpoint=resume)
     if not trainer.is_world_process_zero():
         return {}
     summary = {
@@ -128,12 +126,13 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
         "n_rows": len(data),
         "n_rows_dropped_by_truncation": len(data) - n_used,
         "global_steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
+        "resumed_from": Path(resume).name if resume else None,
+        "train_loss": ledger.train_loss(result.training_loss, trainer.state.global_step),
         "seconds": round(time.time() - started, 2),
     }
     with atomic_path(job.out_dir, directory=True) as tmp:
         trainer.save_model(str(tmp / "model"))  # save_pretrained: safetensors weights or the PEFT adapter
-        write_run_outputs(tmp, job.work_dir, job.cfg, summary)
+        write_run_outputs(tmp, job.work_dir, job.cfg.as_dict(), summary)
     if not job.keep_checkpoints:
         shutil.rmtree(job.work_dir, ignore_errors=True)
     log.info("%s done: %s", job.method, summary)
