@@ -15,6 +15,7 @@ include: "rules/models.smk"
 include: "rules/training.smk"
 include: "rules/evaluation.smk"
 include: "rules/analysis.smk"
+include: "rules/check.smk"
 
 
 rule all:

@@ -162,6 +162,17 @@ def checkpoint_dir(wildcards, output):
 # ---- inputs -------------------------------------------------------------------------------------------------
 
 
+def soup_pairs(wildcards):
+    """dpo_soup's pairs; a dim<i> beyond the dataset's k dimensions is refused while the DAG is planned."""
+    k = CFG.datasets[wildcards.pair_dataset].k
+    if int(wildcards.dim) >= k:
+        raise ValueError(
+            f"dpo_soup: dim{wildcards.dim} does not exist: dataset '{wildcards.pair_dataset}' has k={k} "
+            f"dimensions (dim0..dim{k - 1})"
+        )
+    return [split_part("agree"), split_part("conflict")]
+
+
 def reference(part):
     """Cached reference log-probs of a split part; agree_sub is a subset of agree and reads agree's cache."""
     part = "agree" if part == "agree_sub" else part

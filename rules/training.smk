@@ -120,7 +120,7 @@ rule panacea:
 
 rule dpo_soup:
     input:
-        pairs=[split_part("agree"), split_part("conflict")],
+        pairs=soup_pairs,
         references=[reference("agree"), reference("conflict")],
         manifest="results/models/{model}/manifest.json",
     output:

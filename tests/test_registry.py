@@ -35,15 +35,27 @@ SCHEMA = yaml.safe_load((ROOT / "config" / "config.schema.yaml").read_text(encod
 RULE_FILES = sorted((ROOT / "rules").glob("*.smk"))
 
 
-def workflow_rules() -> dict[str, str | None]:
-    """Every rule of rules/*.smk and the script it runs (None for a rule without one)."""
-    rules: dict[str, str | None] = {}
+def _rule_bodies() -> dict[str, str]:
+    """Every rule of rules/*.smk and the text of its body."""
+    bodies: dict[str, str] = {}
     for path in RULE_FILES:
         blocks = re.split(r"^rule (\w+):\n", path.read_text(encoding="utf-8"), flags=re.M)
-        for name, body in zip(blocks[1::2], blocks[2::2], strict=True):
-            script = re.search(r'^    script:\n\s+"\.\./workflow/scripts/(\w+\.py)"', body, flags=re.M)
-            rules[name] = script.group(1) if script else None
-    return rules
+        bodies.update(zip(blocks[1::2], blocks[2::2], strict=True))
+    return bodies
+
+
+def workflow_rules() -> dict[str, str | None]:
+    """Every rule of rules/*.smk and the script it runs (None for a rule without one)."""
+    scripts = {}
+    for name, body in _rule_bodies().items():
+        script = re.search(r'^    script:\n\s+"\.\./workflow/scripts/(\w+\.py)"', body, flags=re.M)
+        scripts[name] = script.group(1) if script else None
+    return scripts
+
+
+def cluster_rules() -> set[str]:
+    """Rules whose jobs the cluster runs (resources.rules may size them): all but the local ones."""
+    return {name for name, body in _rule_bodies().items() if "localrule: True" not in body}
 
 
 def schema_disagreements(schema: dict, rules: set[str], methods: Mapping[str, Method] = METHODS) -> list[str]:
@@ -79,20 +91,20 @@ def schema_disagreements(schema: dict, rules: set[str], methods: Mapping[str, Me
 
 
 def test_schema_enums_are_the_registry_and_the_workflow_rules():
-    assert schema_disagreements(SCHEMA, set(workflow_rules())) == []
+    assert schema_disagreements(SCHEMA, cluster_rules()) == []
 
 
 def test_a_method_added_to_the_schema_but_not_the_registry_fails():
     schema = copy.deepcopy(SCHEMA)
     schema["$defs"]["study"]["properties"]["methods"]["items"]["enum"].append("new_method")
     schema["properties"]["methods"]["properties"]["new_method"] = {"$ref": "#/$defs/method_settings"}
-    problems = schema_disagreements(schema, set(workflow_rules()))
+    problems = schema_disagreements(schema, cluster_rules())
     assert len(problems) == 2 and all("new_method" in p for p in problems), problems
 
 
 def test_a_method_added_to_the_registry_but_not_the_schema_fails():
     new = Method("new_method", "curriculum", (Stage("new_method", "panacea", "new_method", trains="all"),))
-    problems = schema_disagreements(SCHEMA, set(workflow_rules()), {**METHODS, "new_method": new})
+    problems = schema_disagreements(SCHEMA, cluster_rules(), {**METHODS, "new_method": new})
     assert len(problems) == 2 and all("new_method" in p for p in problems), problems
 
 

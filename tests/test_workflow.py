@@ -121,6 +121,32 @@ def test_bad_config_value_stops_the_workflow_naming_the_key(project_root, tmp_pa
     assert "maximum" in proc.stderr + proc.stdout
 
 
+@pytest.mark.parametrize("extra", ["--qos=normal; touch {marker} #", ["--qos=normal; touch {marker} #"]])
+def test_a_shell_injection_in_slurm_extra_is_refused_before_any_sbatch(project_root, tmp_path, extra):
+    """The SLURM plugin runs sbatch through a shell; the config check stops the plan, naming the key."""
+    marker = tmp_path / "injected"
+    raw = yaml.safe_load((project_root / "config/paper.yaml").read_text())
+    value = (
+        extra.format(marker=marker) if isinstance(extra, str) else [e.format(marker=marker) for e in extra]
+    )
+    raw["resources"]["rules"]["sft"]["slurm_extra"] = value
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    proc = snakemake(
+        project_root,
+        "-n",
+        "--profile",
+        "profiles/slurm",
+        "--configfile",
+        str(cfg),
+        workdir=tmp_path,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "resources.rules.sft.slurm_extra" in out, out[-2000:]
+    assert "sbatch" not in out and "rule sft" not in out and not marker.exists()
+
+
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     """Run the whole default workflow, shrunk, in a scratch directory."""

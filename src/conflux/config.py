@@ -7,6 +7,7 @@ other sections, kinds that do not fit a study). Every failure is a :class:`Confi
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,8 @@ class WorkflowConfig:
         }
         if not spec.get("gpu"):
             spec.pop("gpu", None)
+        if "slurm_extra" in spec:  # schema-checked tokens; quoted anyway, since the plugin uses a shell
+            spec["slurm_extra"] = " ".join(shlex.quote(token) for token in spec["slurm_extra"])
         return spec
 
     def study(self, name: str) -> Study:

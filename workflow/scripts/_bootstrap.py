@@ -10,8 +10,12 @@ import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-if str(SRC) not in sys.path:
-    sys.path.insert(0, str(SRC))
+# First on the path even when it is already there further back: a .venv shared by two checkouts puts the
+# other checkout's src (its editable install) ahead of this one, and Snakemake appends this workflow's src
+# behind it, so "already on sys.path" is not "the one imported".
+sys.path[:] = [str(SRC), *(p for p in sys.path if p != str(SRC))]
+if "conflux" in sys.modules and not Path(sys.modules["conflux"].__file__).resolve().is_relative_to(SRC):
+    raise ImportError(f"conflux was imported from {sys.modules['conflux'].__file__} before the bootstrap")
 
 
 def start(snakemake) -> logging.Logger:

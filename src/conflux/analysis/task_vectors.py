@@ -36,6 +36,7 @@ from conflux.analysis.tensor_io import (
     thread_buffer,
 )
 from conflux.errors import ConfluxError, DataError
+from conflux.modeling.policy import check_adapter_dir
 
 ADAPTER_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
@@ -143,6 +144,7 @@ class LoraTaskVectors:
         self.adapter_dir = Path(adapter_dir)
         self.label = label or self.adapter_dir.name
         self.weight = float(weight)
+        check_adapter_dir(self.adapter_dir)  # safetensors only, readable config: the policy loader's check
         self.config = _read_adapter_config(self.adapter_dir)
         self.files = WeightFiles(self.adapter_dir / ADAPTER_FILE)
         self.file = self.adapter_dir / ADAPTER_FILE

@@ -95,9 +95,14 @@ def split_pairs(pairs: PairTable, cfg: SplitConfig, *, file: str | Path = "<memo
     agree, conflict, zero = classify(d)
     n_conflict_all = int(conflict.sum())
     if cfg.require_conflict and n_conflict_all == 0:
+        what = (
+            "every pair is a tie (d = 0 in every dimension), so none carries a preference"
+            if zero.all()
+            else f"the dimensions of every pair agree ({int(zero.sum())} ties)"
+        )
         raise DataError(
-            f"no conflict pairs among {len(pairs)} pairs (dims {list(pairs.dims)}): every pair's dimensions "
-            "agree, so the curriculum's conflict stages and the conflict evaluation have no data",
+            f"no conflict pairs among {len(pairs)} pairs (dims {list(pairs.dims)}): {what}; the curriculum's "
+            "conflict stages and the conflict evaluation have no data",
             file=file,
             row="all",
             field="scores_a/scores_b",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from conflux.atomic import write_json
-from conflux.errors import ConfluxError
+from conflux.errors import ConfluxError, DataError
 from conflux.modeling.tiny_model import TinyModelConfig
 from conflux.offline import hub_offline
 
@@ -40,25 +40,70 @@ class BaseModelSpec:
     tiny: TinyModelConfig | None = None
 
 
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def check_safetensors(file: Path) -> None:
+    """Raise :class:`DataError` unless ``file`` is a complete safetensors file: its header parses and its
+    data covers every tensor the header declares (a truncated download or copy fails here, not in a job
+    hours later with the library's message)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(file, framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as exc:
+        raise DataError(
+            f"not a complete safetensors file ({exc}); download or save it again",
+            file=file,
+            row="header",
+            field="safetensors",
+        ) from None
+
+
 def weight_files(model_dir: str | Path) -> list[Path]:
-    """Check a model directory and return its safetensors files (sorted).
+    """Check a model directory and its safetensors files (headers and sizes); return the files, sorted.
 
     Weights load from safetensors only: a pickle (``*.bin``) can run code when loaded, and the analysis
-    rules stream tensors from safetensors shards.
+    rules stream tensors from safetensors shards. A sharded model's index must name existing shards.
     """
     d = Path(model_dir)
     if not d.is_dir():
-        raise ConfluxError(f"model directory {d} does not exist (or is not a directory)")
+        raise DataError(
+            "the model directory does not exist (or is not a directory)", file=d, row="all", field="path"
+        )
     if not (d / "config.json").is_file():
-        raise ConfluxError(f"model directory {d} has no config.json; is it a Hugging Face model directory?")
-    files = sorted(d.glob("*.safetensors"))
+        msg = "the model directory has no config.json; is it a Hugging Face model directory?"
+        raise DataError(msg, file=d / "config.json", row="all", field="config.json")
+    index = d / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted({d / name for name in weight_map.values()})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise DataError(
+                f"cannot read the weight map ({exc})", file=index, row="all", field="weight_map"
+            ) from None
+        missing = [s.name for s in shards if not s.is_file()]
+        if missing:
+            raise DataError(
+                "the index names a shard that is not there", file=index, row=missing[0], field="weight_map"
+            )
+        files = shards
+    else:
+        files = sorted(d.glob("*.safetensors"))
     if not files:
         found = sorted(p.name for p in d.glob("*.bin")) or ["no weight files"]
-        raise ConfluxError(
-            f"model directory {d} has no *.safetensors weights (found: {', '.join(found)}); conflux loads "
-            "safetensors only. Convert once with `AutoModelForCausalLM.from_pretrained(dir)"
-            ".save_pretrained(new_dir)`, or download the safetensors files of the model."
+        raise DataError(
+            f"no *.safetensors weights (found: {', '.join(found)}); conflux loads safetensors only. Convert "
+            "once with `AutoModelForCausalLM.from_pretrained(dir).save_pretrained(new_dir)`, or download the "
+            "safetensors files of the model.",
+            file=d,
+            row="all",
+            field="weights",
         )
+    for file in files:
+        check_safetensors(file)
     return files
 
 
@@ -153,6 +198,7 @@ def load_base_model(manifest: dict[str, Any] | str | Path, *, dtype: str | None 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     m = manifest if isinstance(manifest, dict) else read_manifest(manifest)
+    weight_files(m["load_path"])  # a clear error naming the file, before transformers reads it
     name = dtype or m.get("dtype", "auto")
     torch_dtype = name if name == "auto" else getattr(torch, name)
     model = AutoModelForCausalLM.from_pretrained(

@@ -24,6 +24,7 @@ training output with every adapter; DPO-Soup is k outputs (``dpo_soup/dim<i>``) 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,7 +36,8 @@ from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
 from conflux.atomic import atomic_path
-from conflux.errors import ConfluxError
+from conflux.errors import ConfluxError, DataError
+from conflux.modeling.base_model import check_safetensors
 from conflux.modeling.lora import LoraSpec
 
 SHARED = "shared"
@@ -98,6 +100,8 @@ class PreferencePolicy:
         if not adapter_dirs:
             raise ConfluxError("no adapter directories given")
         items = list(adapter_dirs.items())
+        for _, path in items:
+            check_adapter_dir(path)
         first, first_dir = items[0]
         model = PeftModel.from_pretrained(base_model, str(first_dir), adapter_name=first, is_trainable=True)
         for name, path in items[1:]:
@@ -193,6 +197,37 @@ class PreferencePolicy:
 # ---- trained runs ------------------------------------------------------------------------------------------
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def check_adapter_dir(path: str | Path) -> None:
+    """Raise :class:`DataError` unless ``path`` is a PEFT adapter conflux will load: a readable
+    ``adapter_config.json`` and complete safetensors weights. Pickled weights (``adapter_model.bin``) are
+    refused here, with conflux's reason, before PEFT or torch would open them."""
+    d = Path(path)
+    config = d / ADAPTER_CONFIG
+    try:
+        if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"cannot read the adapter config ({exc})", file=config, row="all", field="json"
+        ) from None
+    weights = d / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        pickled = (d / "adapter_model.bin").is_file()
+        reason = (
+            "adapter_model.bin is a pickle, which can run code when loaded; conflux loads safetensors only "
+            "(`PeftModel.save_pretrained` writes adapter_model.safetensors)"
+            if pickled
+            else "the adapter has no adapter_model.safetensors"
+        )
+        file = d / ("adapter_model.bin" if pickled else ADAPTER_WEIGHTS)
+        raise DataError(reason, file=file, row="all", field="weights")
+    check_safetensors(weights)
+
+
 def adapter_dirs(run_dirs: Sequence[str | Path]) -> dict[str, Path]:
     """``adapters/<name>/`` of every run directory, ordered shared, dim0, dim1, ...
 
@@ -209,6 +244,7 @@ def adapter_dirs(run_dirs: Sequence[str | Path]) -> dict[str, Path]:
                 raise ConfluxError(f"{sub}: adapter directories are named '{SHARED}' or dim<i>")
             if sub.name in found:
                 raise ConfluxError(f"adapter '{sub.name}' is in both {found[sub.name]} and {sub}")
+            check_adapter_dir(sub)
             found[sub.name] = sub
     if not found:
         raise ConfluxError(f"no adapters in {[str(r) for r in run_dirs]}")

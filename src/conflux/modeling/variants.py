@@ -13,6 +13,7 @@ import torch
 
 from conflux.errors import ConfluxError
 from conflux.modeling.base_model import load_base_model, read_manifest, weight_files
+from conflux.modeling.policy import check_adapter_dir
 
 
 def resolve_model_dir(model_dir: str | Path) -> Path:
@@ -54,6 +55,7 @@ def load_variant(
         return load_base_model(m, dtype=dtype)
     d = resolve_model_dir(model_dir)
     if (d / "adapter_config.json").is_file():
+        check_adapter_dir(d)
         base, tokenizer = load_base_model(m, dtype=dtype)
         return PeftModel.from_pretrained(base, str(d)).merge_and_unload().eval(), tokenizer
     weight_files(d)  # safetensors only, with a clear error otherwise

@@ -38,7 +38,7 @@ from transformers import TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from conflux.atomic import write_json
+from conflux.atomic import process_alive, write_json
 from conflux.errors import ConfluxError, DataError
 
 log = logging.getLogger(__name__)
@@ -200,19 +200,6 @@ def resume_point(work_dir: Path) -> str | None:
 # ---- lock --------------------------------------------------------------------------------------------------
 
 
-def _alive(host: str, pid: int) -> bool:
-    """Whether a lock's holder may still run: on another host nothing can be known, so yes."""
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextmanager
 def work_dir_lock(work_dir: Path) -> Iterator[None]:
     """Hold ``work_dir/.lock`` (host and pid) while a run uses the directory.
@@ -233,7 +220,7 @@ def work_dir_lock(work_dir: Path) -> Iterator[None]:
                 host, pid = path.read_text(encoding="utf-8").split()
             except (OSError, ValueError):
                 host, pid = "?", "0"
-            if _alive(host, int(pid)):
+            if process_alive(host, int(pid)):
                 raise ConfluxError(
                     f"{work_dir} is in use by another run of this job (host {host}, pid {pid}); two runs "
                     "would overwrite each other's checkpoints and outputs. Wait for it to end; if it is "

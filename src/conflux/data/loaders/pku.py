@@ -28,13 +28,15 @@ PKU_COLUMNS = ("prompt", "response_0", "response_1", "better_response_id", "safe
 def load_pku_saferlhf(
     source: str, *, split: str = "train", offline: bool = True, name: str = "pku_saferlhf"
 ) -> LoadResult:
-    """Load PKU-SafeRLHF rows as canonical pairs; identical responses carry no preference and are dropped."""
+    """Load PKU-SafeRLHF rows as canonical pairs; rows with identical responses (no preference) and exact
+    repeats of an earlier row are dropped and counted."""
     records = open_records(source, split=split, offline=offline, columns=PKU_COLUMNS)
     data = records.columns(PKU_COLUMNS)
     file = records.file
     keys = ("pair_id", "prompt", "response_a", "response_b", "better", "safer")
     out: dict[str, list] = {key: [] for key in keys}
     drops: Counter[str] = Counter()
+    seen: set[tuple] = set()
     for index in range(len(records)):
         row = records.row(index)
         prompt, response_0, response_1 = (
@@ -48,6 +50,12 @@ def load_pku_saferlhf(
         if response_0.strip() == response_1.strip():
             drops["identical_responses"] += 1
             continue
+        # A row repeated verbatim would count one judgement twice (the same annotation, not a second one).
+        key = (prompt, response_0, response_1, better, safer)
+        if key in seen:
+            drops["duplicate_rows"] += 1
+            continue
+        seen.add(key)
         for key, value in zip(
             out, (f"{name}-{row:07d}", prompt, response_0, response_1, better, safer), strict=True
         ):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -35,7 +36,9 @@ def scan_csv(path: Path, file: str, columns: Sequence[str]) -> list[str]:
     try:
         # surrogateescape keeps undecodable bytes as lone surrogates, so the scan can name the cell
         with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
-            reader = csv.reader(handle)
+            # strict: a quote never closed is an error (non-strict reading takes the rest of the file as one
+            # cell, which pandas then refuses without a row number)
+            reader = csv.reader(handle, strict=True)
             try:
                 for cells in reader:
                     if not any(cell.strip() for cell in cells):
@@ -46,8 +49,13 @@ def scan_csv(path: Path, file: str, columns: Sequence[str]) -> list[str]:
                         records += 1
                         _check_cells(cells, header, file, records)
             except csv.Error as err:
+                reason = (
+                    "a quoted cell that starts in this record is never closed"
+                    if "unexpected end of data" in str(err)
+                    else str(err)
+                )
                 raise DataError(
-                    f"CSV syntax error near line {reader.line_num}: {err}",
+                    f"CSV syntax error near line {reader.line_num}: {reason}",
                     file=file,
                     row=records + 1,
                     field="-",
@@ -107,8 +115,8 @@ def scan_json(path: Path, file: str, columns: Sequence[str]) -> list[int] | None
                 record = json.loads(text.lstrip("\ufeff") if number == 1 else text)
             except json.JSONDecodeError as err:
                 raise DataError(
-                    f"line is not valid JSON ({err.msg} at character {err.pos + 1}); expected one JSON object"
-                    " per line (JSONL) or a JSON array of objects",
+                    f"line is not valid JSON ({err.msg}: column {err.colno}); expected one JSON object per "
+                    "line (JSONL) or a JSON array of objects",
                     file=file,
                     row=number,
                     field="-",
@@ -140,7 +148,7 @@ def _scan_json_array(path: Path, file: str, columns: Sequence[str]) -> None:
         records = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(
-            f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})",
+            f"not valid JSON ({err.msg}: line {err.lineno}, column {err.colno})",
             file=file,
             row="all",
             field="-",
@@ -154,6 +162,13 @@ def _scan_json_array(path: Path, file: str, columns: Sequence[str]) -> None:
 def _check_record(record: Any, file: str, row: int, columns: Sequence[str]) -> None:
     if not isinstance(record, dict):
         raise DataError(f"expected a JSON object, got {type(record).__name__}", file=file, row=row, field="-")
+    for key, value in record.items():
+        # Python reads 1e400 as inf; the JSON reader of datasets refuses the whole file without a row.
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and math.isinf(v) for v in values):
+            raise DataError(
+                "a number is beyond the float64 range (e.g. 1e400)", file=file, row=row, field=str(key)
+            )
     for name in columns:
         if name not in record:
             raise DataError(f"field is missing (record has {sorted(record)})", file=file, row=row, field=name)
