@@ -386,8 +386,29 @@ def test_a_second_run_of_a_job_in_progress_is_refused(ws, tmp_path):
         train_job(job)
     assert not job.out_dir.exists()
     # a lock whose holder died on this host is stale and taken over
-    (job.work_dir / LOCK).write_text(f"{socket.gethostname()} {2**22 + 17}")
+    (job.work_dir / LOCK).write_text(f"{socket.gethostname()} {2**22 + 17} -")
     assert train_job(job)["global_steps"] == 2
+
+
+def test_a_lock_from_another_node_is_taken_over_only_when_it_went_silent(tmp_path, monkeypatch):
+    """A holder refreshes its lock every 30 s; one from a crashed node goes silent. A requeued SLURM job
+    keeps its job id, so its own previous run's lock is stale at once."""
+    from conflux.errors import ConfluxError
+    from conflux.training.workdir import LOCK, STALE_AFTER_SECONDS, work_dir_lock
+
+    lock = tmp_path / LOCK
+    lock.write_text("node-7 4242 -")
+    with pytest.raises(ConfluxError, match="host node-7, pid 4242"), work_dir_lock(tmp_path):
+        pass
+    old = time.time() - STALE_AFTER_SECONDS - 10
+    os.utime(lock, (old, old))
+    with work_dir_lock(tmp_path):
+        assert lock.read_text().startswith(socket.gethostname())
+    assert not lock.exists()
+    lock.write_text("node-7 4242 991")
+    monkeypatch.setenv("SLURM_JOB_ID", "991")
+    with work_dir_lock(tmp_path):
+        pass
 
 
 def test_a_torn_metrics_line_is_cut_and_the_log_goes_on(tmp_path):

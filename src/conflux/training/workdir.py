@@ -13,7 +13,8 @@ make such a resume wrong, and each is refused here rather than trained through:
   resume under another fingerprint stops with the changed keys named, or starts afresh with
   ``resume: restart`` in the config.
 - **two runs at once** (``--nolock``, or a job resubmitted while the first is still running): the directory
-  is locked by the job's launcher; a live holder on the same host makes the second run fail at once.
+  is locked by the job's launcher, which refreshes the lock while it runs; a live holder makes the second
+  run fail at once, a dead one (or one silent for five minutes: a crashed node) is taken over.
 - **a torn log.** A crash can cut the last line of ``metrics.jsonl``; it is cut off before the log grows.
 
 The Trainer's ``train_loss`` covers only the steps since its last start, so each checkpoint also records
@@ -22,12 +23,15 @@ the loss summed so far (``conflux_loss.json``) and a resumed run reports the mea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import socket
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import metadata
@@ -200,45 +204,82 @@ def resume_point(work_dir: Path) -> str | None:
 # ---- lock --------------------------------------------------------------------------------------------------
 
 
+HEARTBEAT_SECONDS = 30  # how often a holder touches its lock
+STALE_AFTER_SECONDS = 300  # a lock untouched this long belongs to a holder that is gone (a crashed node)
+
+
+def _lock_owner(path: Path) -> tuple[str, int, str] | None:
+    """(host, pid, SLURM job id or "-") written in a lock, or None if it cannot be read."""
+    try:
+        host, pid, job = path.read_text(encoding="utf-8").split()
+        return host, int(pid), job
+    except (OSError, ValueError):
+        return None
+
+
+def _stale(path: Path) -> bool:
+    """Whether a lock's holder is gone: dead on this host, this very SLURM job before its requeue, or
+    silent for longer than :data:`STALE_AFTER_SECONDS` (a holder touches its lock every
+    :data:`HEARTBEAT_SECONDS`)."""
+    owner = _lock_owner(path)
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        return True  # removed meanwhile
+    if owner is None:
+        return age > STALE_AFTER_SECONDS
+    host, pid, job = owner
+    if job != "-" and job == os.environ.get("SLURM_JOB_ID"):
+        return True  # a requeued SLURM job keeps its id: the holder was this job's previous run
+    return not process_alive(host, pid) or age > STALE_AFTER_SECONDS
+
+
 @contextmanager
 def work_dir_lock(work_dir: Path) -> Iterator[None]:
-    """Hold ``work_dir/.lock`` (host and pid) while a run uses the directory.
+    """Hold ``work_dir/.lock`` while a run uses the directory, refreshing it every 30 s.
 
-    Created with O_EXCL, which shared file systems honour, unlike advisory locks on some of them. A lock
-    whose holder is dead on this host is taken over; a live holder, or one on another host, is an error
-    that names it.
+    Created with O_EXCL, which shared file systems honour, unlike advisory locks on some of them. The lock
+    holds host, pid and SLURM job id; a stale one (see :func:`_stale`) is taken over, a live one is an
+    error that names its holder.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     path = work_dir / LOCK
-    me = f"{socket.gethostname()} {os.getpid()}"
+    me = f"{socket.gethostname()} {os.getpid()} {os.environ.get('SLURM_JOB_ID', '-')}"
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                host, pid = path.read_text(encoding="utf-8").split()
-            except (OSError, ValueError):
-                host, pid = "?", "0"
-            if process_alive(host, int(pid)):
+            if not _stale(path):
+                host, pid, _ = _lock_owner(path) or ("?", 0, "-")
                 raise ConfluxError(
                     f"{work_dir} is in use by another run of this job (host {host}, pid {pid}); two runs "
-                    "would overwrite each other's checkpoints and outputs. Wait for it to end; if it is "
-                    f"dead (its node crashed), delete {path}."
+                    "would overwrite each other's checkpoints and outputs. Wait for it to end; a lock whose "
+                    f"holder crashed with its node is taken over {STALE_AFTER_SECONDS} s after its last "
+                    f"refresh (or delete {path})."
                 ) from None
-            path.unlink(missing_ok=True)  # its holder died on this host: a stale lock
+            path.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(me)
         break
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(OSError):
+                os.utime(path)
+
+    heart = threading.Thread(target=beat, name="conflux-lock-heartbeat", daemon=True)
+    heart.start()
     try:
         yield
     finally:
-        try:
+        stop.set()
+        heart.join()
+        with contextlib.suppress(OSError):  # the finished job may have removed its whole work directory
             if path.read_text(encoding="utf-8") == me:
                 path.unlink()
-        except OSError:
-            pass  # the finished job removed its whole work directory
 
 
 # ---- metrics and loss --------------------------------------------------------------------------------------
