@@ -78,6 +78,8 @@ def schema_disagreements(schema: dict, rules: set[str], methods: Mapping[str, Me
             kind = "method_settings" if stages[rule].trainer == PREFERENCE else "train_settings"
             if spec.get("$ref") != f"#/$defs/{kind}":
                 problems.append(f"methods.{rule}: expected the {kind} schema, got {spec}")
+    tracked = schema["properties"]["tracking"]["properties"]["methods"]["propertyNames"]["enum"]
+    compare("tracking.methods names", tracked, stages)
     revert = schema["properties"]["analysis"]["properties"]["revert"]["properties"]["methods"]["items"][
         "enum"
     ]
@@ -105,7 +107,8 @@ def test_a_method_added_to_the_schema_but_not_the_registry_fails():
 def test_a_method_added_to_the_registry_but_not_the_schema_fails():
     new = Method("new_method", "curriculum", (Stage("new_method", "panacea", "new_method", trains="all"),))
     problems = schema_disagreements(SCHEMA, cluster_rules(), {**METHODS, "new_method": new})
-    assert len(problems) == 2 and all("new_method" in p for p in problems), problems
+    # the study's methods, the per-rule settings and the per-rule trackers all miss it
+    assert len(problems) == 3 and all("new_method" in p for p in problems), problems
 
 
 def test_every_stage_names_a_trainer_an_objective_and_what_it_trains():

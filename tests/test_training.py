@@ -470,3 +470,70 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(ws):
         got, want = adapter(two.out_dir, name), adapter(one.out_dir, name)
         for key in want:
             torch.testing.assert_close(got[key], want[key], atol=1e-7, rtol=0)
+
+
+# ---- tracking ----------------------------------------------------------------------------------------------
+
+
+def test_tensorboard_tracking_writes_trl_metric_names_beside_the_run(ws):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conflux.training.launch import train_job
+    from conflux.training.tracking import Tracking
+
+    job = replace(
+        make_job(
+            ws,
+            "curriculum_stage2",
+            "tracked",
+            parts=["conflict"],
+            cfg=replace(CFG, max_steps=4, logging_steps=2),
+        ),
+        tracking=Tracking("tensorboard"),
+    )
+    train_job(job)
+    events = EventAccumulator(str(job.out_dir / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/rewards/accuracies/dim0", "train/rewards/margins/dim1"} <= tags, tags
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4]
+    logged = [
+        r["loss"]
+        for r in map(json.loads, (job.out_dir / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    ]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(logged, rel=1e-6)
+
+
+def test_tracking_is_chosen_per_rule_and_wandb_runs_offline_without_a_project(tmp_path, monkeypatch):
+    import importlib.util
+
+    import transformers.integrations
+
+    from conflux.errors import ConfluxError
+    from conflux.training.tracking import Tracking, tracking_callbacks, tracking_for
+
+    section = {"backend": "tensorboard", "methods": {"panacea": "wandb"}}
+    assert tracking_for(section, "sft") == Tracking("tensorboard")
+    assert tracking_for(section, "panacea") == Tracking("wandb")
+    assert tracking_for({}, "sft") == Tracking("none") and tracking_callbacks(Tracking(), tmp_path, "x") == []
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "wandb" else real_find_spec(name)
+    )
+    with pytest.raises(ConfluxError, match=r"conflux\[wandb\]"):
+        tracking_callbacks(Tracking("wandb"), tmp_path, "x")
+
+    # W&B's own callback stands in (the package is an optional extra): what conflux sets up is the point
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "wandb" else None)
+    monkeypatch.setattr(transformers.integrations, "WandbCallback", lambda: "wandb-callback")
+    for var in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_DIR", "WANDB_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    assert tracking_callbacks(Tracking("wandb"), tmp_path, "tiny/synth_pku/seed0/panacea") == [
+        "wandb-callback"
+    ]
+    assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_DIR"] == str(tmp_path)
+    assert os.environ["WANDB_NAME"] == "tiny/synth_pku/seed0/panacea"
+    monkeypatch.delenv("WANDB_MODE")
+    tracking_callbacks(Tracking("wandb", wandb_project="conflux"), tmp_path, "x")
+    assert os.environ["WANDB_PROJECT"] == "conflux" and "WANDB_MODE" not in os.environ

@@ -375,3 +375,32 @@ def test_run_dumps_the_task_vectors_that_duckdb_reads_back_as_the_stats(small_ru
     )
     assert len(merged) == len(stats) == len(l2)
     assert ((merged["l2"] - merged["l2_stats"]).abs() <= 1e-6 * merged["l2_stats"] + 1e-12).all()
+
+
+def test_long_loops_report_progress_in_their_job_logs(small_run):
+    """Snakemake jobs run without a terminal (as on SLURM): their loops log how far they are."""
+    logs = small_run / "logs"
+    checks = {
+        "revert_sweep/tiny/persona_ojousama/seed0/dpo.log": "revert sweep of dpo:",
+        "evaluate_method/tiny/synth_pku/seed0/panacea.log": "evaluate panacea seed 0:",
+        "reference_logps/tiny/synth_pku/agree.log": "reference log-probs:",
+        "persona_eval/tiny/persona_ojousama/seed0/dpo.log": "generate",
+        "merge_sft_dpo/tiny/persona_ojousama/seed0.log": "ties merge:",
+        "taskvec_stats_persona/tiny/persona_ojousama/seed0.log": "stats sft:",
+        "dump_task_vectors_adapters/tiny/synth_hs2/seed0/dpo_soup.log": "task-vector dump:",
+    }
+    for log, words in checks.items():
+        text = (logs / log).read_text(encoding="utf-8")
+        assert words in text and " done in " in text, (log, text[-500:])
+
+
+def test_runs_keep_tensorboard_events_and_changing_tracking_reruns_nothing(small_run):
+    root = Path(__file__).resolve().parents[1]
+    for run in ("synth_pku/seed0/panacea", "synth_hs2/seed0/dpo_soup/dim4", "persona_ojousama/seed0/sft"):
+        events = (small_run / "results/train/tiny" / run / "tensorboard").glob("events.out.tfevents.*")
+        assert list(events), run
+    for value in ("tracking={backend: none}", "resume=restart"):
+        proc = snakemake(
+            root, "-n", "--config", value, "--configfile", str(small_run / "config.yaml"), workdir=small_run
+        )
+        assert "Nothing to be done" in proc.stdout + proc.stderr, value

@@ -8,6 +8,7 @@ start(snakemake)
 from conflux.training.config import train_config_from_dict
 from conflux.training.launch import train_job
 from conflux.training.preference_trainer import PreferenceJob
+from conflux.training.tracking import tracking_for
 
 train_job(
     PreferenceJob(
@@ -22,6 +23,8 @@ train_job(
         init_adapters=Path(snakemake.input.init) if snakemake.input.get("init") else None,
         dim=int(snakemake.wildcards.dim) if snakemake.wildcards.get("dim") else None,
         keep_checkpoints=snakemake.params.keep_checkpoints,
+        # from the config, not params, like resume: turning tracking on reruns nothing
+        tracking=tracking_for(snakemake.config["tracking"], snakemake.rule),
     ),
     gpus=snakemake.resources.get("gpu", 0),
     # from the config, not params: changing it must not rerun every finished training job

@@ -7,6 +7,7 @@ start(snakemake)
 
 from conflux.training.config import train_config_from_dict
 from conflux.training.launch import train_job
+from conflux.training.tracking import tracking_for
 from conflux.training.trl_jobs import TrlJob
 
 train_job(
@@ -19,6 +20,8 @@ train_job(
         cfg=train_config_from_dict(snakemake.params.train),
         seed=int(snakemake.wildcards.seed),
         keep_checkpoints=snakemake.params.keep_checkpoints,
+        # from the config, not params, like resume: turning tracking on reruns nothing
+        tracking=tracking_for(snakemake.config["tracking"], snakemake.rule),
     ),
     gpus=snakemake.resources.get("gpu", 0),
     # from the config, not params: changing it must not rerun every finished training job

@@ -23,7 +23,6 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import torch
-from tqdm import tqdm
 
 from conflux.analysis.conflict_norm import (
     conflict_limited_l2,
@@ -36,6 +35,7 @@ from conflux.analysis.stats import to_frame, write_frame
 from conflux.analysis.task_vectors import TaskVectors
 from conflux.analysis.ties import elect_sign, trim_k, trim_top_k
 from conflux.errors import ConfluxError
+from conflux.progress import with_progress
 
 _KEYS = [("param", pa.string()), ("layer", pa.int32()), ("module", pa.string()), ("numel", pa.int64())]
 PAIR_SCHEMA = pa.schema(
@@ -119,7 +119,8 @@ def pairwise_conflict_table(
         raise ConfluxError(f"pairs name unknown sources {sorted(unknown)}; the sources are {labels}")
     rows = []
     changes = [frozenset(source.names) for source in named.values()]
-    for name, shape in tqdm(_union(named).items(), desc="pairwise conflict", disable=not progress):
+    params = _union(named).items()
+    for name, shape in with_progress(params, desc="pairwise conflict", unit="tensor") if progress else params:
         trimmed = _trimmed(named, changes, name, shape, density)
         layer, module = parse_param_name(name)
         for a, b in todo:
@@ -161,7 +162,8 @@ def elected_conflict_table(
         raise ConfluxError(f"{len(w)} weights for {len(named)} sources")
     rows = []
     changes = [frozenset(source.names) for source in named.values()]
-    for name, shape in tqdm(_union(named).items(), desc="elected conflict", disable=not progress):
+    params = _union(named).items()
+    for name, shape in with_progress(params, desc="elected conflict", unit="tensor") if progress else params:
         trimmed = _trimmed(named, changes, name, shape, density)
         sign = elect_sign(trimmed, w)
         set_mask = conflict_mask(trimmed)

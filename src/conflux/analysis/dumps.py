@@ -47,7 +47,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
 
 from conflux.analysis.param_names import parse_param_name
 from conflux.analysis.task_vectors import TaskVectors
@@ -56,6 +55,7 @@ from conflux.analysis.ties import trim_k
 from conflux.analysis.topk import top_k_indices
 from conflux.atomic import atomic_path
 from conflux.errors import ConfluxError
+from conflux.progress import with_progress
 from conflux.threads import ordered_map
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,8 @@ def dump_task_vectors(
     workers = max(1, min(2, torch.get_num_threads()))
     with atomic_path(out_dir, directory=True) as tmp:
         with closing(ordered_map(lambda seq: one(seq, tmp), range(len(todo)), workers)) as results:
-            entries = list(tqdm(results, desc="task-vector dump", total=len(todo), disable=not progress))
+            shown = with_progress(results, desc="task-vector dump", total=len(todo)) if progress else results
+            entries = list(shown)
         manifest = {
             "mode": mode,
             "dtype": dtype,

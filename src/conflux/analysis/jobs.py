@@ -44,7 +44,9 @@ def taskvec_stats_job(
     """Rules ``taskvec_stats_persona`` (SFT and DPO) and ``taskvec_stats_adapters`` (a method's adapters):
     per-parameter task-vector statistics of every source of the runs, one Parquet file (column model)."""
     sources = run_sources(run_dirs, manifest)
-    frames = [task_vector_stats(tv, model=label, density=density) for label, tv in sources.items()]
+    frames = [
+        task_vector_stats(tv, model=label, density=density, progress=True) for label, tv in sources.items()
+    ]
     write_frame(
         pd.concat(frames, ignore_index=True), out, STATS_SCHEMA, {"density": density, "models": list(sources)}
     )
@@ -61,7 +63,8 @@ def dump_task_vectors_job(
 ) -> None:
     """Rules ``dump_task_vectors_persona`` (one fine-tune) and ``dump_task_vectors_adapters`` (a method's
     adapters): the task vectors of the runs' sources as a Hive-partitioned Parquet dataset."""
-    dump_task_vectors(run_sources(run_dirs, manifest), out_dir, mode=mode, dtype=dtype, density=density)
+    sources = run_sources(run_dirs, manifest)
+    dump_task_vectors(sources, out_dir, mode=mode, dtype=dtype, density=density, progress=True)
 
 
 def conflict_table_job(
@@ -76,7 +79,8 @@ def conflict_table_job(
     the runs' sources (SFT vs DPO, dim_i vs dim_j)."""
     sources = run_sources(run_dirs, manifest)
     sources.pop("shared", None)  # the shared module is common to every w; conflicts are between dimensions
-    write_conflict_table(pairwise_conflict_table(sources, density=density, pairs=pairs), out, density=density)
+    table = pairwise_conflict_table(sources, density=density, pairs=pairs, progress=True)
+    write_conflict_table(table, out, density=density)
 
 
 def merge_sft_dpo_job(

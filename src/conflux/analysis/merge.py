@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from conflux.analysis.merge_kernels import MergeBuffers, task_arithmetic_in_place, ties_in_place
 from conflux.analysis.param_names import MODULE_TYPES, parse_param_name
@@ -36,6 +35,7 @@ from conflux.analysis.tensor_io import DEFAULT_SHARD_BYTES, ShardedWriter, Weigh
 from conflux.analysis.ties import trim_k
 from conflux.atomic import atomic_path
 from conflux.errors import ConfluxError, DataError
+from conflux.progress import with_progress
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ def merge_lambda_grid(
     with ExitStack() as stack:
         tmps = [stack.enter_context(atomic_path(out, directory=True)) for _, out in grid]
         writers = [ShardedWriter(tmp, max_shard_bytes) for tmp in tmps]
-        for name in tqdm(base.names, desc=f"{method} merge", disable=not progress):
+        names = with_progress(base.names, desc=f"{method} merge", unit="tensor") if progress else base.names
+        for name in names:
             theta = base.get(name)
             if not (any(name in c for c in changes) and theta.is_floating_point()):
                 for writer in writers:
@@ -206,6 +207,7 @@ def merge_sft_dpo(
         weights=weights,
         density=density,
         max_shard_bytes=max_shard_bytes,
+        progress=True,
     )
 
 

@@ -41,6 +41,7 @@ from conflux.modeling.base_model import base_model_dir, to_work_device, working_
 from conflux.modeling.generation import GenerationSettings
 from conflux.modeling.tokenize import TokenizeSettings
 from conflux.modeling.variants import load_variant
+from conflux.progress import with_progress
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ def revert_sweep_job(
     finetuned = evaluate()
     total_l2 = swap.tau_l2(base.names)
     rows = []
-    for target in targets:
+    for target in with_progress(targets, desc=f"revert sweep of {method}", unit="target"):
         names = target.select(base.names)
         with swap.reverted(names) as l2:
             metrics = evaluate() if l2 > 0 else finetuned

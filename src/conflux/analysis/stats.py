@@ -32,7 +32,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
 
 from conflux.analysis.param_names import parse_param_name
 from conflux.analysis.task_vectors import TaskVectors
@@ -41,6 +40,7 @@ from conflux.analysis.ties import trim_k
 from conflux.analysis.topk import SAMPLE, StreamingTopK, sum_squares
 from conflux.atomic import atomic_path
 from conflux.errors import ConfluxError
+from conflux.progress import with_progress
 from conflux.threads import ordered_map
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def task_vector_stats(
     # one CPU stays on one.
     workers = max(1, min(2, torch.get_num_threads()))
     with closing(ordered_map(one, range(len(names)), workers)) as results:
-        rows = list(tqdm(results, desc=f"stats {label}", total=len(names), disable=not progress))
+        rows = list(with_progress(results, desc=f"stats {label}", total=len(names)) if progress else results)
     return to_frame(rows, STATS_SCHEMA)
 
 

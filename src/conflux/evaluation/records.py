@@ -35,6 +35,7 @@ from conflux.errors import ConfluxError, DataError
 from conflux.evaluation.implicit_reward import implicit_reward_margin, policy_logps, run_beta
 from conflux.modeling.policy import PreferencePolicy, load_method_policy
 from conflux.modeling.tokenize import TokenizeSettings
+from conflux.progress import with_progress
 from conflux.training.reference import read_reference
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ def evaluate_policy(
     s_a, s_b = pairs.scores()
     ids = np.asarray(pairs.table.column("pair_id").to_pylist(), dtype=object)
     frames = []
-    for w, idx in plan:
+    for w, idx in with_progress(plan, desc=f"evaluate {method} seed {seed}", unit="weight"):
         if len(idx) == 0:
             continue
         logp_a, logp_b = policy_logps(policy, tokenizer, pairs.take(idx), w, settings, batch_size=batch_size)

@@ -15,6 +15,7 @@ import torch
 
 from conflux.errors import ConfluxError
 from conflux.modeling.tokenize import length_sorted_batches, pad_id_of, prompt_ids
+from conflux.progress import with_progress
 
 PROMPT_FORMATS = ("plain", "chat")
 
@@ -71,7 +72,8 @@ def generate(
     out: list[tuple[str, int]] = [("", 0)] * len(prompts)
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(gen.seed)
-        for idx in length_sorted_batches([len(e) for e in encoded], gen.batch_size):
+        batches = length_sorted_batches([len(e) for e in encoded], gen.batch_size)
+        for idx in with_progress(batches, desc=f"generate {len(prompts)} answers", unit="batch"):
             width = max(len(encoded[i]) for i in idx)
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)

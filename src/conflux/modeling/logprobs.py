@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from conflux.modeling.tokenize import PairBatch, Row, collate_rows, length_sorted_batches
+from conflux.progress import with_progress
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -67,7 +67,7 @@ def score_rows(
     logp_b = np.zeros(len(rows_b), dtype=np.float64)
     lengths = [len(p) + max(len(ra), len(rb)) for (p, ra), (_, rb) in zip(rows_a, rows_b, strict=True)]
     batches = length_sorted_batches(lengths, batch_size)
-    for idx in tqdm(batches, desc=desc, unit="batch", disable=desc is None):
+    for idx in with_progress(batches, desc=desc, unit="batch") if desc else batches:
         batch = collate_rows([rows_a[i] for i in idx], [rows_b[i] for i in idx], pad_id)
         a, b = sequence_logps(model, batch)
         logp_a[idx] = a.double().cpu().numpy()

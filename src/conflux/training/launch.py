@@ -23,6 +23,7 @@ from conflux.errors import ConfluxError
 from conflux.methods import PREFERENCE, TRL
 from conflux.training.config import train_config_from_dict
 from conflux.training.preference_trainer import PreferenceJob, run_preference_job
+from conflux.training.tracking import Tracking
 from conflux.training.trl_jobs import TrlJob, run_trl_job
 from conflux.training.workdir import check_resume, fingerprint, work_dir_lock
 
@@ -36,8 +37,8 @@ def job_to_dict(job: PreferenceJob | TrlJob) -> dict[str, Any]:
     values = {}
     for f in dataclasses.fields(job):
         value = getattr(job, f.name)
-        if f.name == "cfg":
-            value = value.as_dict()
+        if f.name in ("cfg", "tracking"):
+            value = dataclasses.asdict(value)
         elif isinstance(value, Path):
             value = str(value)
         elif isinstance(value, list):
@@ -52,6 +53,7 @@ def job_from_dict(spec: dict[str, Any]) -> PreferenceJob | TrlJob:
     cls, _ = _KINDS[spec["kind"]]
     values = dict(spec["job"])
     values["cfg"] = train_config_from_dict(values["cfg"])
+    values["tracking"] = Tracking(**values.get("tracking", {}))
     for key in _PATH_FIELDS & values.keys():
         if values[key] is not None:
             values[key] = Path(values[key])

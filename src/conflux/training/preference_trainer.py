@@ -16,7 +16,7 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from conflux.modeling.tokenize import PairBatch, Row, TokenizeSettings, collate_
 from conflux.training.config import TrainConfig
 from conflux.training.objectives import Objective, StepContext, StepInputs, make_objective
 from conflux.training.reference import read_reference
+from conflux.training.tracking import Tracking, keep_tracking_files, tracking_callbacks
 from conflux.training.workdir import LossLedger, MetricsFile, resume_point, write_run_outputs
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,7 @@ class PreferenceJob:
     init_adapters: Path | None = None
     dim: int | None = None
     keep_checkpoints: bool = False
+    tracking: Tracking = field(default_factory=Tracking)
 
 
 def trainer_kwargs(cfg: TrainConfig, work_dir: Path, seed: int, world_size: int) -> dict[str, Any]:
@@ -220,6 +222,12 @@ def trainer_kwargs(cfg: TrainConfig, work_dir: Path, seed: int, world_size: int)
         "disable_tqdm": False,
         "dataloader_num_workers": 0,
     }
+
+
+def run_name(out_dir: Path) -> str:
+    """A training output's name for trackers: its path below ``results/train/`` (model/dataset/seed/...)."""
+    parts = out_dir.parts
+    return "/".join(parts[parts.index("train") + 1 :]) if "train" in parts else out_dir.name
 
 
 def world_size() -> int:
@@ -275,7 +283,11 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
         args=args,
         train_dataset=dataset,
         data_collator=dataset.collate,
-        callbacks=[MetricsFile(job.work_dir / "metrics.jsonl"), ledger],
+        callbacks=[
+            MetricsFile(job.work_dir / "metrics.jsonl"),
+            ledger,
+            *tracking_callbacks(job.tracking, job.work_dir, run_name(job.out_dir)),
+        ],
     )
     ledger.trainer = trainer
     result = trainer.train(resume_from_checkpoint=resume)
@@ -302,6 +314,7 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
     with atomic_path(job.out_dir, directory=True) as tmp:
         policy.model.save_pretrained(str(tmp / "adapters"), selected_adapters=list(saved))
         write_run_outputs(tmp, job.work_dir, job.cfg.as_dict(), summary)
+        keep_tracking_files(job.work_dir, tmp)
     if not job.keep_checkpoints:
         shutil.rmtree(job.work_dir, ignore_errors=True)
     log.info("%s done: %s", job.method, summary)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,8 @@ from conflux.errors import ConfluxError
 from conflux.methods import STAGES, stage
 from conflux.modeling.base_model import load_base_model, read_manifest, working_dtype
 from conflux.training.config import TrainConfig
-from conflux.training.preference_trainer import trainer_kwargs, world_size
+from conflux.training.preference_trainer import run_name, trainer_kwargs, world_size
+from conflux.training.tracking import Tracking, keep_tracking_files, tracking_callbacks
 from conflux.training.workdir import LossLedger, MetricsFile, resume_point, write_run_outputs
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class TrlJob:
     cfg: TrainConfig
     seed: int
     keep_checkpoints: bool = False
+    tracking: Tracking = field(default_factory=Tracking)
 
 
 def sft_dataset(path: Path) -> Dataset:
@@ -104,7 +106,11 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
         train_dataset=data,
         processing_class=tokenizer,
         peft_config=_peft_config(job.cfg),
-        callbacks=[MetricsFile(job.work_dir / "metrics.jsonl"), ledger],
+        callbacks=[
+            MetricsFile(job.work_dir / "metrics.jsonl"),
+            ledger,
+            *tracking_callbacks(job.tracking, job.work_dir, run_name(job.out_dir)),
+        ],
     )
     ledger.trainer = trainer
     # TRL drops rows that lose their whole completion to truncation: count them instead of losing them.
@@ -133,6 +139,7 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
     with atomic_path(job.out_dir, directory=True) as tmp:
         trainer.save_model(str(tmp / "model"))  # save_pretrained: safetensors weights or the PEFT adapter
         write_run_outputs(tmp, job.work_dir, job.cfg.as_dict(), summary)
+        keep_tracking_files(job.work_dir, tmp)
     if not job.keep_checkpoints:
         shutil.rmtree(job.work_dir, ignore_errors=True)
     log.info("%s done: %s", job.method, summary)
