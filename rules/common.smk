@@ -55,6 +55,7 @@ wildcard_constraints:
     analysis_variant=_alternatives(analysed_variants()),
     revert_method=_alternatives(revertable_methods()),
     persona_method=_alternatives(variants("persona")),
+    dataset=_alternatives(sorted(CFG.datasets)),
     seed=r"\d+",
     dim=r"\d+",
 
@@ -86,6 +87,7 @@ RULE_CLASSES = {
     "weight_figures_adapters": "report",
     "dump_task_vectors_persona": "analysis",
     "dump_task_vectors_adapters": "analysis",
+    "training_curves": "report",
     **{rule: method_of(rule).resource_class for rule in STAGES},  # the training rules
 }
 
@@ -344,22 +346,42 @@ def analysis_outputs(study_name, dataset, model, seed):
     return tables + figures + dump_outputs(analysed, dataset, model, seed)
 
 
+def get_curve_runs(wildcards):
+    """Every training run of one (model, dataset), by run name: [(seed, output directory)] each."""
+    dataset = wildcards.dataset
+    study = "persona" if CFG.datasets[dataset].is_persona else "curriculum"
+    runs = {}
+    for variant in variants(study, CFG.study(study).methods):
+        for seed in CFG.seeds:
+            dirs = stage_dirs(dataset, wildcards.model, seed, variant)
+            for d in dirs:
+                name = variant if len(dirs) == 1 else f"{variant}/{Path(d).name}"
+                runs.setdefault(name, []).append((seed, d))
+    return runs
+
+
+def get_curve_inputs(wildcards):
+    return [d for pairs in get_curve_runs(wildcards).values() for _, d in pairs]
+
+
 def evaluation_outputs(study_name, dataset, model):
     tables = f"results/tables/{model}/{dataset}"
+    curves = [f"{tables}/training_curves{kind}.{ext}" for kind in ("", "_methods") for ext in ("png", "svg")]
     if study_name == "persona":
         key_layers = [
             f"{tables}/key_layers_{m}.{ext}" for m in revert_methods() for ext in ("csv", "md", "png", "svg")
         ]
-        return [f"{tables}/persona.csv", f"{tables}/persona.md", *key_layers]
+        return [f"{tables}/persona.csv", f"{tables}/persona.md", *key_layers, *curves]
     if not eval_variants():
         return []
     if CFG.datasets[dataset].k == 2:
-        return [f"{tables}/table1.csv", f"{tables}/table1.md"]
+        return [f"{tables}/table1.csv", f"{tables}/table1.md", *curves]
     return [
         f"{tables}/table2_settings.csv",
         f"{tables}/table2_summary.csv",
         f"{tables}/figure2.png",
         f"{tables}/figure2.svg",
+        *curves,
     ]
 
 

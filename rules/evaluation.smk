@@ -200,3 +200,39 @@ rule persona_table:
         bootstrap=get_bootstrap,
     script:
         "../workflow/scripts/persona_table.py"
+
+
+rule training_curves:
+    input:
+        get_curve_inputs,
+    output:
+        runs_png=report(
+            "results/tables/{model}/{dataset}/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Training",
+            subcategory="{dataset} / {model}",
+            labels={"figure": "Training curves of every run"},
+        ),
+        runs_svg="results/tables/{model}/{dataset}/training_curves.svg",
+        methods_png=report(
+            "results/tables/{model}/{dataset}/training_curves_methods.png",
+            caption="../report/training_curves.rst",
+            category="Training",
+            subcategory="{dataset} / {model}",
+            labels={"figure": "Training curves by method"},
+        ),
+        methods_svg="results/tables/{model}/{dataset}/training_curves_methods.svg",
+    log:
+        "logs/training_curves/{model}/{dataset}.log",
+    benchmark:
+        "benchmarks/training_curves/{model}/{dataset}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("training_curves")
+    resources:
+        **job_resources("training_curves"),
+    params:
+        runs=get_curve_runs,
+        label=lambda wildcards: f"{wildcards.dataset} / {wildcards.model}",
+    script:
+        "../workflow/scripts/training_curves.py"

@@ -404,3 +404,11 @@ def test_runs_keep_tensorboard_events_and_changing_tracking_reruns_nothing(small
             root, "-n", "--config", value, "--configfile", str(small_run / "config.yaml"), workdir=small_run
         )
         assert "Nothing to be done" in proc.stdout + proc.stderr, value
+
+
+def test_run_draws_the_training_curves_of_every_dataset(small_run):
+    tables = small_run / "results/tables/tiny"
+    for dataset in ("synth_pku", "synth_hs2", "persona_ojousama", "persona_student"):
+        for name in ("training_curves", "training_curves_methods"):
+            assert (tables / dataset / f"{name}.png").stat().st_size > 1000, (dataset, name)
+            assert (tables / dataset / f"{name}.svg").read_text().lstrip().startswith("<?xml")
