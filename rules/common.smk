@@ -20,7 +20,7 @@ from conflux.methods import (  # noqa: E402
     stage,
     variants,
 )
-from conflux.offline import hub_offline  # noqa: E402
+from conflux.hub import hub_offline  # noqa: E402
 from conflux.data.sources import source_fingerprint  # noqa: E402
 
 try:
@@ -129,10 +129,14 @@ def get_tiny_config(wildcards):
     return asdict(CFG.models[wildcards.tiny_model].tiny)
 
 
-def get_model_spec(wildcards):
-    spec = asdict(CFG.models[wildcards.model])
+def get_model_spec_of(name):
+    spec = asdict(CFG.models[name])
     spec.pop("tiny")  # the built directory is the input; its settings are get_tiny_config's business
     return spec
+
+
+def get_model_spec(wildcards):
+    return get_model_spec_of(wildcards.model)
 
 
 def get_tokenize(wildcards):

@@ -86,3 +86,11 @@ def test_the_job_writes_both_figures_and_names_a_corrupt_log(runs, tmp_path):
     bad.write_text('{"step": 5, "loss": 0.7}\nnot json\n')
     with pytest.raises(DataError, match="row 2"):
         read_metrics(bad.parent)
+
+
+def test_a_run_shorter_than_logging_steps_is_drawn_from_its_final_mean_loss(tmp_path):
+    run = tmp_path / "short"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 2, "epoch": 0.1, "train_loss": 0.65}) + "\n")
+    frame = read_metrics(run)
+    assert frame[["step", "loss"]].to_dict("records") == [{"step": 2, "loss": 0.65}]

@@ -41,9 +41,18 @@ def load_pair_dataset(spec: DatasetSpec, *, offline: bool) -> LoadResult:
         return LoadResult(pairs=pairs, drops={}, rows_read=len(pairs))
     source = resolve_path(spec.path)
     if spec.kind == "pku_saferlhf":
-        return load_pku_saferlhf(source, split=spec.hub_split, offline=offline, name=spec.name)
+        return load_pku_saferlhf(
+            source, split=spec.hub_split, offline=offline, name=spec.name, revision=spec.revision
+        )
     if spec.kind == "helpsteer2":
-        return load_helpsteer2(source, split=spec.hub_split, offline=offline, name=spec.name, dims=spec.dims)
+        return load_helpsteer2(
+            source,
+            split=spec.hub_split,
+            offline=offline,
+            name=spec.name,
+            dims=spec.dims,
+            revision=spec.revision,
+        )
     if spec.kind == "canonical":
         return load_canonical(source, dims=spec.dims, offline=offline, name=spec.name)
     raise ValueError(f"dataset '{spec.name}': kind '{spec.kind}' is not a pair dataset")

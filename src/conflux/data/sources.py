@@ -7,6 +7,7 @@ parsing the config and a dry run stay fast.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,17 @@ if TYPE_CHECKING:
     from conflux.data.specs import DatasetSpec
 
 BUNDLED_PREFIX = "bundled:"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def is_hub_id(source: str) -> bool:
+    """Whether a dataset's ``path:`` names a hub repository (``org/name``) rather than a file."""
+    return (
+        not source.startswith(BUNDLED_PREFIX)
+        and not Path(source).expanduser().exists()
+        and bool(_HUB_ID.match(source))
+        and Path(source).suffix.lower() not in (".csv", ".json", ".jsonl", ".parquet")
+    )
 
 
 def resolve_path(path: str) -> str:

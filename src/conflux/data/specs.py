@@ -21,6 +21,7 @@ class DatasetSpec:
     general: str | None = None
     persona: str | None = None
     hub_split: str = "train"
+    revision: str | None = None
     dims: tuple[str, ...] | None = None
     n_pairs: int | None = None
     n_prompts: int | None = None

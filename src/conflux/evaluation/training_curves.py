@@ -27,7 +27,7 @@ PANELS = (("loss", "loss"), ("rewards/accuracies", "reward accuracy"), ("rewards
 def read_metrics(run_dir: str | Path) -> pd.DataFrame:
     """The logged training records (those with a loss) of one finished run, by step."""
     path = Path(run_dir) / "metrics.jsonl"
-    rows = []
+    rows, final = [], None
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         try:
             record = json.loads(line)
@@ -35,9 +35,13 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
             raise DataError(f"not a JSON record ({err})", file=path, row=number, field="-") from None
         if "loss" in record:
             rows.append(record)
+        elif "train_loss" in record:  # the Trainer's closing summary: the mean loss of the whole run
+            final = {"step": record["step"], "loss": record["train_loss"]}
+    if not rows and final is not None:
+        rows = [final]  # a run shorter than logging_steps logged no step: its mean loss stands in, one point
     if not rows:
-        raise DataError("no training loss was logged (fewer steps than logging_steps?)", file=path,
-                        row="all", field="loss")  # fmt: skip
+        msg = "no training loss was logged"
+        raise DataError(msg, file=path, row="all", field="loss")
     return pd.DataFrame(rows).sort_values("step")
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from conflux.atomic import write_json
 from conflux.errors import ConfluxError, DataError
+from conflux.hub import HubUnavailable, hub_snapshot
 from conflux.modeling.tiny_model import TinyModelConfig
-from conflux.offline import hub_offline
 
 log = logging.getLogger(__name__)
 
@@ -108,19 +108,17 @@ def weight_files(model_dir: str | Path) -> list[Path]:
 
 
 def _resolve_hub(spec: BaseModelSpec, offline: bool) -> str:
-    """Download (or find in the cache) a hub model's config, tokenizer and safetensors; return its dir."""
-    if hub_offline(offline):
+    """A hub model's config, tokenizer and safetensors, downloaded or (offline) from the hub cache."""
+    log.info("%s (revision %s): hub snapshot", spec.path, spec.revision or "main")
+    try:
+        path = hub_snapshot(spec.path, revision=spec.revision, allow_patterns=HUB_PATTERNS, offline=offline)
+    except HubUnavailable as err:
         raise ConfluxError(
-            f"model '{spec.name}': hub id '{spec.path}' cannot be fetched offline (offline: true in the "
-            "config or HF_HUB_OFFLINE set). Download it on a machine with network, e.g. "
-            f"`huggingface-cli download {spec.path} --local-dir /data/models/{spec.name}` (`hf download` "
-            f"in recent versions), then set `source: local` and `path: /data/models/{spec.name}` for "
-            "this model."
-        )
-    from huggingface_hub import snapshot_download
-
-    log.info("downloading %s (revision %s) from the hub", spec.path, spec.revision or "default")
-    return snapshot_download(spec.path, revision=spec.revision, allow_patterns=HUB_PATTERNS)
+            f"model '{spec.name}': {err} Or download it yourself, e.g. `huggingface-cli download {spec.path} "
+            f"--local-dir /data/models/{spec.name}` (`hf download` in recent versions), and set "
+            f"`source: local` and `path: /data/models/{spec.name}` for this model."
+        ) from None
+    return str(path)
 
 
 def base_model_manifest_job(

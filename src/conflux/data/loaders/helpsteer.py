@@ -56,10 +56,12 @@ def load_helpsteer2(
     offline: bool = True,
     name: str = "helpsteer2",
     dims: Sequence[str] | None = None,
+    revision: str | None = None,
 ) -> LoadResult:
     """Load HelpSteer2 rows and pair every two responses to the same prompt."""
     chosen = select_dims(dims, file=source)  # before reading: a typo in the config should not cost a load
-    records = open_records(source, split=split, offline=offline, columns=("prompt", "response", *chosen))
+    columns = ("prompt", "response", *chosen)
+    records = open_records(source, split=split, offline=offline, columns=columns, revision=revision)
     data = records.columns(("prompt", "response", *chosen))
     file = records.file
     groups: dict[str, list[tuple[int, str, list[float]]]] = {}

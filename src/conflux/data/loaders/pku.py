@@ -26,11 +26,16 @@ PKU_COLUMNS = ("prompt", "response_0", "response_1", "better_response_id", "safe
 
 
 def load_pku_saferlhf(
-    source: str, *, split: str = "train", offline: bool = True, name: str = "pku_saferlhf"
+    source: str,
+    *,
+    split: str = "train",
+    offline: bool = True,
+    name: str = "pku_saferlhf",
+    revision: str | None = None,
 ) -> LoadResult:
     """Load PKU-SafeRLHF rows as canonical pairs; rows with identical responses (no preference) and exact
     repeats of an earlier row are dropped and counted."""
-    records = open_records(source, split=split, offline=offline, columns=PKU_COLUMNS)
+    records = open_records(source, split=split, offline=offline, columns=PKU_COLUMNS, revision=revision)
     data = records.columns(PKU_COLUMNS)
     file = records.file
     keys = ("pair_id", "prompt", "response_a", "response_b", "better", "safer")

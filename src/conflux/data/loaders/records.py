@@ -9,7 +9,6 @@ message that says how to point the config at downloaded files, instead of hangin
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +17,13 @@ from typing import Any
 import datasets
 
 from conflux.data.loaders.scan import scan_csv, scan_json, scan_parquet
+from conflux.data.sources import is_hub_id
 from conflux.errors import DataError
-from conflux.offline import OFFLINE_ENV, hub_offline
+from conflux.hub import HubUnavailable, hub_snapshot
 
 log = logging.getLogger(__name__)
 
 BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -65,25 +64,35 @@ def read_records(
 
 
 def open_records(
-    source: str, *, split: str = "train", offline: bool = True, columns: Sequence[str] = ()
+    source: str,
+    *,
+    split: str = "train",
+    offline: bool = True,
+    columns: Sequence[str] = (),
+    revision: str | None = None,
 ) -> Records:
-    """Like :func:`read_records`, keeping the row numbers that error messages use."""
+    """Like :func:`read_records`, keeping the row numbers that error messages use.
+
+    A hub id is read from its repository snapshot, downloaded or (offline) found in the hub cache that
+    ``snakemake download`` filled, so online and offline runs read the same files.
+    """
     path = Path(source).expanduser()
     if path.exists():
         return _read_local(path, source, columns)
-    if path.suffix.lower() in BUILDERS or source.startswith(("/", ".", "~")) or not _HUB_ID.match(source):
+    if path.suffix.lower() in BUILDERS or source.startswith(("/", ".", "~")) or not is_hub_id(source):
         raise DataError("file not found", file=source, row="all", field="path")
-    if hub_offline(offline):
+    try:
+        snapshot = hub_snapshot(source, repo_type="dataset", revision=revision, offline=offline)
+    except HubUnavailable as err:
         raise DataError(
-            f"'{source}' is not a local file; as a Hugging Face hub id it cannot be fetched offline "
-            f"(offline mode, or {'/'.join(OFFLINE_ENV)} set). Download it where there is network access "
-            f"(e.g. `hf download {source} --repo-type dataset --local-dir data/{source.split('/')[-1]}`) "
-            "and set the dataset's `path:` in the config to the local .jsonl, .parquet or .csv file",
+            f"{err} Or download it yourself (e.g. `hf download {source} --repo-type dataset --local-dir "
+            f"data/{source.split('/')[-1]}`) and set the dataset's `path:` to the local .jsonl, .parquet or "
+            ".csv file.",
             file=source,
             row="all",
             field="path",
-        )
-    return _read_hub(source, split, columns)
+        ) from None
+    return _read_hub(snapshot, source, split, columns)
 
 
 def _read_local(path: Path, file: str, columns: Sequence[str]) -> Records:
@@ -124,13 +133,13 @@ def _read_local(path: Path, file: str, columns: Sequence[str]) -> Records:
     return Records(dataset, file, lines)
 
 
-def _read_hub(source: str, split: str, columns: Sequence[str]) -> Records:
-    log.info("%s: loading split '%s' from the Hugging Face hub", source, split)
+def _read_hub(snapshot: Path, source: str, split: str, columns: Sequence[str]) -> Records:
+    log.info("%s: loading split '%s' from its hub snapshot %s", source, split, snapshot)
     try:
-        dataset = datasets.load_dataset(source, split=split)
-    except Exception as err:  # network, authentication, unknown repo or split: all end the same way
+        dataset = datasets.load_dataset(str(snapshot), split=split)
+    except Exception as err:  # an unknown split, unreadable data files: all end the same way
         raise DataError(
-            f"could not load hub dataset split '{split}': {err}", file=source, row="all", field="path"
+            f"could not load split '{split}' of the hub dataset: {err}", file=source, row="all", field="path"
         ) from err
     for name in columns:
         if name not in dataset.column_names:
