@@ -144,8 +144,9 @@ rule key_layers:
         base="results/eval/{model}/{persona_dataset}/base/persona.json",
     output:
         csv="results/tables/{model}/{persona_dataset}/key_layers_{revert_method}.csv",
-        md=report(
-            "results/tables/{model}/{persona_dataset}/key_layers_{revert_method}.md",
+        md="results/tables/{model}/{persona_dataset}/key_layers_{revert_method}.md",
+        html=report(
+            "results/tables/{model}/{persona_dataset}/key_layers_{revert_method}.html",
             caption="../report/key_layers.rst",
             category="Weight analysis",
             subcategory="{persona_dataset} / {model}",

@@ -371,22 +371,16 @@ def get_curve_inputs(wildcards):
 def evaluation_outputs(study_name, dataset, model):
     tables = f"results/tables/{model}/{dataset}"
     curves = [f"{tables}/training_curves{kind}.{ext}" for kind in ("", "_methods") for ext in ("png", "svg")]
+    kinds = ("csv", "md", "html", "png", "svg")  # every file a table rule writes is a target of the run
     if study_name == "persona":
-        key_layers = [
-            f"{tables}/key_layers_{m}.{ext}" for m in revert_methods() for ext in ("csv", "md", "png", "svg")
-        ]
-        return [f"{tables}/persona.csv", f"{tables}/persona.md", *key_layers, *curves]
+        key_layers = [f"{tables}/key_layers_{m}.{ext}" for m in revert_methods() for ext in kinds]
+        return [*(f"{tables}/persona.{ext}" for ext in kinds[:3]), *key_layers, *curves]
     if not eval_variants():
         return []
     if CFG.datasets[dataset].k == 2:
-        return [f"{tables}/table1.csv", f"{tables}/table1.md", *curves]
-    return [
-        f"{tables}/table2_settings.csv",
-        f"{tables}/table2_summary.csv",
-        f"{tables}/figure2.png",
-        f"{tables}/figure2.svg",
-        *curves,
-    ]
+        return [*(f"{tables}/table1.{ext}" for ext in kinds[:3]), *curves]
+    table2 = [f"{tables}/table2_{part}.{ext}" for part in ("settings", "summary") for ext in kinds[:3]]
+    return [*table2, f"{tables}/figure2.png", f"{tables}/figure2.svg", *curves]
 
 
 def training_outputs(dataset, model, seed, method):

@@ -33,8 +33,9 @@ rule table1:
             subcategory="{pair_dataset} / {model}",
             labels={"table": "Table 1 (csv)"},
         ),
-        md=report(
-            "results/tables/{model}/{pair_dataset}/table1.md",
+        md="results/tables/{model}/{pair_dataset}/table1.md",
+        html=report(
+            "results/tables/{model}/{pair_dataset}/table1.html",
             caption="../report/table1.rst",
             category="Curriculum study",
             subcategory="{pair_dataset} / {model}",
@@ -62,16 +63,18 @@ rule table2:
         get_eval_records,
     output:
         settings_csv="results/tables/{model}/{pair_dataset}/table2_settings.csv",
-        settings_md=report(
-            "results/tables/{model}/{pair_dataset}/table2_settings.md",
+        settings_md="results/tables/{model}/{pair_dataset}/table2_settings.md",
+        settings_html=report(
+            "results/tables/{model}/{pair_dataset}/table2_settings.html",
             caption="../report/table2_settings.rst",
             category="Curriculum study",
             subcategory="{pair_dataset} / {model}",
             labels={"table": "Table 2: all settings"},
         ),
         summary_csv="results/tables/{model}/{pair_dataset}/table2_summary.csv",
-        summary_md=report(
-            "results/tables/{model}/{pair_dataset}/table2_summary.md",
+        summary_md="results/tables/{model}/{pair_dataset}/table2_summary.md",
+        summary_html=report(
+            "results/tables/{model}/{pair_dataset}/table2_summary.html",
             caption="../report/table2_summary.rst",
             category="Curriculum study",
             subcategory="{pair_dataset} / {model}",
@@ -180,8 +183,9 @@ rule persona_table:
         pairs_eval="results/data/{persona_dataset}/persona/pairs_eval.parquet",
     output:
         csv="results/tables/{model}/{persona_dataset}/persona.csv",
-        md=report(
-            "results/tables/{model}/{persona_dataset}/persona.md",
+        md="results/tables/{model}/{persona_dataset}/persona.md",
+        html=report(
+            "results/tables/{model}/{persona_dataset}/persona.html",
             caption="../report/persona.rst",
             category="Persona study",
             subcategory="{persona_dataset} / {model}",

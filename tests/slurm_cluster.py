@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pytest
 
+from debian import apt_install
+
 PACKAGES = ["slurm-wlm", "munge"]
 SBIN = Path("/usr/sbin")
 
@@ -77,31 +79,7 @@ def ensure_installed() -> float:
     """Install slurm-wlm and munge when slurmctld is missing; return the seconds it took (0 if present)."""
     if (SBIN / "slurmctld").exists() and (SBIN / "munged").exists():
         return 0.0
-    if shutil.which("apt-get") is None:
-        pytest.skip("SLURM is not installed and there is no apt-get to install it with")
-    start = time.monotonic()
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # Keep the packages' maintainer scripts from starting system-wide daemons (a munged on /run/munge) that
-    # this fixture would then leave behind: policy-rc.d exit 101 is the documented "do not start" answer.
-    policy = Path("/usr/sbin/policy-rc.d")
-    own_policy = not policy.exists()
-    if own_policy:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    try:
-        for cmd in (
-            ["apt-get", "update", "-q"],
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES],
-        ):
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-            if proc.returncode != 0:
-                pytest.fail(
-                    f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr}"
-                )
-    finally:
-        if own_policy:
-            policy.unlink()
-    return time.monotonic() - start
+    return apt_install(PACKAGES, what="SLURM")
 
 
 def slurm_conf(root: Path, host: str, munge_socket: Path) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from html import escape
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +171,7 @@ def test_explicit_weights_are_scored_on_every_pair(ws, tmp_path):
 def test_reports_from_records_of_two_methods(ws, records, tmp_path):
     files = [records["dpo_soup"], records["curriculum"]]
     out = tmp_path / "report"
-    wide = table1_job(files, csv=out / "t1.csv", md=out / "t1.md", resamples=100)
+    wide = table1_job(files, csv=out / "t1.csv", md=out / "t1.md", html=out / "t1.html", resamples=100)
     assert list(wide["method"]) == ["dpo_soup", "curriculum", "dpo_soup", "curriculum"]
     assert pd.read_csv(out / "t1.csv").shape[0] == 4
     md = (out / "t1.md").read_text(encoding="utf-8")
@@ -181,6 +183,8 @@ def test_reports_from_records_of_two_methods(ws, records, tmp_path):
         settings_md=out / "s.md",
         summary_csv=out / "w.csv",
         summary_md=out / "w.md",
+        settings_html=out / "s.html",
+        summary_html=out / "w.html",
         figure_png=out / "f.png",
         figure_svg=out / "f.svg",
         resamples=50,
@@ -190,6 +194,12 @@ def test_reports_from_records_of_two_methods(ws, records, tmp_path):
     assert mean["win_rate"].sum() == pytest.approx(1.0)
     assert (out / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<svg" in (out / "f.svg").read_text(encoding="utf-8")
+    for name in ("t1", "s", "w"):  # the report's HTML page shows the Markdown file's text and cells
+        page = (out / f"{name}.html").read_text(encoding="utf-8")
+        md = (out / f"{name}.md").read_text(encoding="utf-8")
+        assert _html_cells(page) == _markdown_cells(md) and len(_html_cells(page)) > 2, name
+        title, note = md.splitlines()[0].removeprefix("# "), md.splitlines()[2].strip()
+        assert escape(title) in page and escape(note) in page
     for caption in sorted(
         (Path(__file__).resolve().parents[1] / "report").glob("*.rst")
     ):  # the report's captions render without a message
@@ -214,3 +224,40 @@ def test_inconsistent_runs_are_refused(ws, tmp_path):
         run_beta([ws / "soup" / "dim0", other])
     with pytest.raises(ConfluxError, match="no adapters/ directory"):
         adapter_dirs([other])
+
+
+class _Cells(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.cell = []
+        elif tag == "strong" and self.cell is not None:
+            self.cell.append("**")
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.rows[-1].append("".join(self.cell))
+            self.cell = None
+        elif tag == "strong" and self.cell is not None:
+            self.cell.append("**")
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def _html_cells(page: str) -> list[list[str]]:
+    parser = _Cells()
+    parser.feed(page)
+    return parser.rows
+
+
+def _markdown_cells(text: str) -> list[list[str]]:
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    return [[c.strip().replace("\\|", "|") for c in row.strip("| ").split(" | ")] for row in rows]

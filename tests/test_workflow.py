@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conflux.data.pairs import read_pairs
+from report_browser import RESULTS_JS, headless_chromium, open_subcategory, profile_processes, shown_result
 
 BIN = Path(sys.executable).parent
 
@@ -253,11 +254,16 @@ def test_run_ends_with_the_papers_tables_figure_and_persona_tables(small_run):
     assert all(variant in persona for variant in ("base", "sft", "dpo"))
 
 
-def test_report_html_holds_the_tables_and_the_figure(small_run, tmp_path):
+@pytest.fixture(scope="module")
+def report_html(small_run, tmp_path_factory):
     root = Path(__file__).resolve().parents[1]
-    html = tmp_path / "report.html"
+    html = tmp_path_factory.mktemp("report") / "report.html"
     snakemake(root, "--report", str(html), "--configfile", str(small_run / "config.yaml"), workdir=small_run)
-    text = html.read_text(errors="replace")
+    return html
+
+
+def test_report_html_holds_the_tables_and_the_figure(report_html):
+    text = report_html.read_text(errors="replace")
     for needle in (
         "Table 1",
         "Table 2: win rate and mean accuracy",
@@ -265,9 +271,55 @@ def test_report_html_holds_the_tables_and_the_figure(small_run, tmp_path):
         "Persona study",
         "figure2.png",
         "Weight analysis",
-        "key_layers_dpo.md",
+        "key_layers_dpo.html",
+        "Training curves by method",
     ):
         assert needle in text, needle
+
+
+@pytest.mark.slow
+def test_report_opens_in_a_browser_and_shows_every_table_and_figure(small_run, report_html, tmp_path):
+    """A reader opens report.html in Chromium, clicks every category, subcategory and result: each figure
+    draws at its PNG's width, each table page shows the Markdown table's title and rows, and the page logs
+    no error. Every PNG and HTML table the run drew is in the report."""
+    from selenium.webdriver.common.by import By
+
+    tables = small_run / "results/tables"
+    drawn = {str(p.relative_to(small_run)) for ext in ("png", "html") for p in tables.rglob(f"*.{ext}")}
+    profile, uri = tmp_path / "chromium-profile", report_html.as_uri()
+    viewed: set[str] = set()
+    with headless_chromium(profile) as browser:
+        browser.get(uri)
+        results, categories = browser.execute_script(RESULTS_JS), browser.execute_script("return categories")
+        assert {p for p, r in results.items() if r["mime"] in ("image/png", "text/html")} == drawn
+        assert {"Curriculum study", "Persona study", "Training", "Weight analysis"} == set(categories)
+        by_uri = {r["uri"]: p for p, r in results.items()}
+        for category, subcategories in categories.items():
+            for subcategory, paths in subcategories.items():
+                buttons = open_subcategory(browser, uri, category, subcategory, len(paths))
+                assert len(buttons) == len(paths), (category, subcategory)
+                for button in buttons:
+                    href = button.get_attribute("href")
+                    if href.startswith("data:"):  # a CSV: offered as a download of the file itself
+                        assert button.get_attribute("download") == Path(by_uri[href]).name
+                        viewed.add(by_uri[href])
+                        continue
+                    button.click()
+                    tag, src, width = shown_result(browser)
+                    path = by_uri[src]
+                    viewed.add(path)
+                    if tag == "IMG":  # drawn at the PNG's own width (IHDR bytes 16-20)
+                        assert width == int.from_bytes((small_run / path).read_bytes()[16:20], "big"), path
+                        continue
+                    md = (small_run / path).with_suffix(".md").read_text(encoding="utf-8").splitlines()
+                    browser.switch_to.frame(browser.find_element(By.CSS_SELECTOR, "#app iframe"))
+                    assert browser.find_element(By.TAG_NAME, "h1").text == md[0].removeprefix("# "), path
+                    rows = browser.find_elements(By.CSS_SELECTOR, "table tr")
+                    assert len(rows) == sum(line.startswith("| ") for line in md), path
+                    browser.switch_to.default_content()
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert viewed == set(results) and not errors, errors
+    assert not profile_processes(profile)  # the browser and its helpers are gone
 
 
 def test_changing_one_method_reruns_only_that_method_and_its_table(small_run, tmp_path):

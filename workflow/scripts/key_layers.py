@@ -9,6 +9,7 @@ key_layers_job(
     snakemake.input.base,
     csv=snakemake.output.csv,
     md=snakemake.output.md,
+    html=snakemake.output.html,
     png=snakemake.output.png,
     svg=snakemake.output.svg,
     label=snakemake.params.label,

@@ -8,6 +8,7 @@ persona_table_job(
     list(snakemake.input.metrics),
     csv=snakemake.output.csv,
     md=snakemake.output.md,
+    html=snakemake.output.html,
     pairs_eval=snakemake.input.pairs_eval,
     **snakemake.params.bootstrap,  # resamples, level, seed
     label=f"{snakemake.wildcards.persona_dataset} / {snakemake.wildcards.model}",

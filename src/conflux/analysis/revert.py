@@ -36,7 +36,7 @@ from conflux.analysis.tensor_io import WeightFiles
 from conflux.atomic import write_json
 from conflux.errors import ConfluxError, DataError
 from conflux.evaluation.persona_eval import evaluate_variant, held_out_inputs
-from conflux.evaluation.report_files import MEAN, write_csv, write_figure, write_markdown
+from conflux.evaluation.report_files import MEAN, write_csv, write_figure, write_table_files
 from conflux.modeling.base_model import base_model_dir, to_work_device, working_dtype
 from conflux.modeling.generation import GenerationSettings
 from conflux.modeling.tokenize import TokenizeSettings
@@ -325,6 +325,7 @@ def key_layers_job(
     png: str | Path,
     svg: str | Path,
     label: str,
+    html: str | Path | None = None,
 ) -> pd.DataFrame:
     """The key-layers table (CSV: every seed; Markdown: the mean) and its figure (by layer, module, cell)."""
     from conflux.analysis.figures import revert_figure
@@ -344,6 +345,7 @@ def key_layers_job(
         "tau_l2_share: the part's share of the task vector's L2 norm; ppl_ratio: general perplexity after / "
         "before the revert; d_style_share: change of the persona style share (– without generation).",
     ]
-    write_markdown(md, f"Key layers and parameters: {method}", notes, [(h, f) for h, f in sections if len(f)])
+    title = f"Key layers and parameters: {method}"
+    write_table_files(md, html, title, notes, [(h, f) for h, f in sections if len(f)])
     write_figure(revert_figure(table, title=f"Revert effect of {method}: {label}"), png, svg)
     return table

@@ -32,7 +32,7 @@ from conflux.evaluation.report_files import (
     fmt_estimate,
     interval_note,
     write_csv,
-    write_markdown,
+    write_table_files,
 )
 
 NO_SEED = "-"  # the base model has no training seed
@@ -152,6 +152,7 @@ def persona_table_job(
     *,
     csv: str | Path,
     md: str | Path,
+    html: str | Path | None = None,
     pairs_eval: str | Path | None = None,
     resamples: int = 1000,
     level: float = 0.95,
@@ -189,7 +190,7 @@ def persona_table_job(
         ("Per seed", _view(table[~mean_rows], persona, with_seed=True)),
     ]
     title = f"Persona study: {persona}" + (f" ({label})" if label else "")
-    write_markdown(md, title, notes, sections)
+    write_table_files(md, html, title, notes, sections)
     return table
 
 

@@ -1,4 +1,4 @@
-"""Writing tables (CSV + Markdown) and figures (PNG + SVG), each atomically, and formatting their numbers.
+"""Writing tables (CSV, Markdown, HTML) and figures (PNG, SVG) atomically, and formatting their numbers.
 
 Every file here is a Snakemake target that ``snakemake --report`` embeds, so each is written to a temporary
 sibling and renamed (a killed job leaves nothing that looks finished). Markdown is rendered here rather than
@@ -7,7 +7,9 @@ through ``DataFrame.to_markdown`` because that needs ``tabulate``, which conflux
 
 from __future__ import annotations
 
+import html
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,6 +68,57 @@ def write_markdown(
             parts.append(f"## {heading}\n")
         parts.append(markdown_table(frame))
     write_text(path, "\n".join(parts))
+
+
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+_STYLE = (
+    "body{font-family:sans-serif;font-size:13px;margin:1em}h1{font-size:16px}h2{font-size:14px}"
+    "table{border-collapse:collapse;margin:0.4em 0 1em}th,td{border:1px solid #ccc;padding:2px 6px;"
+    "text-align:right;white-space:nowrap}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+    "p{margin:0.2em 0;color:#333}"
+)
+
+
+def html_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    """``frame`` as an HTML table, cells formatted as in :func:`markdown_table` (``**x**`` in bold)."""
+
+    def cell(value: object) -> str:
+        return _BOLD.sub(r"<strong>\1</strong>", html.escape(fmt_number(value, digits)))
+
+    head = "".join(f"<th>{cell(c)}</th>" for c in frame.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_html(
+    path: str | Path, title: str, notes: Sequence[str], sections: Sequence[tuple[str | None, pd.DataFrame]]
+) -> None:
+    """The Markdown file's content as one self-contained HTML page: the form the HTML report shows inline
+    (it offers a Markdown file only as a download)."""
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+             *(f"<p>{html.escape(line)}</p>" for line in notes)]  # fmt: skip
+    for heading, frame in sections:
+        if heading:
+            parts.append(f"<h2>{html.escape(heading)}</h2>")
+        parts.append(html_table(frame))
+    write_text(path, "\n".join([*parts, "</body></html>\n"]))
+
+
+def write_table_files(
+    md: str | Path,
+    html_path: str | Path | None,
+    title: str,
+    notes: Sequence[str],
+    sections: Sequence[tuple[str | None, pd.DataFrame]],
+) -> None:
+    """The Markdown file of a table and, when asked, its HTML page for the report."""
+    write_markdown(md, title, notes, sections)
+    if html_path is not None:
+        write_html(html_path, title, notes, sections)
 
 
 def write_figure(fig: Figure, png: str | Path, svg: str | Path, *, dpi: int = 150) -> None:

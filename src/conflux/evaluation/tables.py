@@ -22,7 +22,7 @@ from conflux.evaluation.report_files import (
     interval_note,
     write_csv,
     write_figure,
-    write_markdown,
+    write_table_files,
 )
 
 ACCURACY_RULE = (
@@ -49,6 +49,7 @@ def table1_job(
     *,
     csv: str | Path,
     md: str | Path,
+    html: str | Path | None = None,
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
@@ -78,7 +79,7 @@ def table1_job(
             shown[dim] = _estimates(part, dim, f"{dim}_ci_low", f"{dim}_ci_high")
         sections.append((heading, shown))
     title = "Table 1: accuracy at w = 1_i on held-out conflict pairs" + (f" ({label})" if label else "")
-    write_markdown(md, title, notes, sections)
+    write_table_files(md, html, title, notes, sections)
     return wide
 
 
@@ -92,6 +93,8 @@ def table2_job(
     settings_md: str | Path,
     summary_csv: str | Path,
     summary_md: str | Path,
+    settings_html: str | Path | None = None,
+    summary_html: str | Path | None = None,
     figure_png: str | Path | None = None,
     figure_svg: str | Path | None = None,
     resamples: int = 1000,
@@ -124,8 +127,9 @@ def table2_job(
         f"those settings. Settings without pairs: {int(summary['settings_empty'].max())} (left out).",
         *setting_notes[1:],
     ]
-    write_markdown(
+    write_table_files(
         settings_md,
+        settings_html,
         "Table 2 settings: accuracy per dimension pair and weight" + suffix,
         [
             *setting_notes,
@@ -133,8 +137,9 @@ def table2_job(
         ],
         [(None, _settings_view(mean))],
     )
-    write_markdown(
+    write_table_files(
         summary_md,
+        summary_html,
         "Table 2: win rate and mean accuracy over the settings" + suffix,
         summary_notes,
         [
