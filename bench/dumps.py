@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from llama_shapes import write_pair
+from llama_shapes import add_pair_args, write_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,13 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--vocab", type=int, default=16000)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--shard-mb", type=int, default=256)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    add_pair_args(parser)
     args = parser.parse_args()
     kinds = ("raw", "dump_trimmed", "dump_full", "stats", "duckdb", "raw_cold", "dump_trimmed_cold")
     with tempfile.TemporaryDirectory(prefix="conflux-bench-dumps-") as tmp:

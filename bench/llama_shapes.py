@@ -31,6 +31,17 @@ def param_shapes(config) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in LlamaForCausalLM(config).state_dict().items()}
 
 
+def add_pair_args(parser: argparse.ArgumentParser) -> None:
+    """The options of :func:`write_pair` and of the repeated, threaded measurement around it."""
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=16000)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--shard-mb", type=int, default=256)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+
+
 def write_pair(root: Path, args: argparse.Namespace) -> tuple[Path, Path, int]:
     """base/ and ft/ (base + noise) with the tensor names and shapes of a LlamaConfig (``args``: hidden,
     layers, vocab, dtype, shard_mb), and the largest tensor's size in bytes."""

@@ -12,7 +12,15 @@ import pytest
 import yaml
 
 from conflux.data.pairs import read_pairs
-from report_browser import RESULTS_JS, headless_chromium, open_subcategory, profile_processes, shown_result
+from report_browser import (
+    EYE,
+    RESULTS_JS,
+    click,
+    headless_chromium,
+    open_subcategory,
+    profile_processes,
+    shown_result,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -298,13 +306,13 @@ def test_report_opens_in_a_browser_and_shows_every_table_and_figure(small_run, r
             for subcategory, paths in subcategories.items():
                 buttons = open_subcategory(browser, uri, category, subcategory, len(paths))
                 assert len(buttons) == len(paths), (category, subcategory)
-                for button in buttons:
+                for i, button in enumerate(buttons, start=1):
                     href = button.get_attribute("href")
                     if href.startswith("data:"):  # a CSV: offered as a download of the file itself
                         assert button.get_attribute("download") == Path(by_uri[href]).name
                         viewed.add(by_uri[href])
                         continue
-                    button.click()
+                    click(browser, f"({EYE})[{i}]")
                     tag, src, width = shown_result(browser)
                     path = by_uri[src]
                     viewed.add(path)
