@@ -306,6 +306,7 @@ def test_report_opens_in_a_browser_and_shows_every_table_and_figure(small_run, r
             for subcategory, paths in subcategories.items():
                 buttons = open_subcategory(browser, uri, category, subcategory, len(paths))
                 assert len(buttons) == len(paths), (category, subcategory)
+                src = None
                 for i, button in enumerate(buttons, start=1):
                     href = button.get_attribute("href")
                     if href.startswith("data:"):  # a CSV: offered as a download of the file itself
@@ -313,7 +314,7 @@ def test_report_opens_in_a_browser_and_shows_every_table_and_figure(small_run, r
                         viewed.add(by_uri[href])
                         continue
                     click(browser, f"({EYE})[{i}]")
-                    tag, src, width = shown_result(browser)
+                    tag, src, width = shown_result(browser, src)
                     path = by_uri[src]
                     viewed.add(path)
                     if tag == "IMG":  # drawn at the PNG's own width (IHDR bytes 16-20)
