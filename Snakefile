@@ -16,6 +16,7 @@ include: "rules/training.smk"
 include: "rules/evaluation.smk"
 include: "rules/analysis.smk"
 include: "rules/check.smk"
+include: "rules/plan.smk"
 include: "rules/download.smk"
 
 

@@ -10,17 +10,17 @@ from snakemake.utils import validate
 # (conda envs, SLURM jobs) importing the checkout's code rather than some other installed copy.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from conflux.config import config_error_from, parse_config  # noqa: E402
+from conflux.config import RULE_CLASSES, config_error_from, parse_config  # noqa: E402
 from conflux.methods import (  # noqa: E402
     METHODS,
     STAGES,
     analysed_variants,
-    method_of,
     revertable_methods,
     stage,
     variants,
 )
 from conflux.hub import hub_offline  # noqa: E402
+from conflux.plan.jobs import plan_rows, refuse_unfit  # noqa: E402
 from conflux.data.sources import source_fingerprint  # noqa: E402
 
 try:
@@ -29,6 +29,10 @@ except WorkflowError as err:
     raise config_error_from(err) from None
 
 CFG = parse_config(config)
+# The memory plan of every job; one that cannot fit its device stops the workflow here, before any job runs.
+PLAN_ROWS = plan_rows(CFG, "results")
+refuse_unfit(PLAN_ROWS)
+PLAN = [row.as_record() for row in PLAN_ROWS]
 OFFLINE = hub_offline(CFG.offline)
 PAIR_DATASETS = sorted(n for n, d in CFG.datasets.items() if not d.is_persona)
 PERSONA_DATASETS = sorted(n for n, d in CFG.datasets.items() if d.is_persona)
@@ -62,41 +66,15 @@ wildcard_constraints:
 
 # ---- cluster resources --------------------------------------------------------------------------------------
 
-RULE_CLASSES = {
-    "load_pairs": "data",
-    "split_pairs": "data",
-    "load_persona": "data",
-    "build_tiny_model": "models",
-    "base_model_manifest": "models",
-    "reference_logps": "reference",
-    "evaluate_method": "evaluation",
-    "persona_eval_base": "evaluation",
-    "persona_eval": "evaluation",
-    "table1": "report",
-    "table2": "report",
-    "figure2": "report",
-    "persona_table": "report",
-    "taskvec_stats_persona": "analysis",
-    "conflict_sft_dpo": "analysis",
-    "taskvec_stats_adapters": "analysis",
-    "conflict_dims": "analysis",
-    "merge_sft_dpo": "analysis",
-    "revert_sweep": "evaluation",  # loads the model and scores/generates like persona_eval: a GPU job
-    "key_layers": "report",
-    "weight_figures_persona": "report",
-    "weight_figures_adapters": "report",
-    "dump_task_vectors_persona": "analysis",
-    "dump_task_vectors_adapters": "analysis",
-    "training_curves": "report",
-    **{rule: method_of(rule).resource_class for rule in STAGES},  # the training rules
-}
-
 
 def job_resources(rule):
     """resources: of a rule from the config (`resources.<class>` then `resources.rules.<rule>`); what the
     config leaves out falls to the profile's default-resources, so a job asks for GPUs only when configured.
+    ``gpu_mem_gb`` is the memory plan's and not a resource the cluster knows.
     """
-    return CFG.resources_for(RULE_CLASSES[rule], rule)
+    spec = CFG.resources_for(RULE_CLASSES[rule], rule)
+    spec.pop("gpu_mem_gb", None)
+    return spec
 
 
 def job_threads(rule):

@@ -165,10 +165,33 @@ rule sft:
         "../workflow/scripts/train_trl.py"
 
 
+rule reference_logps_dpo:
+    input:
+        data="results/data/{persona_dataset}/persona/pairs_train.parquet",
+        manifest="results/models/{model}/manifest.json",
+    output:
+        "results/reference/{model}/{persona_dataset}/dpo_train.parquet",
+    log:
+        "logs/reference_logps_dpo/{model}/{persona_dataset}.log",
+    benchmark:
+        "benchmarks/reference_logps_dpo/{model}/{persona_dataset}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("reference_logps_dpo")
+    resources:
+        **job_resources("reference_logps_dpo"),
+    params:
+        train=train_params("dpo"),
+        batch_size=CFG.reference_batch_size,
+    script:
+        "../workflow/scripts/reference_logps_dpo.py"
+
+
 rule dpo:
     input:
         data="results/data/{persona_dataset}/persona/pairs_train.parquet",
         manifest="results/models/{model}/manifest.json",
+        reference="results/reference/{model}/{persona_dataset}/dpo_train.parquet",
     output:
         directory(train_output("dpo", "persona_dataset")),
     log:

@@ -38,20 +38,6 @@ def chromium_paths() -> tuple[str, str]:
     return binary, driver
 
 
-def profile_processes(profile: Path) -> list[int]:
-    """Pids of the processes whose command line names ``profile`` (a browser left behind)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if str(profile).encode() in cmdline:
-                pids.append(int(entry.name))
-    return pids
-
-
 @contextmanager
 def headless_chromium(profile: Path) -> Iterator:
     """A Selenium Chrome driver on a fresh profile directory, quit (browser and driver) on exit."""

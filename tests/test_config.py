@@ -24,9 +24,10 @@ def test_paper_config_lists_revert_modules_and_per_class_resources(project_root)
     assert not cfg.analysis.revert.cells and cfg.analysis.revert.methods == ("sft", "dpo")
     # the class overrides the default, the rule overrides the class
     assert cfg.resources_for("training", "dpo") == {
-        "gpu": 4,
-        "cpus_per_task": 32,
-        "mem_mb": 256000,
+        "gpu": 8,
+        "gpu_mem_gb": 80,
+        "cpus_per_task": 64,
+        "mem_mb": 512000,
         "runtime": 1440,
     }
     assert cfg.resources_for("analysis", "conflict_dims") == {

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,73 +16,25 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from conflux.data.jobs import bundled_corpus
-from conflux.data.pairs import read_pairs, write_pairs
-from conflux.data.split import SplitConfig, split_pairs
-from conflux.data.synthetic import synthetic_pku
+from conflux.data.pairs import read_pairs
 from conflux.errors import DataError
-from conflux.modeling.base_model import BaseModelSpec, base_model_manifest_job, load_base_model
+from conflux.modeling.base_model import load_base_model
 from conflux.modeling.logprobs import sequence_logps
 from conflux.modeling.lora import LoraSpec
 from conflux.modeling.policy import PreferencePolicy
-from conflux.modeling.tiny_model import TinyModelConfig, build_tiny_model
 from conflux.modeling.tokenize import TokenizeSettings
-from conflux.training.config import TrainConfig
 from conflux.training.objectives import StepContext, StepInputs, make_objective
 from conflux.training.preference_trainer import PreferenceJob, run_preference_job
-from conflux.training.reference import compute_reference_logps, read_reference, write_reference
+from conflux.training.reference import read_reference
 from conflux.training.workdir import resume_point
 from reference_impl import implicit_reward_margins, merged_delta, pair_accuracy, tokenize_pairs
-
-SETTINGS = TokenizeSettings(max_length=128)
-CFG = TrainConfig(
-    beta=0.1,
-    learning_rate=5e-3,
-    batch_size=16,
-    per_device_batch_size=16,
-    max_length=SETTINGS.max_length,
-    save_steps=1000,
-    logging_steps=5,
-)
+from tiny_workspace import CFG, SETTINGS, kill_after_checkpoint, make_job, tiny_workspace
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
     """A tiny model, a split synthetic k=2 set (800 pairs) and its reference caches."""
-    root = tmp_path_factory.mktemp("train_ws")
-    parts = split_pairs(synthetic_pku(800, conflict_rate=0.4, seed=0), SplitConfig()).parts
-    for name, part in parts.items():
-        write_pairs(root / f"{name}.parquet", part)
-    build_tiny_model(bundled_corpus(seed=0), TinyModelConfig(vocab_size=1024), root / "hf")
-    base_model_manifest_job(
-        BaseModelSpec(name="tiny", source="embedded"),
-        root / "manifest.json",
-        built_dir=root / "hf",
-        offline=True,
-    )
-    model, tokenizer = load_base_model(root / "manifest.json", dtype="float32")
-    for name in ("agree", "conflict", "eval_conflict"):
-        table = compute_reference_logps(model, tokenizer, read_pairs(root / f"{name}.parquet"), SETTINGS)
-        write_reference(root / f"ref_{name}.parquet", table, SETTINGS, "tiny")
-    return root
-
-
-def make_job(
-    ws: Path, method: str, name: str, *, parts, cfg=CFG, init=None, dim=None, seed=0
-) -> PreferenceJob:
-    refs = ["agree" if p == "agree_sub" else p for p in parts]
-    return PreferenceJob(
-        method=method,
-        pairs=[ws / f"{p}.parquet" for p in parts],
-        references=[ws / f"ref_{r}.parquet" for r in refs],
-        manifest=ws / "manifest.json",
-        out_dir=ws / "out" / name,
-        work_dir=ws / "ckpt" / name,
-        cfg=cfg,
-        seed=seed,
-        init_adapters=init,
-        dim=dim,
-    )
+    return tiny_workspace(tmp_path_factory.mktemp("train_ws"))
 
 
 def adapter(out: Path, name: str) -> dict[str, torch.Tensor]:
@@ -291,38 +240,6 @@ def test_dirichlet_weight_is_a_function_of_seed_and_step():
 
 
 # ---- resume ------------------------------------------------------------------------------------------------
-
-DRIVER = """
-import json, sys
-from pathlib import Path
-from conflux.training.launch import job_from_dict, train_job
-print(json.dumps(train_job(job_from_dict(json.loads(Path(sys.argv[1]).read_text())))))
-"""
-
-
-def kill_after_checkpoint(job: PreferenceJob, tmp_path: Path, step: int) -> None:
-    """Run ``job`` through train_job in a child process; SIGKILL it once checkpoint-``step`` is complete."""
-    from conflux.training.launch import job_to_dict
-
-    driver, spec = tmp_path / "driver.py", tmp_path / "spec.json"
-    driver.write_text(DRIVER)
-    spec.write_text(json.dumps(job_to_dict(job)))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    proc = subprocess.Popen(
-        [sys.executable, str(driver), str(spec)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 300
-    while resume_point(job.work_dir) is None or not resume_point(job.work_dir).endswith(f"-{step}"):
-        assert proc.poll() is None, "the job finished before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not job.out_dir.exists()  # nothing that looks finished
 
 
 def same_adapters(a: PreferenceJob, b: PreferenceJob, names=("shared", "dim0", "dim1")) -> None:

@@ -3,54 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conflux.data.pairs import read_pairs
+from processes import processes_naming
 from report_browser import (
     EYE,
     RESULTS_JS,
     click,
     headless_chromium,
     open_subcategory,
-    profile_processes,
     shown_result,
 )
-
-BIN = Path(sys.executable).parent
-
-
-def snakemake(
-    root: Path, *args: str, workdir: Path | None = None, check: bool = True
-) -> subprocess.CompletedProcess:
-    cmd = [str(BIN / "snakemake"), "-s", str(root / "Snakefile"), *args]
-    if workdir is not None:
-        cmd += ["-d", str(workdir)]
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-        )
-    return proc
-
-
-def planned_jobs(output: str) -> dict[str, int]:
-    """Parse the 'Job stats' table of a dry run into {rule: count}."""
-    counts: dict[str, int] = {}
-    lines = output.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip().startswith("job") and "count" in line)
-    for line in lines[start + 2 :]:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
+from workflow_cli import BIN, planned_jobs, snakemake
 
 
 def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tmp_path):
@@ -328,7 +297,7 @@ def test_report_opens_in_a_browser_and_shows_every_table_and_figure(small_run, r
                     browser.switch_to.default_content()
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert viewed == set(results) and not errors, errors
-    assert not profile_processes(profile)  # the browser and its helpers are gone
+    assert not processes_naming(profile)  # the browser and its helpers are gone
 
 
 def test_changing_one_method_reruns_only_that_method_and_its_table(small_run, tmp_path):

@@ -18,12 +18,44 @@ import yaml
 from conflux.data.specs import DatasetSpec, PersonaSplitConfig
 from conflux.data.split import SplitConfig
 from conflux.errors import ConfigError
-from conflux.methods import METHODS, methods_of
+from conflux.methods import METHODS, STAGES, method_of, methods_of
 from conflux.modeling.base_model import BaseModelSpec
 from conflux.modeling.tiny_model import TinyModelConfig
 from conflux.training.config import TrainConfig, resolve_train_config
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
+
+# The resource class of every rule (resources.<class> in the config).
+RULE_CLASSES: dict[str, str] = {
+    "load_pairs": "data",
+    "split_pairs": "data",
+    "load_persona": "data",
+    "build_tiny_model": "models",
+    "base_model_manifest": "models",
+    "reference_logps": "reference",
+    "reference_logps_dpo": "reference",
+    "evaluate_method": "evaluation",
+    "persona_eval_base": "evaluation",
+    "persona_eval": "evaluation",
+    "table1": "report",
+    "table2": "report",
+    "figure2": "report",
+    "persona_table": "report",
+    "taskvec_stats_persona": "analysis",
+    "conflict_sft_dpo": "analysis",
+    "taskvec_stats_adapters": "analysis",
+    "conflict_dims": "analysis",
+    "merge_sft_dpo": "analysis",
+    "revert_sweep": "evaluation",  # loads the model and scores/generates like persona_eval: a GPU job
+    "key_layers": "report",
+    "weight_figures_persona": "report",
+    "weight_figures_adapters": "report",
+    "dump_task_vectors_persona": "analysis",
+    "dump_task_vectors_adapters": "analysis",
+    "training_curves": "report",
+    "plan": "report",
+    **{rule: method_of(rule).resource_class for rule in STAGES},  # the training rules
+}
 
 
 @dataclass(frozen=True)
@@ -103,6 +135,7 @@ class WorkflowConfig:
     keep_checkpoints: bool = False
     evaluation: EvaluationConfig = field(default_factory=lambda: EvaluationConfig())
     resources: dict[str, Any] = field(default_factory=dict)
+    model_arch: dict[str, dict[str, Any]] = field(default_factory=dict)  # models.<name>.arch, for the plan
 
     def resources_for(self, rule_class: str, rule: str) -> dict[str, Any]:
         """Cluster resources of one rule: ``resources.default``, then ``.<class>``, then ``.rules.<rule>``.
@@ -116,6 +149,9 @@ class WorkflowConfig:
         }
         if not spec.get("gpu"):
             spec.pop("gpu", None)
+        nodes = spec.get("nodes", 1)
+        if nodes > 1:
+            spec.update(multi_node(spec, nodes, rule_class, rule))
         if "slurm_extra" in spec:  # schema-checked tokens; quoted anyway, since the plugin uses a shell
             spec["slurm_extra"] = " ".join(shlex.quote(token) for token in spec["slurm_extra"])
         return spec
@@ -126,6 +162,25 @@ class WorkflowConfig:
     def train(self, method: str, dataset: str) -> TrainConfig:
         """The resolved settings of one training rule on one dataset."""
         return resolve_train_config(self.training, method, dataset)
+
+
+def multi_node(spec: dict[str, Any], nodes: int, rule_class: str, rule: str) -> dict[str, Any]:
+    """Resources of a training job over ``nodes`` nodes with ``gpu`` GPUs on each.
+
+    sbatch's --gpus counts GPUs over the whole job, so the per-node count goes to --gres (gpu[:model]:n);
+    ``gpus_per_node`` tells the job's script how many ranks its torchrun starts on each node. ``mpi`` and
+    ``tasks`` make snakemake-executor-plugin-slurm run the script outside an srun step, one task per node,
+    so that the script's own ``srun`` starts the per-node torchruns (conflux.training.launch.train_job).
+    """
+    if rule_class != "training":
+        message = f"only training rules run on several nodes; {rule} is a {rule_class} rule"
+        raise ConfigError(f"resources.rules.{rule}.nodes", "training rules only", message)
+    per_node = spec.pop("gpu", 0)
+    model = spec.pop("gpu_model", None)
+    out: dict[str, Any] = {"gpus_per_node": per_node, "mpi": "srun", "tasks": nodes}
+    if per_node:
+        out["gres"] = f"gpu:{model}:{per_node}" if model else f"gpu:{per_node}"
+    return out
 
 
 def config_error_from(error: BaseException) -> ConfigError:
@@ -219,6 +274,7 @@ def parse_config(raw: dict[str, Any]) -> WorkflowConfig:
         evaluation=EvaluationConfig(**raw.get("evaluation", {})),
         resources=dict(raw.get("resources", {})),
         analysis=_analysis_config(raw.get("analysis", {})),
+        model_arch={name: dict(spec["arch"]) for name, spec in raw["models"].items() if "arch" in spec},
     )
 
 

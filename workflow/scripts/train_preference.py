@@ -26,7 +26,8 @@ train_job(
         # from the config, not params, like resume: turning tracking on reruns nothing
         tracking=tracking_for(snakemake.config["tracking"], snakemake.rule),
     ),
-    gpus=snakemake.resources.get("gpu", 0),
+    gpus=snakemake.resources.get("gpus_per_node", snakemake.resources.get("gpu", 0)),
+    nodes=snakemake.resources.get("nodes", 1),
     # from the config, not params: changing it must not rerun every finished training job
     resume=snakemake.config["resume"],
 )

@@ -22,8 +22,10 @@ train_job(
         keep_checkpoints=snakemake.params.keep_checkpoints,
         # from the config, not params, like resume: turning tracking on reruns nothing
         tracking=tracking_for(snakemake.config["tracking"], snakemake.rule),
+        reference=Path(snakemake.input.reference) if snakemake.input.get("reference") else None,
     ),
-    gpus=snakemake.resources.get("gpu", 0),
+    gpus=snakemake.resources.get("gpus_per_node", snakemake.resources.get("gpu", 0)),
+    nodes=snakemake.resources.get("nodes", 1),
     # from the config, not params: changing it must not rerun every finished training job
     resume=snakemake.config["resume"],
 )

@@ -46,7 +46,9 @@ class TrainConfig:
     max_length: int = 256
     truncation: str = "keep_end_of_prompt"
     lr_scheduler: str = "linear"
-    bf16: str = "auto"
+    precision: str = "auto"
+    save_dtype: str = "float32"
+    distributed: str = "auto"
     gradient_checkpointing: bool = False
     save_steps: int = 50
     logging_steps: int = 10
@@ -73,8 +75,6 @@ def train_config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """Rebuild a :class:`TrainConfig` from :meth:`TrainConfig.as_dict` output (e.g. Snakemake params)."""
     values = dict(values)
     lora = LoraSettings(**values.pop("lora", {}))
-    if isinstance(values.get("bf16"), bool):  # YAML reads `bf16: true` as a boolean
-        values["bf16"] = str(values["bf16"]).lower()
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(values) - known
     if unknown:

@@ -31,11 +31,19 @@ from conflux.data.pairs import PairTable, read_pairs
 from conflux.data.split import dimension_labels
 from conflux.errors import ConfluxError, DataError
 from conflux.methods import method_of, stage
-from conflux.modeling.base_model import load_base_model, read_manifest, working_dtype
+from conflux.modeling.base_model import load_base_model, read_manifest
 from conflux.modeling.policy import PreferencePolicy, load_method_policy
 from conflux.modeling.tokenize import PairBatch, Row, TokenizeSettings, collate_rows, encode_pairs, pad_id_of
 from conflux.training.config import TrainConfig
 from conflux.training.objectives import Objective, StepContext, StepInputs, make_objective
+from conflux.training.parallel import (
+    CpuFsdpMixin,
+    device_args,
+    gathered_state_dict,
+    load_dtype,
+    resolve_distributed,
+    resolve_precision,
+)
 from conflux.training.reference import read_reference
 from conflux.training.tracking import Tracking, keep_tracking_files, tracking_callbacks
 from conflux.training.workdir import LossLedger, MetricsFile, resume_point, write_run_outputs
@@ -118,7 +126,7 @@ def step_inputs(inputs: dict[str, torch.Tensor]) -> StepInputs:
 # ---- trainer -----------------------------------------------------------------------------------------------
 
 
-class PreferenceTrainer(Trainer):
+class PreferenceTrainer(CpuFsdpMixin, Trainer):
     """A Trainer whose step is an objective's passes, each backpropagated inside its own ``policy.at(w)``."""
 
     def __init__(self, *, policy: PreferencePolicy, objective: Objective, seed: int, **kwargs: Any) -> None:
@@ -161,14 +169,42 @@ class PreferenceTrainer(Trainer):
             self._metrics.clear()
         super().log(logs, start_time)
 
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Under FSDP, also write every adapter's shards (torch.distributed.checkpoint, one file per rank):
+        accelerate's FSDP checkpoint of a PEFT model holds only the active adapter (accelerate 1.15)."""
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.is_fsdp_enabled:
+            import torch.distributed.checkpoint as dcp
+
+            dcp.save(_adapter_state(self.model), checkpoint_id=str(Path(output_dir) / FSDP_ADAPTERS))
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Restore every adapter from ``<checkpoint>/<adapter>/`` (PEFT's multi-adapter layout)."""
+        """Restore every adapter from ``<checkpoint>/<adapter>/`` (PEFT's multi-adapter layout), or under FSDP
+        from the shards :meth:`_save_optimizer_and_scheduler` wrote."""
+        if self.is_fsdp_enabled:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            state = _adapter_state(self.model)
+            dcp.load(state, checkpoint_id=str(Path(resume_from_checkpoint) / FSDP_ADAPTERS))
+            set_model_state_dict(self.model, state, options=StateDictOptions(strict=False))
+            return
         for name in self.policy.adapter_names:
             sub = Path(resume_from_checkpoint) / name
             if not sub.is_dir():
                 raise ConfluxError(f"checkpoint {resume_from_checkpoint} has no adapter '{name}'")
             set_peft_model_state_dict(self.policy.model, load_peft_weights(str(sub)), adapter_name=name)
         self.policy.train_only(sorted(self.policy._trainable))
+
+
+FSDP_ADAPTERS = "conflux_adapters_fsdp"  # a checkpoint's sharded adapters (FSDP runs)
+
+
+def _adapter_state(model: torch.nn.Module) -> dict[str, Any]:
+    """The LoRA weights of every adapter, as (sharded) tensors of ``model``'s state dict."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return {k: v for k, v in get_model_state_dict(model).items() if ".lora_" in k}
 
 
 # ---- the job -----------------------------------------------------------------------------------------------
@@ -194,9 +230,6 @@ class PreferenceJob:
 
 def trainer_kwargs(cfg: TrainConfig, work_dir: Path, seed: int, world_size: int) -> dict[str, Any]:
     """The Trainer settings every conflux job shares (TRL's configs take the same keys)."""
-    bf16 = cfg.bf16 == "true" or (
-        cfg.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    )
     return {
         "output_dir": str(work_dir),
         "per_device_train_batch_size": cfg.per_device_batch_size,
@@ -213,8 +246,7 @@ def trainer_kwargs(cfg: TrainConfig, work_dir: Path, seed: int, world_size: int)
         "save_total_limit": 2,
         "seed": seed,
         "data_seed": seed,
-        "bf16": bf16,
-        "activation_checkpointing": cfg.gradient_checkpointing,
+        **device_args(cfg, world_size),  # precision, DDP or FSDP2, activation checkpointing
         "dataloader_pin_memory": torch.cuda.is_available(),
         # On a CPU-only node accelerate runs several processes (torchrun) as gloo DDP only when told "cpu".
         "use_cpu": not torch.cuda.is_available(),
@@ -255,7 +287,7 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
     ids = pairs.table.column("pair_id").to_pylist()
     ref_a, ref_b = read_reference(job.references, settings, ids)
     manifest = read_manifest(job.manifest)
-    model, tokenizer = load_base_model(manifest, dtype=working_dtype())
+    model, tokenizer = load_base_model(manifest, dtype=load_dtype(job.cfg))
     policy = load_policy(job, model, pairs.k)
     objective = make_objective(job.method, pairs.k, job.cfg.beta, job.dim)
     policy.train_only(objective.trained(policy))
@@ -291,6 +323,7 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
     )
     ledger.trainer = trainer
     result = trainer.train(resume_from_checkpoint=resume)
+    state = gathered_state_dict(trainer)  # every rank: under FSDP the gather is collective
     if not trainer.is_world_process_zero():
         return {}
 
@@ -304,6 +337,8 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
         "n_truncated": dataset.n_truncated,
         "global_steps": trainer.state.global_step,
         "world_size": trainer.args.world_size,
+        "distributed": resolve_distributed(job.cfg) if trainer.args.world_size > 1 else None,
+        "precision": resolve_precision(job.cfg.precision),
         "resumed_from": Path(resume).name if resume else None,
         "train_loss": ledger.train_loss(result.training_loss, trainer.state.global_step),
         "trained_adapters": objective.trained(policy),
@@ -312,7 +347,7 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
     # A per-dimension job (a DPO-Soup member) owns only its own adapter; the others stayed at their init.
     saved = objective.trained(policy) if stage(job.method).per_dimension else policy.adapter_names
     with atomic_path(job.out_dir, directory=True) as tmp:
-        policy.model.save_pretrained(str(tmp / "adapters"), selected_adapters=list(saved))
+        policy.model.save_pretrained(str(tmp / "adapters"), selected_adapters=list(saved), state_dict=state)
         write_run_outputs(tmp, job.work_dir, job.cfg.as_dict(), summary)
         keep_tracking_files(job.work_dir, tmp)
     if not job.keep_checkpoints:

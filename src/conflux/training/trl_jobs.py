@@ -7,6 +7,7 @@ directory, metrics.jsonl, resume from the job's checkpoint directory).
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -17,12 +18,21 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
-from conflux.atomic import atomic_path
+from conflux.atomic import atomic_path, write_json
 from conflux.data.pairs import read_pairs, read_sft
 from conflux.errors import ConfluxError
 from conflux.methods import STAGES, stage
-from conflux.modeling.base_model import load_base_model, read_manifest, working_dtype
+from conflux.modeling.base_model import load_base_model, read_manifest
 from conflux.training.config import TrainConfig
+from conflux.training.parallel import (
+    CpuFsdpMixin,
+    cast_state_dict,
+    gathered_state_dict,
+    load_dtype,
+    resolve_distributed,
+    resolve_precision,
+    save_dtype,
+)
 from conflux.training.preference_trainer import run_name, trainer_kwargs, world_size
 from conflux.training.tracking import Tracking, keep_tracking_files, tracking_callbacks
 from conflux.training.workdir import LossLedger, MetricsFile, resume_point, write_run_outputs
@@ -41,6 +51,7 @@ class TrlJob:
     seed: int
     keep_checkpoints: bool = False
     tracking: Tracking = field(default_factory=Tracking)
+    reference: Path | None = None  # dpo: TRL's cached reference log-probs (reference_logps_dpo)
 
 
 def sft_dataset(path: Path) -> Dataset:
@@ -65,6 +76,7 @@ def dpo_dataset(path: Path) -> Dataset:
     cols = pairs.table.to_pydict()
     return Dataset.from_dict(
         {
+            "pair_id": cols["pair_id"],  # matches the cached reference; the Trainer drops it from batches
             "prompt": cols["prompt"],
             "chosen": [
                 a if w else b for a, b, w in zip(cols["response_a"], cols["response_b"], a_wins, strict=True)
@@ -76,42 +88,99 @@ def dpo_dataset(path: Path) -> Dataset:
     )
 
 
+def save_trained(trainer: Any, state: dict[str, Any] | None, out: Path, dtype: str | None) -> None:
+    """The trained model as a Hugging Face directory: full weights in ``dtype`` (safetensors) or, for LoRA,
+    the PEFT adapter; ``state`` is the gathered state dict of an FSDP run (None: the model holds it)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if dtype is not None:  # a full fine-tune: written in save_dtype
+        state = cast_state_dict(state if state is not None else model.state_dict(), dtype)
+    model.save_pretrained(str(out), state_dict=state)
+    trainer.processing_class.save_pretrained(str(out))
+    if dtype is not None:  # and its config says so (save_pretrained writes the in-memory model's dtype)
+        config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        write_json(out / "config.json", {**config, "dtype": dtype})
+
+
 def _peft_config(cfg: TrainConfig) -> Any:
     return cfg.lora.spec().to_peft() if cfg.finetune == "lora" else None
+
+
+def make_trainer(
+    kind: str,
+    model: Any,
+    tokenizer: Any,
+    data: Dataset,
+    cfg: TrainConfig,
+    work_dir: Path,
+    *,
+    seed: int,
+    precompute: bool | str = False,
+    precompute_batch_size: int | None = None,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """TRL's SFTTrainer or DPOTrainer with conflux's settings (FSDP also on CPU ranks).
+
+    ``precompute`` (DPO): False, the reference model runs beside the policy (for LoRA: the adapters
+    switched off); True, TRL's own precompute pass fills the reference columns before training; "cached",
+    the columns are already in ``data`` (:func:`conflux.training.trl_reference.with_cached_reference`).
+    """
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    from conflux.training.trl_reference import CachedReferenceMixin
+
+    common = trainer_kwargs(cfg, work_dir, seed, world_size())
+    if kind == "sft":
+
+        class ShardedSFTTrainer(CpuFsdpMixin, SFTTrainer): ...
+
+        trainer_cls, args = ShardedSFTTrainer, SFTConfig(**common, max_length=cfg.max_length)
+    elif kind == "dpo":
+
+        class ShardedDPOTrainer(CpuFsdpMixin, DPOTrainer): ...
+
+        class CachedDPOTrainer(CachedReferenceMixin, ShardedDPOTrainer): ...
+
+        trainer_cls = CachedDPOTrainer if precompute == "cached" else ShardedDPOTrainer
+        args = DPOConfig(**common, max_length=cfg.max_length, beta=cfg.beta,
+                         precompute_ref_log_probs=bool(precompute),
+                         precompute_ref_batch_size=precompute_batch_size)  # fmt: skip
+    else:
+        raise ConfluxError(f"unknown TRL method '{kind}'")
+    return trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=_peft_config(cfg),
+        callbacks=callbacks or [],
+    )
 
 
 def run_trl_job(job: TrlJob) -> dict[str, Any]:
     """Train with TRL and write ``out_dir``: ``model/`` (full weights as safetensors, or a PEFT adapter),
     metrics.jsonl, train_config.json, summary.json."""
-    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+    from conflux.training.trl_reference import reference_settings, with_cached_reference
 
     started = time.time()
-    model, tokenizer = load_base_model(read_manifest(job.manifest), dtype=working_dtype())
+    manifest = read_manifest(job.manifest)
+    model, tokenizer = load_base_model(manifest, dtype=load_dtype(job.cfg))
     job.work_dir.mkdir(parents=True, exist_ok=True)
-    common = trainer_kwargs(job.cfg, job.work_dir, job.seed, world_size())
     kind = stage(job.method).objective if job.method in STAGES else None
-    if kind == "sft":
-        data, trainer_cls = sft_dataset(job.data), SFTTrainer
-        args = SFTConfig(**common, max_length=job.cfg.max_length)
-    elif kind == "dpo":
-        data, trainer_cls = dpo_dataset(job.data), DPOTrainer
-        args = DPOConfig(**common, max_length=job.cfg.max_length, beta=job.cfg.beta)
-    else:
+    if kind not in ("sft", "dpo"):
         raise ConfluxError(f"unknown TRL method '{job.method}'")
+    data = sft_dataset(job.data) if kind == "sft" else dpo_dataset(job.data)
+    if job.reference is not None:
+        data = with_cached_reference(data, job.reference, reference_settings(job.cfg, manifest["name"]))
     resume = resume_point(job.work_dir)
     ledger = LossLedger(resume)
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=data,
-        processing_class=tokenizer,
-        peft_config=_peft_config(job.cfg),
-        callbacks=[
-            MetricsFile(job.work_dir / "metrics.jsonl"),
-            ledger,
-            *tracking_callbacks(job.tracking, job.work_dir, run_name(job.out_dir)),
-        ],
-    )
+    callbacks = [
+        MetricsFile(job.work_dir / "metrics.jsonl"),
+        ledger,
+        *tracking_callbacks(job.tracking, job.work_dir, run_name(job.out_dir)),
+    ]
+    trainer = make_trainer(kind, model, tokenizer, data, job.cfg, job.work_dir, seed=job.seed,
+                           precompute="cached" if job.reference is not None else False,
+                           callbacks=callbacks)  # fmt: skip
     ledger.trainer = trainer
     # TRL drops rows that lose their whole completion to truncation: count them instead of losing them.
     n_used = len(trainer.train_dataset)
@@ -123,12 +192,18 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
             job.cfg.max_length,
         )
     result = trainer.train(resume_from_checkpoint=resume)
+    state = gathered_state_dict(trainer)  # every rank: under FSDP the gather is collective
     if not trainer.is_world_process_zero():
         return {}
+    dtype = save_dtype(job.cfg, manifest.get("dtype", "auto")) if job.cfg.finetune == "full" else None
     summary = {
         "method": job.method,
         "seed": job.seed,
         "finetune": job.cfg.finetune,
+        "precision": resolve_precision(job.cfg.precision),
+        "distributed": resolve_distributed(job.cfg) if world_size() > 1 else None,
+        "world_size": world_size(),
+        "save_dtype": dtype,
         "n_rows": len(data),
         "n_rows_dropped_by_truncation": len(data) - n_used,
         "global_steps": trainer.state.global_step,
@@ -137,7 +212,7 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
         "seconds": round(time.time() - started, 2),
     }
     with atomic_path(job.out_dir, directory=True) as tmp:
-        trainer.save_model(str(tmp / "model"))  # save_pretrained: safetensors weights or the PEFT adapter
+        save_trained(trainer, state, tmp / "model", dtype)
         write_run_outputs(tmp, job.work_dir, job.cfg.as_dict(), summary)
         keep_tracking_files(job.work_dir, tmp)
     if not job.keep_checkpoints:

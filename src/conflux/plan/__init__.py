@@ -1,0 +1,1 @@
+"""The memory plan: every job's peak memory per device, before anything runs (rule ``plan``)."""
