@@ -57,10 +57,10 @@ def build(args):
     return model_dir, tokenizer, pairs
 
 
-def load(model_dir, device):
+def load(model_dir, device, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device)
 
 
 def common_args(args, out):
@@ -110,7 +110,7 @@ def run_ours(args, model_dir, tokenizer, pairs, online: bool):
     from conflux.training.reference import compute_reference_logps
 
     settings = TokenizeSettings(args.max_length, "keep_start")
-    model = load(model_dir, args.device)
+    model = load(model_dir, args.device, getattr(args, "base_dtype", "float32"))
     # Agree-only pairs (conflict_rate 0) and stage 1's objective: plain sigmoid DPO on one adapter.
     t0 = time.perf_counter()
     if online:
@@ -155,7 +155,7 @@ def run_trl(args, model_dir, tokenizer, pairs, online: bool):
 
     prompt, chosen, rejected = rows_of(pairs)
     data = Dataset.from_dict({"prompt": prompt, "chosen": chosen, "rejected": rejected})
-    model = load(model_dir, args.device)
+    model = load(model_dir, args.device, getattr(args, "base_dtype", "float32"))
     with tempfile.TemporaryDirectory() as out:
         config = DPOConfig(
             **common_args(args, out),

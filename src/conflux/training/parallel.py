@@ -16,6 +16,7 @@ are sharded (each rank writes its part; resume reads them back), the finished mo
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from conflux.training.config import TrainConfig
@@ -55,10 +56,32 @@ def resolve_distributed(cfg: TrainConfig) -> str:
     return "fsdp" if cfg.finetune == "full" else "ddp"
 
 
+def sharded(cfg: TrainConfig, world_size: int) -> bool:
+    """Whether the job runs under FSDP: on several ranks, or on one torchrun rank when the config says fsdp
+    explicitly (the GPU check runs FSDP2's code path on a single GPU that way)."""
+    if resolve_distributed(cfg) != "fsdp":
+        return False
+    return world_size > 1 or (cfg.distributed == "fsdp" and "LOCAL_RANK" in os.environ)
+
+
+def distributed_mode(cfg: TrainConfig, world_size: int) -> str | None:
+    """What a run's summary reports: fsdp, ddp, or None for one plain process."""
+    if sharded(cfg, world_size):
+        return "fsdp"
+    return "ddp" if world_size > 1 else None
+
+
+def peak_gpu_bytes() -> int | None:
+    """torch's peak allocated GPU memory of this process (None on a CPU): what the memory plan estimates."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+
+
 def device_args(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     """The TrainingArguments (TRL's configs take the same keys) for precision, sharding and checkpointing."""
     args: dict[str, Any] = {"bf16": resolve_precision(cfg.precision) != "fp32"}
-    if world_size > 1 and resolve_distributed(cfg) == "fsdp":
+    if sharded(cfg, world_size):
         args["fsdp"] = True
         args["fsdp_config"] = {
             "version": 2,

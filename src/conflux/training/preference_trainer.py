@@ -39,9 +39,10 @@ from conflux.training.objectives import Objective, StepContext, StepInputs, make
 from conflux.training.parallel import (
     CpuFsdpMixin,
     device_args,
+    distributed_mode,
     gathered_state_dict,
     load_dtype,
-    resolve_distributed,
+    peak_gpu_bytes,
     resolve_precision,
 )
 from conflux.training.reference import read_reference
@@ -337,7 +338,8 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
         "n_truncated": dataset.n_truncated,
         "global_steps": trainer.state.global_step,
         "world_size": trainer.args.world_size,
-        "distributed": resolve_distributed(job.cfg) if trainer.args.world_size > 1 else None,
+        "distributed": distributed_mode(job.cfg, trainer.args.world_size),
+        "peak_gpu_bytes": peak_gpu_bytes(),
         "precision": resolve_precision(job.cfg.precision),
         "resumed_from": Path(resume).name if resume else None,
         "train_loss": ledger.train_loss(result.training_loss, trainer.state.global_step),

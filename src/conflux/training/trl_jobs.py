@@ -27,9 +27,10 @@ from conflux.training.config import TrainConfig
 from conflux.training.parallel import (
     CpuFsdpMixin,
     cast_state_dict,
+    distributed_mode,
     gathered_state_dict,
     load_dtype,
-    resolve_distributed,
+    peak_gpu_bytes,
     resolve_precision,
     save_dtype,
 )
@@ -201,8 +202,9 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
         "seed": job.seed,
         "finetune": job.cfg.finetune,
         "precision": resolve_precision(job.cfg.precision),
-        "distributed": resolve_distributed(job.cfg) if world_size() > 1 else None,
+        "distributed": distributed_mode(job.cfg, world_size()),
         "world_size": world_size(),
+        "peak_gpu_bytes": peak_gpu_bytes(),
         "save_dtype": dtype,
         "n_rows": len(data),
         "n_rows_dropped_by_truncation": len(data) - n_used,
