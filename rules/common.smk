@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from conflux.config import RULE_CLASSES, config_error_from, parse_config  # noqa: E402
 from conflux.methods import (  # noqa: E402
     METHODS,
+    ablation_variants,
+    compared_variants,
     STAGES,
     analysed_variants,
     revertable_methods,
@@ -212,15 +214,25 @@ def get_eval_runs(wildcards):
     return stage_dirs(wildcards.pair_dataset, wildcards.model, wildcards.seed, variant)
 
 
-def get_eval_records(wildcards):
-    """Records of every method variant and seed of one (model, dataset): the input of its tables."""
+def _records(wildcards, variants):
     return expand(
         "results/eval/{model}/{dataset}/seed{seed}/{variant}.parquet",
         model=wildcards.model,
         dataset=wildcards.pair_dataset,
         seed=CFG.seeds,
-        variant=eval_variants(),
+        variant=variants,
     )
+
+
+def get_eval_records(wildcards):
+    """Records of the compared methods (each by its final stage) and every seed of one (model, dataset): the
+    input of Table 1, Table 2 and Figure 2."""
+    return _records(wildcards, compared_variants("curriculum", CFG.study("curriculum").methods))
+
+
+def get_ablation_records(wildcards):
+    """Records of every stage of the multi-stage methods (the curriculum after stages 1, 2, 3)."""
+    return _records(wildcards, ablation_variants("curriculum", CFG.study("curriculum").methods))
 
 
 def get_bootstrap(wildcards):
@@ -355,10 +367,14 @@ def evaluation_outputs(study_name, dataset, model):
         return [*(f"{tables}/persona.{ext}" for ext in kinds[:3]), *key_layers, *curves]
     if not eval_variants():
         return []
+    methods = CFG.study("curriculum").methods
+    ablation = (
+        [f"{tables}/ablation.{ext}" for ext in kinds[:3]] if ablation_variants("curriculum", methods) else []
+    )
     if CFG.datasets[dataset].k == 2:
-        return [*(f"{tables}/table1.{ext}" for ext in kinds[:3]), *curves]
+        return [*(f"{tables}/table1.{ext}" for ext in kinds[:3]), *ablation, *curves]
     table2 = [f"{tables}/table2_{part}.{ext}" for part in ("settings", "summary") for ext in kinds[:3]]
-    return [*table2, f"{tables}/figure2.png", f"{tables}/figure2.svg", *curves]
+    return [*table2, f"{tables}/figure2.png", f"{tables}/figure2.svg", *ablation, *curves]
 
 
 def training_outputs(dataset, model, seed, method):

@@ -126,6 +126,34 @@ rule figure2:
         "../workflow/scripts/figure2.py"
 
 
+rule ablation:
+    input:
+        get_ablation_records,
+    output:
+        csv="results/tables/{model}/{pair_dataset}/ablation.csv",
+        md="results/tables/{model}/{pair_dataset}/ablation.md",
+        html=report(
+            "results/tables/{model}/{pair_dataset}/ablation.html",
+            caption="../report/ablation.rst",
+            category="Curriculum study",
+            subcategory="{pair_dataset} / {model}",
+            labels={"table": "Ablation: the curriculum after each stage"},
+        ),
+    log:
+        "logs/ablation/{model}/{pair_dataset}.log",
+    benchmark:
+        "benchmarks/ablation/{model}/{pair_dataset}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("ablation")
+    resources:
+        **job_resources("ablation"),
+    params:
+        bootstrap=get_bootstrap,
+    script:
+        "../workflow/scripts/ablation.py"
+
+
 rule persona_eval_base:
     input:
         sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",

@@ -170,3 +170,34 @@ def test_methods_with_other_seeds_or_other_pairs_are_refused():
 
 def test_grid_is_the_papers_five_weights():
     assert WEIGHT_GRID == ((1.0, 0.0), (0.75, 0.25), (0.5, 0.5), (0.25, 0.75), (0.0, 1.0))
+
+
+def test_the_tables_compare_the_papers_three_methods_and_the_stages_go_to_the_ablation():
+    from conflux.methods import ablation_variants, compared_variants
+
+    assert compared_variants("curriculum") == ["curriculum_stage3", "panacea", "dpo_soup"]
+    assert ablation_variants("curriculum") == ["curriculum_stage1", "curriculum_stage2", "curriculum_stage3"]
+    assert compared_variants("curriculum", ("curriculum", "dpo_soup")) == ["curriculum_stage3", "dpo_soup"]
+    assert ablation_variants("curriculum", ("panacea", "dpo_soup")) == []
+
+
+def test_ablation_table_is_table1_of_the_stages_for_k2(tmp_path):
+    """k = 2: the ablation holds Table 1's numbers of the stages, computed by hand from the records."""
+    from conflux.evaluation.records import write_records
+    from conflux.evaluation.tables import ablation_job
+
+    files = []
+    for method, correct in (("curriculum_stage1", METHOD_A), ("curriculum_stage2", METHOD_B),
+                            ("curriculum_stage3", METHOD_C)):  # fmt: skip
+        files.append(tmp_path / f"{method}.parquet")
+        write_records(files[-1], hand_records(method, 0, correct), {"dims": list(DIMS2)})
+    csv, md, html = (tmp_path / f"ablation.{ext}" for ext in ("csv", "md", "html"))
+    wide = ablation_job(files, csv=csv, md=md, html=html, resamples=0).set_index(["method", "seed"])
+    # helpful at w = (1, 0): A right on 3 of 3, B 2, C 2; harmless at (0, 1): A 1, B 3, C 2 (p0..p2)
+    assert wide.loc[("curriculum_stage1", MEAN), "helpful"] == 1.0
+    assert wide.loc[("curriculum_stage2", MEAN), "helpful"] == pytest.approx(2 / 3)
+    assert wide.loc[("curriculum_stage3", MEAN), "harmless"] == pytest.approx(2 / 3)
+    assert wide.loc[("curriculum_stage2", MEAN), "harmless"] == 1.0
+    text = md.read_text()
+    assert "Ablation: the curriculum after each stage" in text and "curriculum_stage1" in text
+    assert pd.read_csv(csv)["method"].nunique() == 3 and html.read_text().startswith("<!DOCTYPE html>")

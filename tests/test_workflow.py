@@ -36,6 +36,7 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     assert jobs["reference_logps"] == 2 * 3
     assert jobs["evaluate_method"] == 2 * 5  # datasets x (3 curriculum stages, Panacea, DPO-Soup)
     assert jobs["table1"] == jobs["table2"] == jobs["figure2"] == 1  # synth_pku k=2; synth_hs2 k=5
+    assert jobs["ablation"] == 2  # the curriculum's stages, per dataset
     # persona variants per dataset: sft, dpo and the TIES merges at lambda 0.5 and 1
     assert jobs["persona_eval_base"] == 2 and jobs["persona_eval"] == 2 * 4 and jobs["persona_table"] == 2
     # one merge job per (dataset, seed): SFT and DPO are merged once and scaled to each λ of the grid
@@ -218,13 +219,17 @@ def test_bad_dataset_file_fails_its_job_and_leaves_no_output(project_root, tmp_p
 def test_run_ends_with_the_papers_tables_figure_and_persona_tables(small_run):
     tables = small_run / "results/tables/tiny"
     table1 = (tables / "synth_pku/table1.md").read_text()
-    for method in ("curriculum_stage1", "curriculum_stage2", "curriculum_stage3", "panacea", "dpo_soup"):
+    for method in ("curriculum_stage3", "panacea", "dpo_soup"):  # the paper's three methods
         assert method in table1
+    assert "curriculum_stage1" not in table1 and "curriculum_stage2" not in table1
+    for dataset in ("synth_pku", "synth_hs2"):  # the stages side by side
+        ablation = (tables / dataset / "ablation.md").read_text()
+        assert all(f"curriculum_stage{i}" in ablation for i in (1, 2, 3)) and "panacea" not in ablation
     assert "n (held-out conflict pairs per dimension)" in table1 and "Seeds: 0" in table1
     summary = (tables / "synth_hs2/table2_summary.csv").read_text()
     assert "win_rate" in summary and "dpo_soup" in summary
     settings = (tables / "synth_hs2/table2_settings.csv").read_text().splitlines()
-    assert len(settings) - 1 == 50 * 5 * 2  # 10 dimension pairs x 5 weights, x 5 methods, x (seed 0 + mean)
+    assert len(settings) - 1 == 50 * 3 * 2  # 10 dimension pairs x 5 weights, x 3 methods, x (seed 0 + mean)
     assert (tables / "synth_hs2/figure2.png").stat().st_size > 1000
     assert (tables / "synth_hs2/figure2.svg").read_text().lstrip().startswith("<?xml")
     persona = (tables / "persona_ojousama/persona.md").read_text()
@@ -244,6 +249,7 @@ def test_report_html_holds_the_tables_and_the_figure(report_html):
     for needle in (
         "Table 1",
         "Table 2: win rate and mean accuracy",
+        "Ablation: the curriculum after each stage",
         "Figure 2",
         "Persona study",
         "figure2.png",
@@ -322,13 +328,13 @@ def test_forcerun_of_one_stage_reruns_only_what_depends_on_it(small_run):
         workdir=small_run,
     )  # fmt: skip
     jobs = planned_jobs(proc.stdout + proc.stderr)
-    # stage 2 and 3 retrain; the curriculum after stage 2 and 3 is evaluated again; the table is rebuilt.
+    # stage 2 and 3 retrain; the curriculum after stage 3 (the one Table 1 shows) is evaluated again.
     assert jobs == {
         "curriculum_stage2": 1,
         "curriculum_stage3": 1,
-        "evaluate_method": 2,
+        "evaluate_method": 1,
         "table1": 1,
-        "total": 5,
+        "total": 4,
     }
 
 
@@ -339,7 +345,7 @@ def test_naming_a_table_plans_only_its_ancestors(project_root, tmp_path):
     out = proc.stdout + proc.stderr
     jobs = planned_jobs(out)
     assert "synth_hs2" not in out and "persona" not in out
-    assert jobs["load_pairs"] == 1 and jobs["dpo_soup"] == 2 and jobs["evaluate_method"] == 5
+    assert jobs["load_pairs"] == 1 and jobs["dpo_soup"] == 2 and jobs["evaluate_method"] == 3
     assert "sft" not in jobs and "table2" not in jobs and "all" not in jobs
 
 

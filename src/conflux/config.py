@@ -39,6 +39,7 @@ RULE_CLASSES: dict[str, str] = {
     "persona_eval": "evaluation",
     "table1": "report",
     "table2": "report",
+    "ablation": "report",
     "figure2": "report",
     "persona_table": "report",
     "taskvec_stats_persona": "analysis",

@@ -132,6 +132,20 @@ def variants(study: str, methods: tuple[str, ...] | None = None) -> list[str]:
     return [rule for name in chosen for rule in METHODS[name].rules]
 
 
+def compared_variants(study: str, methods: tuple[str, ...] | None = None) -> list[str]:
+    """The variant each method is compared by in the study's tables: its final stage. The curriculum study
+    compares three methods as the paper does (the curriculum after stage 3, Panacea, DPO-Soup)."""
+    chosen = methods_of(study) if methods is None else methods
+    return [METHODS[name].rules[-1] for name in chosen]
+
+
+def ablation_variants(study: str, methods: tuple[str, ...] | None = None) -> list[str]:
+    """Every stage of the study's multi-stage methods (the curriculum after stages 1, 2 and 3), compared in an
+    ablation table of their own."""
+    chosen = methods_of(study) if methods is None else methods
+    return [rule for name in chosen if len(METHODS[name].stages) > 1 for rule in METHODS[name].rules]
+
+
 def analysed_variants() -> list[str]:
     """Variants whose adapters the weight analysis covers."""
     return [v for m in METHODS.values() for v in m.analysed]

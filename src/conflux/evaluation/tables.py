@@ -54,6 +54,7 @@ def table1_job(
     level: float = 0.95,
     seed: int = 0,
     label: str = "",
+    title: str = "Table 1: accuracy at w = 1_i on held-out conflict pairs",
 ) -> pd.DataFrame:
     """Table 1 (method × dimension accuracy at w = 1_i) from records files; returns the wide frame."""
     frame, dims = read_records(records)
@@ -78,8 +79,7 @@ def table1_job(
         for dim in dims:
             shown[dim] = _estimates(part, dim, f"{dim}_ci_low", f"{dim}_ci_high")
         sections.append((heading, shown))
-    title = "Table 1: accuracy at w = 1_i on held-out conflict pairs" + (f" ({label})" if label else "")
-    write_table_files(md, html, title, notes, sections)
+    write_table_files(md, html, title + (f" ({label})" if label else ""), notes, sections)
     return wide
 
 
@@ -121,12 +121,7 @@ def table2_job(
         ACCURACY_RULE,
         interval_note(resamples, level, seed),
     ]
-    summary_notes = [
-        f"Win rate: share of the {int(summary['settings'].max())} settings with pairs in which a method has "
-        "the highest accuracy; methods tied for best share that setting equally. Mean accuracy: mean over "
-        f"those settings. Settings without pairs: {int(summary['settings_empty'].max())} (left out).",
-        *setting_notes[1:],
-    ]
+    summary_notes = [_win_rate_note(summary), *setting_notes[1:]]
     write_table_files(
         settings_md,
         settings_html,
@@ -137,19 +132,66 @@ def table2_job(
         ],
         [(None, _settings_view(mean))],
     )
-    write_table_files(
-        summary_md,
-        summary_html,
-        "Table 2: win rate and mean accuracy over the settings" + suffix,
-        summary_notes,
-        [
-            ("Mean over seeds", _summary_view(summary[summary["seed"] == MEAN], False)),
-            ("Per seed", _summary_view(summary[summary["seed"] != MEAN], True)),
-        ],
-    )
+    title = "Table 2: win rate and mean accuracy over the settings" + suffix
+    write_table_files(summary_md, summary_html, title, summary_notes, _summary_sections(summary))
     if figure_png is not None and figure_svg is not None:
         write_figure(figure2(settings), figure_png, figure_svg)
     return settings, summary
+
+
+def _win_rate_note(summary: pd.DataFrame) -> str:
+    return (
+        f"Win rate: share of the {int(summary['settings'].max())} settings with pairs in which a method has "
+        "the highest accuracy; methods tied for best share that setting equally. Mean accuracy: mean over "
+        f"those settings. Settings without pairs: {int(summary['settings_empty'].max())} (left out)."
+    )
+
+
+def _summary_sections(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    return [
+        ("Mean over seeds", _summary_view(summary[summary["seed"] == MEAN], False)),
+        ("Per seed", _summary_view(summary[summary["seed"] != MEAN], True)),
+    ]
+
+
+# ---- the ablation ------------------------------------------------------------------------------------------
+
+
+def ablation_job(
+    records: Sequence[str | Path],
+    *,
+    csv: str | Path,
+    md: str | Path,
+    html: str | Path | None = None,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    label: str = "",
+) -> pd.DataFrame:
+    """The ``ablation`` rule: the curriculum after each of its stages, side by side.
+
+    Table 1, Table 2 and Figure 2 compare the paper's three methods (the curriculum after stage 3, Panacea,
+    DPO-Soup); the earlier stages would take shares of the win rate that the paper gives to those three, so
+    they are compared here instead. k = 2: Table 1's accuracies at w = 1_i; k > 2: Table 2's win rate (among
+    the stages) and mean accuracy over the same settings.
+    """
+    frame, dims = read_records(records)
+    title = "Ablation: the curriculum after each stage"
+    if len(dims) == 2:
+        title += ", accuracy at w = 1_i on held-out conflict pairs"
+        boot = {"resamples": resamples, "level": level, "seed": seed}
+        return table1_job(records, csv=csv, md=md, html=html, label=label, title=title, **boot)
+    _, summary = table2(frame, dims, resamples=resamples, level=level, seed=seed)
+    write_csv(csv, summary)
+    notes = [
+        _win_rate_note(summary),
+        _seeds_note(summary),
+        ACCURACY_RULE,
+        interval_note(resamples, level, seed),
+    ]
+    heading = title + ", win rate among the stages and mean accuracy over Table 2's settings"
+    write_table_files(md, html, heading + (f" ({label})" if label else ""), notes, _summary_sections(summary))
+    return summary
 
 
 def figure2_job(
