@@ -268,3 +268,32 @@ def test_two_torchrun_nodes_meeting_at_a_c10d_rendezvous_train_what_one_node_tra
     assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert sys.executable in cmd[0] and "--rdzv_backend=c10d" in cmd
     assert_same(weights(two_nodes), weights(one_node), FP32_ATOL)
+
+
+# ---- one w per optimizer step ----------------------------------------------------------------------------
+
+
+def logged_w(job) -> list[tuple[int, float, float]]:
+    import json
+
+    rows = [json.loads(line) for line in (job.out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["w/dim0"], r["w/dim1"]) for r in rows if "w/dim0" in r]
+
+
+@pytest.mark.slow
+def test_the_dirichlet_w_is_one_per_step_whatever_the_gpus_and_micro_batch(ws):
+    """Stage 3's Dirichlet w is drawn once per optimizer step: 1 process with micro-batch 4 (4 micro-steps a
+    step) or 8 (2), and 2 ranks with micro-batch 8 (1 each), train at the same w sequence."""
+    from conflux.training.launch import train_job
+
+    cfg = replace(CFG, batch_size=16, max_steps=3, logging_steps=1, distributed="ddp")
+    runs = {}
+    for name, micro, gpus in (("w_m4", 4, 0), ("w_m8", 8, 0), ("w_2ranks", 8, 2)):
+        job = make_job(ws, "curriculum_stage3", name, parts=["agree_sub", "conflict"],
+                       cfg=replace(cfg, per_device_batch_size=micro))  # fmt: skip
+        train_job(job, gpus=gpus)
+        runs[name] = logged_w(job)
+    assert [s for s, *_ in runs["w_m4"]] == [1, 2, 3]
+    assert runs["w_m4"] == runs["w_m8"] == runs["w_2ranks"]
+    assert len({w for _, w, _ in runs["w_m4"]}) == 3  # a new draw each step
+    assert all(abs(a + b - 1) < 1e-6 for _, a, b in runs["w_m4"])

@@ -208,7 +208,7 @@ def test_per_pass_backward_equals_gradient_of_the_summed_loss(ws, method, checkp
     )
     labels = torch.sign(torch.tensor(pairs["scores_a"]) - torch.tensor(pairs["scores_b"])).long()
     inputs = StepInputs(batch, labels, torch.full((4,), -60.0), torch.full((4,), -61.0))
-    ctx = StepContext(policy.model, torch.enable_grad, seed=0, global_step=7, micro_step=0)
+    ctx = StepContext(policy.model, torch.enable_grad, seed=0, global_step=7)
     policy.model.train()
 
     # Reference: all passes first, one backward of the sum (no checkpointing: the scalings are in the graph).
@@ -231,9 +231,9 @@ def test_per_pass_backward_equals_gradient_of_the_summed_loss(ws, method, checkp
 
 
 def test_dirichlet_weight_is_a_function_of_seed_and_step():
-    ctx = StepContext(torch.nn.Identity(), torch.enable_grad, seed=5, global_step=11, micro_step=1)
-    again = StepContext(torch.nn.Identity(), torch.enable_grad, seed=5, global_step=11, micro_step=1)
-    other = StepContext(torch.nn.Identity(), torch.enable_grad, seed=5, global_step=12, micro_step=1)
+    ctx = StepContext(torch.nn.Identity(), torch.enable_grad, seed=5, global_step=11)
+    again = StepContext(torch.nn.Identity(), torch.enable_grad, seed=5, global_step=11)
+    other = StepContext(torch.nn.Identity(), torch.enable_grad, seed=5, global_step=12)
     draw = torch.rand(3, generator=ctx.weight_generator())
     assert torch.equal(draw, torch.rand(3, generator=again.weight_generator()))
     assert not torch.equal(draw, torch.rand(3, generator=other.weight_generator()))

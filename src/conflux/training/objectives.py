@@ -56,17 +56,21 @@ class StepContext:
     forward_context: Callable[[], AbstractContextManager]
     seed: int
     global_step: int
-    micro_step: int
 
     def weight_generator(self) -> torch.Generator:
-        """A generator for this micro-step's Dirichlet draw, a pure function of (seed, step, micro-step).
+        """A generator for this optimizer step's Dirichlet draw, a pure function of (seed, step).
 
-        Deriving it instead of carrying one RNG stream through training makes a resumed run draw exactly
-        the w an uninterrupted run draws at the same step.
+        One w per optimizer step, as the paper draws it: every micro-batch and every rank of the step uses
+        the same w, so a run's draws do not depend on the number of GPUs or the micro-batch size. Deriving it
+        instead of carrying one RNG stream through training makes a resumed run draw exactly the w an
+        uninterrupted run draws at the same step.
         """
-        return torch.Generator().manual_seed(
-            (self.seed * 1_000_003 + self.global_step * 8191 + self.micro_step) % (2**63)
-        )
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.global_step * 8191) % (2**63))
+
+
+def sampled_w_metrics(w: Tensor) -> Metrics:
+    """The step's Dirichlet draw in metrics.jsonl (``w/dim<i>``): which w a logged step trained at."""
+    return {f"w/dim{i}": float(v) for i, v in enumerate(w.tolist())}
 
 
 def logratios(policy: PreferencePolicy, ctx: StepContext, inputs: StepInputs) -> tuple[Tensor, Tensor]:
@@ -177,7 +181,7 @@ class CurriculumStage3(Objective):
             h_a, h_b = logratios(policy, ctx, inputs)
             z = self.beta * (h_a - h_b)
             loss = kl_bernoulli_loss(z, p)
-            yield loss, {"loss/kl": loss.item(), "kl/target_mean": p.mean().item()}
+            yield loss, {"loss/kl": loss.item(), "kl/target_mean": p.mean().item(), **sampled_w_metrics(w)}
 
 
 class Panacea(Objective):
@@ -198,6 +202,8 @@ class Panacea(Objective):
                         loss_i, _ = per_dim_dpo_loss(h_a, h_b, inputs.labels[:, i], self.beta)
                         loss = loss + float(w[i]) * loss_i
                 metrics: Metrics = {f"loss{suffix}": loss.item()}
+                if j == self.k:
+                    metrics.update(sampled_w_metrics(w))
                 if j < self.k:
                     metrics.update(
                         reward_metrics(

@@ -136,19 +136,15 @@ class PreferenceTrainer(CpuFsdpMixin, Trainer):
         self.objective = objective
         self.seed = seed
         self._metrics: dict[str, list[float]] = defaultdict(list)
-        self._micro = (-1, 0)  # (global step, micro-step within it)
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         model.train()
         inputs = self._prepare_inputs(inputs)
-        step, micro = self._micro
-        self._micro = (self.state.global_step, micro + 1 if step == self.state.global_step else 0)
         ctx = StepContext(
             model=model,
             forward_context=self.compute_loss_context_manager,
             seed=self.seed,
             global_step=self.state.global_step,
-            micro_step=self._micro[1],
         )
         total = torch.zeros((), device=self.args.device)
         for loss, metrics in self.objective.passes(self.policy, ctx, step_inputs(inputs)):
