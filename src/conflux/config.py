@@ -310,6 +310,7 @@ def _model_spec(name: str, spec: dict[str, Any]) -> BaseModelSpec:
         trust_remote_code=bool(spec.get("trust_remote_code", False)),
         dtype=spec.get("dtype", "auto"),
         tiny=tiny,
+        prompt_format=spec.get("prompt_format", "auto"),
     )
 
 

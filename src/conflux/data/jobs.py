@@ -42,7 +42,12 @@ def load_pair_dataset(spec: DatasetSpec, *, offline: bool) -> LoadResult:
     source = resolve_path(spec.path)
     if spec.kind == "pku_saferlhf":
         return load_pku_saferlhf(
-            source, split=spec.hub_split, offline=offline, name=spec.name, revision=spec.revision
+            source,
+            split=spec.hub_split,
+            offline=offline,
+            name=spec.name,
+            revision=spec.revision,
+            config=spec.hub_config,
         )
     if spec.kind == "helpsteer2":
         return load_helpsteer2(
@@ -52,6 +57,7 @@ def load_pair_dataset(spec: DatasetSpec, *, offline: bool) -> LoadResult:
             name=spec.name,
             dims=spec.dims,
             revision=spec.revision,
+            config=spec.hub_config,
         )
     if spec.kind == "canonical":
         return load_canonical(source, dims=spec.dims, offline=offline, name=spec.name)

@@ -22,6 +22,7 @@ class DatasetSpec:
     persona: str | None = None
     hub_split: str = "train"
     revision: str | None = None
+    hub_config: str | None = None
     dims: tuple[str, ...] | None = None
     n_pairs: int | None = None
     n_prompts: int | None = None

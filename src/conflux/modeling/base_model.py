@@ -38,6 +38,41 @@ class BaseModelSpec:
     trust_remote_code: bool = False
     dtype: str = "auto"
     tiny: TinyModelConfig | None = None
+    prompt_format: str = "auto"
+
+
+# How a prompt is put to each model: as it was fine-tuned to see it. The format becomes the tokenizer's chat
+# template when the model is loaded, so training, scoring, generation and every saved tokenizer agree.
+# auto: the tokenizer's own template if it has one, else the raw prompt; chat: its own template (required);
+# plain: the raw prompt; safe_rlhf: the template of PKU-Alignment's safe-rlhf (their Alpaca SFT models).
+PROMPT_TEMPLATES: dict[str, str | None] = {
+    "plain": None,
+    "safe_rlhf": (
+        "{{ bos_token }}BEGINNING OF CONVERSATION: "
+        "{% for message in messages %}{% if message['role'] == 'user' %}USER: {{ message['content'] }} "
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    ),
+}
+PROMPT_FORMATS = ("auto", "chat", *PROMPT_TEMPLATES)
+
+
+def apply_prompt_format(tokenizer: Any, prompt_format: str, *, model: str = "") -> Any:
+    """Set ``tokenizer``'s chat template to the model's prompt format (see :data:`PROMPT_TEMPLATES`)."""
+    if prompt_format == "auto":
+        return tokenizer
+    if prompt_format == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfluxError(
+                f"model '{model}': prompt_format chat, but its tokenizer has no chat template; set "
+                f"prompt_format to one of {list(PROMPT_TEMPLATES)} in models.{model}"
+            )
+        return tokenizer
+    if prompt_format not in PROMPT_TEMPLATES:
+        raise ConfluxError(
+            f"model '{model}': prompt_format must be one of {PROMPT_FORMATS}, not {prompt_format!r}"
+        )
+    tokenizer.chat_template = PROMPT_TEMPLATES[prompt_format]
+    return tokenizer
 
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -157,6 +192,7 @@ def base_model_manifest_job(
         "revision": spec.revision,
         "trust_remote_code": spec.trust_remote_code,
         "dtype": spec.dtype,
+        "prompt_format": spec.prompt_format,
     }
     files = weight_files(load_path)  # a hub download is checked too: a repo may hold no safetensors at all
     if spec.source != "hub":
@@ -205,7 +241,7 @@ def load_base_model(manifest: dict[str, Any] | str | Path, *, dtype: str | None 
     tokenizer = AutoTokenizer.from_pretrained(m["load_path"], trust_remote_code=m["trust_remote_code"])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return model, apply_prompt_format(tokenizer, m.get("prompt_format", "auto"), model=m.get("name", ""))
 
 
 def working_dtype() -> str | None:

@@ -57,11 +57,14 @@ def load_helpsteer2(
     name: str = "helpsteer2",
     dims: Sequence[str] | None = None,
     revision: str | None = None,
+    config: str | None = None,
 ) -> LoadResult:
     """Load HelpSteer2 rows and pair every two responses to the same prompt."""
     chosen = select_dims(dims, file=source)  # before reading: a typo in the config should not cost a load
     columns = ("prompt", "response", *chosen)
-    records = open_records(source, split=split, offline=offline, columns=columns, revision=revision)
+    records = open_records(
+        source, split=split, offline=offline, columns=columns, revision=revision, config=config
+    )
     data = records.columns(("prompt", "response", *chosen))
     file = records.file
     groups: dict[str, list[tuple[int, str, list[float]]]] = {}

@@ -32,10 +32,12 @@ def load_pku_saferlhf(
     offline: bool = True,
     name: str = "pku_saferlhf",
     revision: str | None = None,
+    config: str | None = None,
 ) -> LoadResult:
     """Load PKU-SafeRLHF rows as canonical pairs; rows with identical responses (no preference) and exact
     repeats of an earlier row are dropped and counted."""
-    records = open_records(source, split=split, offline=offline, columns=PKU_COLUMNS, revision=revision)
+    records = open_records(source, split=split, offline=offline, columns=PKU_COLUMNS, revision=revision,
+                           config=config)  # fmt: skip
     data = records.columns(PKU_COLUMNS)
     file = records.file
     keys = ("pair_id", "prompt", "response_a", "response_b", "better", "safer")

@@ -70,11 +70,13 @@ def open_records(
     offline: bool = True,
     columns: Sequence[str] = (),
     revision: str | None = None,
+    config: str | None = None,
 ) -> Records:
     """Like :func:`read_records`, keeping the row numbers that error messages use.
 
     A hub id is read from its repository snapshot, downloaded or (offline) found in the hub cache that
-    ``snakemake download`` filled, so online and offline runs read the same files.
+    ``snakemake download`` filled, so online and offline runs read the same files; ``config`` names one of
+    its configurations (subsets).
     """
     path = Path(source).expanduser()
     if path.exists():
@@ -92,7 +94,7 @@ def open_records(
             row="all",
             field="path",
         ) from None
-    return _read_hub(snapshot, source, split, columns)
+    return _read_hub(snapshot, source, split, columns, config)
 
 
 def _read_local(path: Path, file: str, columns: Sequence[str]) -> Records:
@@ -133,14 +135,14 @@ def _read_local(path: Path, file: str, columns: Sequence[str]) -> Records:
     return Records(dataset, file, lines)
 
 
-def _read_hub(snapshot: Path, source: str, split: str, columns: Sequence[str]) -> Records:
-    log.info("%s: loading split '%s' from its hub snapshot %s", source, split, snapshot)
+def _read_hub(snapshot: Path, source: str, split: str, columns: Sequence[str], config: str | None) -> Records:
+    log.info("%s: loading split '%s' (config %s) from its hub snapshot %s", source, split, config, snapshot)
     try:
-        dataset = datasets.load_dataset(str(snapshot), split=split)
-    except Exception as err:  # an unknown split, unreadable data files: all end the same way
-        raise DataError(
-            f"could not load split '{split}' of the hub dataset: {err}", file=source, row="all", field="path"
-        ) from err
+        dataset = datasets.load_dataset(str(snapshot), name=config, split=split)
+    except Exception as err:  # an unknown split or config, unreadable data files: all end the same way
+        what = f"split '{split}'" + (f" of config '{config}'" if config else "")
+        raise DataError(f"could not load {what} of the hub dataset: {err}", file=source, row="all",
+                        field="hub_config" if config else "path") from err  # fmt: skip
     for name in columns:
         if name not in dataset.column_names:
             raise DataError(
