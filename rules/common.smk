@@ -374,7 +374,8 @@ def evaluation_outputs(study_name, dataset, model):
     if CFG.datasets[dataset].k == 2:
         return [*(f"{tables}/table1.{ext}" for ext in kinds[:3]), *ablation, *curves]
     table2 = [f"{tables}/table2_{part}.{ext}" for part in ("settings", "summary") for ext in kinds[:3]]
-    return [*table2, f"{tables}/figure2.png", f"{tables}/figure2.svg", *ablation, *curves]
+    figures = [f"{tables}/figure{n}.{ext}" for n in (2, 3) for ext in ("png", "svg")]
+    return [*table2, *figures, *ablation, *curves]
 
 
 def training_outputs(dataset, model, seed, method):

@@ -126,6 +126,35 @@ rule figure2:
         "../workflow/scripts/figure2.py"
 
 
+rule figure3:
+    input:
+        get_eval_records,
+    output:
+        png=report(
+            "results/tables/{model}/{pair_dataset}/figure3.png",
+            caption="../report/figure3.rst",
+            category="Curriculum study",
+            subcategory="{pair_dataset} / {model}",
+            labels={"figure": "Figure 3: helpfulness against each dimension"},
+        ),
+        svg="results/tables/{model}/{pair_dataset}/figure3.svg",
+    log:
+        "logs/figure3/{model}/{pair_dataset}.log",
+    benchmark:
+        "benchmarks/figure3/{model}/{pair_dataset}.tsv"
+    wildcard_constraints:
+        pair_dataset=_alternatives(MULTI_DIM_DATASETS),
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("figure3")
+    resources:
+        **job_resources("figure3"),
+    params:
+        bootstrap=get_bootstrap,
+    script:
+        "../workflow/scripts/figure3.py"
+
+
 rule ablation:
     input:
         get_ablation_records,

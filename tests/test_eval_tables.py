@@ -201,3 +201,22 @@ def test_ablation_table_is_table1_of_the_stages_for_k2(tmp_path):
     text = md.read_text()
     assert "Ablation: the curriculum after each stage" in text and "curriculum_stage1" in text
     assert pd.read_csv(csv)["method"].nunique() == 3 and html.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_figure3_puts_one_dimension_on_x_against_each_other_one():
+    """The paper's Figure 3: Figure 2's panels that contain the anchor dimension, the anchor's weight on x
+    (a pair where it comes second is turned around: its w_a is the other's 1 - w)."""
+    from conflux.evaluation.figures import figure2
+
+    rows = []
+    for a, b in (("x0", "x1"), ("x0", "x2"), ("x1", "x2")):
+        for w_a, w_b in WEIGHT_GRID:
+            rows.append({"dim_a": a, "dim_b": b, "w_a": w_a, "w_b": w_b, "method": "m", "seed": MEAN, "n": 4,
+                         "accuracy": w_a, "ci_low": w_a, "ci_high": w_a, "ties_dropped": 0})  # fmt: skip
+    settings = pd.DataFrame(rows)
+    fig = figure2(settings, paired_with="x2", ncols=2)
+    axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert [ax.get_title() for ax in axes] == ["x2 vs x0 (n=4)", "x2 vs x1 (n=4)"]
+    for ax in axes:  # accuracy was set to the first dimension's weight, so on x2's axis it reads 1 - w
+        x, y = ax.lines[0].get_data()
+        np.testing.assert_allclose(np.asarray(y), 1 - np.asarray(x))

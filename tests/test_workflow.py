@@ -37,6 +37,7 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     assert jobs["evaluate_method"] == 2 * 5  # datasets x (3 curriculum stages, Panacea, DPO-Soup)
     assert jobs["table1"] == jobs["table2"] == jobs["figure2"] == 1  # synth_pku k=2; synth_hs2 k=5
     assert jobs["ablation"] == 2  # the curriculum's stages, per dataset
+    assert jobs["figure3"] == 1  # helpfulness against each dimension, synth_hs2
     # persona variants per dataset: sft, dpo and the TIES merges at lambda 0.5 and 1
     assert jobs["persona_eval_base"] == 2 and jobs["persona_eval"] == 2 * 4 and jobs["persona_table"] == 2
     # one merge job per (dataset, seed): SFT and DPO are merged once and scaled to each λ of the grid
@@ -232,6 +233,7 @@ def test_run_ends_with_the_papers_tables_figure_and_persona_tables(small_run):
     assert len(settings) - 1 == 50 * 3 * 2  # 10 dimension pairs x 5 weights, x 3 methods, x (seed 0 + mean)
     assert (tables / "synth_hs2/figure2.png").stat().st_size > 1000
     assert (tables / "synth_hs2/figure2.svg").read_text().lstrip().startswith("<?xml")
+    assert (tables / "synth_hs2/figure3.png").stat().st_size > 1000
     persona = (tables / "persona_ojousama/persona.md").read_text()
     assert all(variant in persona for variant in ("base", "sft", "dpo"))
 
@@ -250,6 +252,7 @@ def test_report_html_holds_the_tables_and_the_figure(report_html):
         "Table 1",
         "Table 2: win rate and mean accuracy",
         "Ablation: the curriculum after each stage",
+        "Figure 3: helpfulness against each dimension",
         "Figure 2",
         "Persona study",
         "figure2.png",

@@ -40,6 +40,7 @@ RULE_CLASSES: dict[str, str] = {
     "table1": "report",
     "table2": "report",
     "ablation": "report",
+    "figure3": "report",
     "figure2": "report",
     "persona_table": "report",
     "taskvec_stats_persona": "analysis",

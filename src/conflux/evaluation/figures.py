@@ -15,7 +15,9 @@ from matplotlib.figure import Figure
 from conflux.evaluation.report_files import MEAN
 
 
-def figure2(settings: pd.DataFrame, *, seed: str = MEAN, ncols: int = 5) -> Figure:
+def figure2(
+    settings: pd.DataFrame, *, seed: str = MEAN, ncols: int = 5, paired_with: str | None = None
+) -> Figure:
     """Accuracy against the preference weight, one panel per dimension pair (the paper's Figure 2).
 
     x is the weight on the pair's first dimension a (the second gets 1 − x); each method is a line with its
@@ -25,8 +27,12 @@ def figure2(settings: pd.DataFrame, *, seed: str = MEAN, ncols: int = 5) -> Figu
     Args:
         settings: the ``settings`` frame of :func:`conflux.evaluation.accuracy.table2`.
         seed: which seed group to draw: ``"mean"`` (default) or one seed as a string.
+        paired_with: only the pairs of this dimension with each other one, this dimension on x (the paper's
+            Figure 3: helpfulness against each other dimension).
     """
     data = settings[settings["seed"] == seed]
+    if paired_with is not None:
+        data = _paired_with(data, paired_with)
     pairs = list(dict.fromkeys(zip(data["dim_a"], data["dim_b"], strict=True)))
     methods = list(dict.fromkeys(data["method"]))
     ncols = max(1, min(ncols, len(pairs)))
@@ -68,6 +74,14 @@ def figure2(settings: pd.DataFrame, *, seed: str = MEAN, ncols: int = 5) -> Figu
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(methods), 5), fontsize=8)
     fig.suptitle(_seed_title(seed, settings), fontsize=10)
     return fig
+
+
+def _paired_with(data: pd.DataFrame, dim: str) -> pd.DataFrame:
+    """The settings of ``dim`` against each other dimension, turned so that ``dim`` is a (w_a its weight)."""
+    first = data[data["dim_a"] == dim]
+    second = data[data["dim_b"] == dim].rename(columns={"dim_a": "dim_b", "dim_b": "dim_a", "w_a": "w_b",
+                                                        "w_b": "w_a"})  # fmt: skip
+    return pd.concat([first, second[first.columns]], ignore_index=True)
 
 
 def _seed_title(seed: str, settings: pd.DataFrame) -> str:

@@ -210,6 +210,25 @@ def figure2_job(
     write_figure(figure2(settings), png, svg)
 
 
+def figure3_job(
+    records: Sequence[str | Path],
+    *,
+    png: str | Path,
+    svg: str | Path,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    grid: Sequence[tuple[float, float]] = WEIGHT_GRID,
+) -> str:
+    """The ``figure3`` rule: the paper's Figure 3 (Appendix C), accuracy against the weight on helpfulness
+    paired with each other dimension; a dataset without helpfulness pairs its first dimension. Returns it."""
+    frame, dims = read_records(records)
+    anchor = "helpfulness" if "helpfulness" in dims else dims[0]
+    settings, _ = table2(frame, dims, resamples=resamples, level=level, seed=seed, grid=grid)
+    write_figure(figure2(settings, paired_with=anchor, ncols=len(dims) - 1), png, svg)
+    return anchor
+
+
 def _settings_view(mean: pd.DataFrame) -> pd.DataFrame:
     """One row per setting, one column per method, the best accuracy in bold."""
     rows = []
