@@ -371,6 +371,7 @@ def evaluation_outputs(study_name, dataset, model):
     ablation = (
         [f"{tables}/ablation.{ext}" for ext in kinds[:3]] if ablation_variants("curriculum", methods) else []
     )
+    ablation += [f"{tables}/length_bias.{ext}" for ext in kinds]
     if CFG.datasets[dataset].k == 2:
         return [*(f"{tables}/table1.{ext}" for ext in kinds[:3]), *ablation, *curves]
     table2 = [f"{tables}/table2_{part}.{ext}" for part in ("settings", "summary") for ext in kinds[:3]]

@@ -155,6 +155,40 @@ rule figure3:
         "../workflow/scripts/figure3.py"
 
 
+rule length_bias:
+    input:
+        get_eval_records,
+    output:
+        csv="results/tables/{model}/{pair_dataset}/length_bias.csv",
+        md="results/tables/{model}/{pair_dataset}/length_bias.md",
+        html=report(
+            "results/tables/{model}/{pair_dataset}/length_bias.html",
+            caption="../report/length_bias.rst",
+            category="Curriculum study",
+            subcategory="{pair_dataset} / {model}",
+            labels={"table": "Length bias of the implicit reward"},
+        ),
+        png=report(
+            "results/tables/{model}/{pair_dataset}/length_bias.png",
+            caption="../report/length_bias.rst",
+            category="Curriculum study",
+            subcategory="{pair_dataset} / {model}",
+            labels={"figure": "Length bias of the implicit reward"},
+        ),
+        svg="results/tables/{model}/{pair_dataset}/length_bias.svg",
+    log:
+        "logs/length_bias/{model}/{pair_dataset}.log",
+    benchmark:
+        "benchmarks/length_bias/{model}/{pair_dataset}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("length_bias")
+    resources:
+        **job_resources("length_bias"),
+    script:
+        "../workflow/scripts/length_bias.py"
+
+
 rule ablation:
     input:
         get_ablation_records,

@@ -147,6 +147,16 @@ def test_dpo_soup_of_two_adapter_runs_evaluates_as_the_interpolated_weights(ws, 
     for w in weights:
         assert _at(frame, w, ids)["label"].tolist() == weighted_labels(s_a, s_b, w).tolist()
     assert not np.allclose(frame["margin"], 0.0)  # the adapters do move the policy off the reference
+    # the response tokens each log-prob sums over (eos included), for the length-bias analysis
+    _, tokenizer = load_base_model(ws / "manifest.json", dtype="float32")
+    cols = pairs.table.to_pydict()
+    batch, _ = tokenize_pairs(
+        tokenizer, cols["prompt"], cols["response_a"], cols["response_b"], max_length=SETTINGS.max_length
+    )
+    scored = batch.loss_mask.sum(dim=1).numpy()
+    at = _at(frame, (1.0, 0.0), ids)
+    np.testing.assert_array_equal(at["len_a"].to_numpy(), scored[: len(ids)])
+    np.testing.assert_array_equal(at["len_b"].to_numpy(), scored[len(ids) :])
 
 
 def test_shared_and_dimension_adapters_of_one_run_evaluate_like_the_policy_in_memory(ws, records):

@@ -38,6 +38,7 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     assert jobs["table1"] == jobs["table2"] == jobs["figure2"] == 1  # synth_pku k=2; synth_hs2 k=5
     assert jobs["ablation"] == 2  # the curriculum's stages, per dataset
     assert jobs["figure3"] == 1  # helpfulness against each dimension, synth_hs2
+    assert jobs["length_bias"] == 2  # Appendix C, per pair dataset
     # persona variants per dataset: sft, dpo and the TIES merges at lambda 0.5 and 1
     assert jobs["persona_eval_base"] == 2 and jobs["persona_eval"] == 2 * 4 and jobs["persona_table"] == 2
     # one merge job per (dataset, seed): SFT and DPO are merged once and scaled to each λ of the grid
@@ -234,6 +235,8 @@ def test_run_ends_with_the_papers_tables_figure_and_persona_tables(small_run):
     assert (tables / "synth_hs2/figure2.png").stat().st_size > 1000
     assert (tables / "synth_hs2/figure2.svg").read_text().lstrip().startswith("<?xml")
     assert (tables / "synth_hs2/figure3.png").stat().st_size > 1000
+    bias = (tables / "synth_hs2/length_bias.csv").read_text()
+    assert "spearman" in bias and "verbosity" in bias and (tables / "synth_pku/length_bias.png").exists()
     persona = (tables / "persona_ojousama/persona.md").read_text()
     assert all(variant in persona for variant in ("base", "sft", "dpo"))
 
@@ -253,6 +256,7 @@ def test_report_html_holds_the_tables_and_the_figure(report_html):
         "Table 2: win rate and mean accuracy",
         "Ablation: the curriculum after each stage",
         "Figure 3: helpfulness against each dimension",
+        "Length bias of the implicit reward",
         "Figure 2",
         "Persona study",
         "figure2.png",

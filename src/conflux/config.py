@@ -41,6 +41,7 @@ RULE_CLASSES: dict[str, str] = {
     "table2": "report",
     "ablation": "report",
     "figure3": "report",
+    "length_bias": "report",
     "figure2": "report",
     "persona_table": "report",
     "taskvec_stats_persona": "analysis",

@@ -3,12 +3,15 @@
 Every table and figure of the curriculum study is an aggregate of these records, so they are computed once
 per (method, seed) and kept as a long Parquet table, one row per (w, pair):
 
-``method, seed, pair_id, w0..w{k-1}, d0..d{k-1}, label, margin, logp_a, logp_b, ref_logp_a, ref_logp_b``
+``method, seed, pair_id, w0..w{k-1}, d0..d{k-1}, label, margin, logp_a, logp_b, ref_logp_a, ref_logp_b,
+len_a, len_b``
 
 with d = s_a − s_b (the pair's score difference, which tells which dimension pairs it conflicts on),
 label = sign(w·s_a − w·s_b) (+1: a is better under w, −1: b, 0: a tie, dropped and counted by the tables)
 and margin = r_w(y_a) − r_w(y_b) = β[(log π(y_a; w) − log π_ref(y_a)) − (log π(y_b; w) − log π_ref(y_b))].
-The Parquet metadata holds the dimension names, β and where the inputs came from.
+``len_a``/``len_b`` count the response tokens the log-probs sum over (after truncation, eos included): the
+length-bias analysis (:mod:`conflux.evaluation.length_bias`) reads them. The Parquet metadata holds the
+dimension names, β and where the inputs came from.
 
 Which (w, pair) rows are computed (:func:`evaluation_plan`): each unit weight 1_i on every pair of the file
 (Table 1, and the end points of Figure 2), and each mixed weight of a dimension pair (a, b) only on the pairs
@@ -34,7 +37,7 @@ from conflux.data.split import dim_pair_conflict
 from conflux.errors import ConfluxError, DataError
 from conflux.evaluation.implicit_reward import implicit_reward_margin, policy_logps, run_beta
 from conflux.modeling.policy import PreferencePolicy, load_method_policy
-from conflux.modeling.tokenize import TokenizeSettings
+from conflux.modeling.tokenize import TokenizeSettings, encode_pairs
 from conflux.progress import with_progress
 from conflux.training.reference import read_reference
 
@@ -204,13 +207,17 @@ def evaluate_policy(
         raise ConfluxError(f"the policy has k={policy.k} dimension adapters, the pairs have k={pairs.k}")
     s_a, s_b = pairs.scores()
     ids = np.asarray(pairs.table.column("pair_id").to_pylist(), dtype=object)
+    rows_a, rows_b, _ = encode_pairs(tokenizer, pairs, settings)
+    len_a = np.array([len(response) for _, response in rows_a], dtype=np.float64)
+    len_b = np.array([len(response) for _, response in rows_b], dtype=np.float64)
     frames = []
     for w, idx in with_progress(plan, desc=f"evaluate {method} seed {seed}", unit="weight"):
         if len(idx) == 0:
             continue
         logp_a, logp_b = policy_logps(policy, tokenizer, pairs.take(idx), w, settings, batch_size=batch_size)
         margins = implicit_reward_margin(logp_a, logp_b, ref_a[idx], ref_b[idx], beta)
-        extra = {"logp_a": logp_a, "logp_b": logp_b, "ref_logp_a": ref_a[idx], "ref_logp_b": ref_b[idx]}
+        extra = {"logp_a": logp_a, "logp_b": logp_b, "ref_logp_a": ref_a[idx], "ref_logp_b": ref_b[idx],
+                 "len_a": len_a[idx], "len_b": len_b[idx]}  # fmt: skip
         frames.append(
             records_frame(
                 method=method,
