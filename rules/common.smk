@@ -15,6 +15,7 @@ from conflux.methods import (  # noqa: E402
     METHODS,
     ablation_variants,
     compared_variants,
+    final_variants,
     STAGES,
     analysed_variants,
     revertable_methods,
@@ -228,6 +229,11 @@ def get_eval_records(wildcards):
     """Records of the compared methods (each by its final stage) and every seed of one (model, dataset): the
     input of Table 1, Table 2 and Figure 2."""
     return _records(wildcards, compared_variants("curriculum", CFG.study("curriculum").methods))
+
+
+def get_final_records(wildcards):
+    """Records of every method's final stage, variants included: the input of the length-bias analysis."""
+    return _records(wildcards, final_variants("curriculum", CFG.study("curriculum").methods))
 
 
 def get_ablation_records(wildcards):

@@ -157,7 +157,7 @@ rule figure3:
 
 rule length_bias:
     input:
-        get_eval_records,
+        get_final_records,
     output:
         csv="results/tables/{model}/{pair_dataset}/length_bias.csv",
         md="results/tables/{model}/{pair_dataset}/length_bias.md",

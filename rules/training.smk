@@ -94,6 +94,81 @@ rule curriculum_stage3:
         "../workflow/scripts/train_preference.py"
 
 
+# The length-controlled curriculum (registry: curriculum_rdpo): the same three stages with R-DPO's length term.
+rule curriculum_rdpo_stage1:
+    input:
+        pairs=[split_part("agree")],
+        references=[reference("agree")],
+        manifest="results/models/{model}/manifest.json",
+    output:
+        directory(train_output("curriculum_rdpo_stage1")),
+    log:
+        "logs/curriculum_rdpo_stage1/{model}/{pair_dataset}/seed{seed}.log",
+    benchmark:
+        "benchmarks/curriculum_rdpo_stage1/{model}/{pair_dataset}/seed{seed}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("curriculum_rdpo_stage1")
+    resources:
+        **job_resources("curriculum_rdpo_stage1"),
+    params:
+        train=train_params("curriculum_rdpo_stage1"),
+        work_dir=checkpoint_dir,
+        keep_checkpoints=CFG.keep_checkpoints,
+    script:
+        "../workflow/scripts/train_preference.py"
+
+
+rule curriculum_rdpo_stage2:
+    input:
+        pairs=[split_part("conflict")],
+        references=[reference("conflict")],
+        manifest="results/models/{model}/manifest.json",
+        init=train_output("curriculum_rdpo_stage1"),
+    output:
+        directory(train_output("curriculum_rdpo_stage2")),
+    log:
+        "logs/curriculum_rdpo_stage2/{model}/{pair_dataset}/seed{seed}.log",
+    benchmark:
+        "benchmarks/curriculum_rdpo_stage2/{model}/{pair_dataset}/seed{seed}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("curriculum_rdpo_stage2")
+    resources:
+        **job_resources("curriculum_rdpo_stage2"),
+    params:
+        train=train_params("curriculum_rdpo_stage2"),
+        work_dir=checkpoint_dir,
+        keep_checkpoints=CFG.keep_checkpoints,
+    script:
+        "../workflow/scripts/train_preference.py"
+
+
+rule curriculum_rdpo_stage3:
+    input:
+        pairs=[split_part("agree_sub"), split_part("conflict")],
+        references=[reference("agree_sub"), reference("conflict")],
+        manifest="results/models/{model}/manifest.json",
+        init=train_output("curriculum_rdpo_stage2"),
+    output:
+        directory(train_output("curriculum_rdpo_stage3")),
+    log:
+        "logs/curriculum_rdpo_stage3/{model}/{pair_dataset}/seed{seed}.log",
+    benchmark:
+        "benchmarks/curriculum_rdpo_stage3/{model}/{pair_dataset}/seed{seed}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("curriculum_rdpo_stage3")
+    resources:
+        **job_resources("curriculum_rdpo_stage3"),
+    params:
+        train=train_params("curriculum_rdpo_stage3"),
+        work_dir=checkpoint_dir,
+        keep_checkpoints=CFG.keep_checkpoints,
+    script:
+        "../workflow/scripts/train_preference.py"
+
+
 rule panacea:
     input:
         pairs=[split_part("agree"), split_part("conflict")],

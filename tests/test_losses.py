@@ -309,3 +309,42 @@ def test_one_hot_weights_are_the_corners() -> None:
     corners = one_hot_weights(3)
     assert len(corners) == 3
     torch.testing.assert_close(torch.stack(corners), torch.eye(3, dtype=torch.float32))
+
+
+# ---- length control ----------------------------------------------------------------------------------------
+
+
+def test_rdpo_and_normalized_log_ratios_give_the_hand_computed_pair_scores() -> None:
+    """R-DPO: z = β(h_a − h_b) − α(|y_a| − |y_b|) for a preferred (label +1), mirrored for label −1;
+    normalized: z = β(h_a/|y_a| − h_b/|y_b|). Checked through L_DPO,i, whose loss is −log σ(l·z)."""
+    from conflux.training.losses import length_controlled
+
+    h_a, h_b = torch.tensor([-3.0, -10.0, -4.0]), torch.tensor([-5.0, -2.0, -4.5])
+    len_a, len_b = torch.tensor([12, 40, 7]), torch.tensor([20, 8, 7])
+    labels = torch.tensor([1, -1, 1])
+    beta, alpha = 0.1, 0.02
+    a, b = length_controlled(h_a, h_b, len_a, len_b, "rdpo", alpha, beta)
+    loss, _ = per_dim_dpo_loss(a, b, labels, beta)
+    z = [beta * (-3 + 5) - alpha * (12 - 20), -(beta * (-10 + 2) - alpha * (40 - 8)), beta * 0.5 - 0.0]
+    assert loss.item() == pytest.approx(sum(-math.log(1 / (1 + math.exp(-v))) for v in z) / 3, rel=1e-6)
+    a, b = length_controlled(h_a, h_b, len_a, len_b, "normalized", alpha, beta)
+    torch.testing.assert_close(a, h_a / len_a.float())
+    torch.testing.assert_close(b, h_b / len_b.float())
+    a, b = length_controlled(h_a, h_b, len_a, len_b, "none", alpha, beta)
+    assert a is h_a and b is h_b
+    with pytest.raises(ConfluxError, match="length_control"):
+        length_controlled(h_a, h_b, len_a, len_b, "simpo", alpha, beta)
+
+
+def test_the_evaluation_margin_of_a_length_controlled_method_is_its_training_score() -> None:
+    import numpy as np
+
+    from conflux.evaluation.implicit_reward import implicit_reward_margin
+
+    logp_a, logp_b = np.array([-30.0, -12.0]), np.array([-25.0, -40.0])
+    ref_a, ref_b = np.array([-28.0, -11.0]), np.array([-26.0, -37.0])
+    len_a, len_b = np.array([10.0, 5.0]), np.array([6.0, 30.0])
+    plain = implicit_reward_margin(logp_a, logp_b, ref_a, ref_b, 0.1)
+    np.testing.assert_allclose(plain, 0.1 * ((logp_a - ref_a) - (logp_b - ref_b)))
+    rdpo = implicit_reward_margin(logp_a, logp_b, ref_a, ref_b, 0.1, length=("rdpo", 0.02, len_a, len_b))
+    np.testing.assert_allclose(rdpo, plain - 0.02 * (len_a - len_b), rtol=1e-12)

@@ -159,7 +159,7 @@ def test_the_plan_covers_every_gpu_and_analysis_job_of_the_paper_dag(tmp_path):
                if RULE_CLASSES.get(rule) in ("training", "reference", "evaluation", "analysis")}  # fmt: skip
     rows = plan_rows(load_config(ROOT / "config/paper.yaml"), "results")
     assert planned and planned == {r.rule for r in rows}
-    assert set(STAGES) <= planned
+    assert {r for r in STAGES if not r.startswith("curriculum_rdpo")} <= planned  # the paper's methods
 
 
 def test_snakemake_plan_writes_the_paper_plan_on_a_laptop(tmp_path):

@@ -454,3 +454,47 @@ def test_tracking_is_chosen_per_rule_and_wandb_runs_offline_without_a_project(tm
     monkeypatch.delenv("WANDB_MODE")
     tracking_callbacks(Tracking("wandb", wandb_project="conflux"), tmp_path, "x")
     assert os.environ["WANDB_PROJECT"] == "conflux" and "WANDB_MODE" not in os.environ
+
+
+def test_the_length_controlled_curriculum_scores_pairs_with_rdpo_in_every_pass(ws):
+    """curriculum_rdpo's stage 3 (registry settings: length_control rdpo): each dimension pass's loss is
+    L_DPO,i of β(h_a − h_b) − α(|y_a| − |y_b|), with |y| the response tokens scored; its KL target uses the
+    same scores. Hand-computed from the raw log-ratios of the same policy."""
+    from conflux.errors import ConfigError
+    from conflux.training.config import resolve_train_config
+    from conflux.training.losses import kl_bernoulli_loss, kl_target, sample_dirichlet_weights
+
+    cfg = resolve_train_config({}, "curriculum_rdpo_stage3", "synth")
+    assert (cfg.length_control, cfg.length_alpha) == ("rdpo", 0.01)
+    model, tokenizer = load_base_model(ws / "manifest.json", dtype="float32")
+    policy = PreferencePolicy.create(model, 2, LoraSpec(), shared=True, seed=3)
+    objective = make_objective("curriculum_rdpo_stage3", 2, 0.1, None, "rdpo", 0.05)
+    pairs = read_pairs(ws / "conflict.parquet").table.slice(0, 4).to_pydict()
+    batch, _ = tokenize_pairs(
+        tokenizer, pairs["prompt"], pairs["response_a"], pairs["response_b"], max_length=128
+    )
+    labels = torch.sign(torch.tensor(pairs["scores_a"]) - torch.tensor(pairs["scores_b"])).long()
+    ref_a, ref_b = torch.full((4,), -60.0), torch.full((4,), -61.0)
+    inputs = StepInputs(batch, labels, ref_a, ref_b)
+    ctx = StepContext(policy.model, torch.no_grad, seed=0, global_step=7)
+    got = [loss.item() for loss, _ in objective.passes(policy, ctx, inputs)]
+    counts = batch.loss_mask.sum(dim=1).float()
+    len_diff = counts[:4] - counts[4:]
+    deltas = []
+    with torch.no_grad():
+        for i in range(2):
+            with policy.at(torch.eye(2)[i]) as m:
+                la, lb = sequence_logps(m, batch)
+            z = 0.1 * ((la - ref_a) - (lb - ref_b)) - 0.05 * len_diff
+            deltas.append(z / 0.1)
+            used = labels[:, i] != 0
+            want = -torch.nn.functional.logsigmoid(labels[used, i] * z[used]).mean()
+            assert got[i] == pytest.approx(want.item(), rel=1e-5)
+        w = sample_dirichlet_weights(2, ctx.weight_generator())
+        p = kl_target(torch.stack(deltas, dim=1), w, 0.1)
+        with policy.at(w) as m:
+            la, lb = sequence_logps(m, batch)
+        z_w = 0.1 * ((la - ref_a) - (lb - ref_b)) - 0.05 * len_diff
+        assert got[2] == pytest.approx(kl_bernoulli_loss(z_w, p).item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="preference methods only"):
+        resolve_train_config({"methods": {"dpo": {"length_control": "rdpo"}}}, "dpo", "p")

@@ -34,7 +34,10 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     # eval_conflict),
     # shared by the three curriculum stages, Panacea, every DPO-Soup member and every evaluation.
     assert jobs["reference_logps"] == 2 * 3
-    assert jobs["evaluate_method"] == 2 * 5  # datasets x (3 curriculum stages, Panacea, DPO-Soup)
+    # datasets x (3 curriculum stages, Panacea, DPO-Soup, the length-controlled curriculum after stage 3)
+    assert jobs["evaluate_method"] == 2 * 6
+    for stage in (1, 2, 3):
+        assert jobs[f"curriculum_rdpo_stage{stage}"] == 2
     assert jobs["table1"] == jobs["table2"] == jobs["figure2"] == 1  # synth_pku k=2; synth_hs2 k=5
     assert jobs["ablation"] == 2  # the curriculum's stages, per dataset
     assert jobs["figure3"] == 1  # helpfulness against each dimension, synth_hs2

@@ -56,6 +56,9 @@ class Method:
     ``shared``: the policy has a `shared` adapter besides dim0..dim{k-1} (preference methods).
     ``analysed``: stages whose adapters get task-vector statistics and dimension-vs-dimension CL-L2 tables.
     ``revertable``: its full models are reverted layer by layer by the persona study's sweep.
+    ``compared``: one of the methods the study's tables compare (the paper's); a variant that is not (the
+    length-controlled curriculum) appears in the analyses that are about it.
+    ``settings``: training settings of the method, under the config's ``methods.<rule>`` (a variant's point).
     Every stage is evaluated: a curriculum stage, Panacea or DPO-Soup as a policy at w (the soup's k jobs
     together), a persona model with the persona metrics.
     """
@@ -67,6 +70,8 @@ class Method:
     analysed: tuple[str, ...] = ()
     revertable: bool = False
     resource_class: str = "training"
+    compared: bool = True
+    settings: tuple[tuple[str, object], ...] = ()
 
     @property
     def rules(self) -> tuple[str, ...]:
@@ -86,6 +91,21 @@ METHODS: dict[str, Method] = {
                 Stage("curriculum_stage3", "curriculum_stage3", "curriculum/stage3", trains="all"),
             ),
             analysed=("curriculum_stage3",),
+        ),
+        # The curriculum with R-DPO's length control in every loss and in its evaluation margin: the fix the
+        # paper suggests for the length bias of Appendix C (beyond the paper; compared in length_bias tables).
+        Method(
+            "curriculum_rdpo",
+            "curriculum",
+            (
+                Stage(
+                    "curriculum_rdpo_stage1", "curriculum_stage1", "curriculum_rdpo/stage1", trains="shared"
+                ),
+                Stage("curriculum_rdpo_stage2", "curriculum_stage2", "curriculum_rdpo/stage2", trains="dims"),
+                Stage("curriculum_rdpo_stage3", "curriculum_stage3", "curriculum_rdpo/stage3", trains="all"),
+            ),
+            compared=False,
+            settings=(("length_control", "rdpo"),),
         ),
         # Panacea with linear scalarization over k+1 modules (Zhong et al., 2024).
         Method("panacea", "curriculum", (Stage("panacea", "panacea", "panacea", trains="all"),)),
@@ -132,18 +152,25 @@ def variants(study: str, methods: tuple[str, ...] | None = None) -> list[str]:
     return [rule for name in chosen for rule in METHODS[name].rules]
 
 
-def compared_variants(study: str, methods: tuple[str, ...] | None = None) -> list[str]:
-    """The variant each method is compared by in the study's tables: its final stage. The curriculum study
-    compares three methods as the paper does (the curriculum after stage 3, Panacea, DPO-Soup)."""
+def final_variants(study: str, methods: tuple[str, ...] | None = None) -> list[str]:
+    """Every method's final stage, variants included (the length-bias analysis compares them all)."""
     chosen = methods_of(study) if methods is None else methods
     return [METHODS[name].rules[-1] for name in chosen]
 
 
-def ablation_variants(study: str, methods: tuple[str, ...] | None = None) -> list[str]:
-    """Every stage of the study's multi-stage methods (the curriculum after stages 1, 2 and 3), compared in an
-    ablation table of their own."""
+def compared_variants(study: str, methods: tuple[str, ...] | None = None) -> list[str]:
+    """The variant each compared method is judged by in the study's tables: its final stage. The curriculum
+    study compares three methods as the paper does (the curriculum after stage 3, Panacea, DPO-Soup)."""
     chosen = methods_of(study) if methods is None else methods
-    return [rule for name in chosen if len(METHODS[name].stages) > 1 for rule in METHODS[name].rules]
+    return final_variants(study, tuple(name for name in chosen if METHODS[name].compared))
+
+
+def ablation_variants(study: str, methods: tuple[str, ...] | None = None) -> list[str]:
+    """Every stage of the study's compared multi-stage methods (the curriculum after stages 1, 2 and 3), set
+    side by side in an ablation table of their own."""
+    chosen = methods_of(study) if methods is None else methods
+    multi = [name for name in chosen if len(METHODS[name].stages) > 1 and METHODS[name].compared]
+    return [rule for name in multi for rule in METHODS[name].rules]
 
 
 def analysed_variants() -> list[str]:

@@ -19,6 +19,7 @@ from conflux.errors import ConfluxError
 from conflux.modeling.logprobs import score_rows
 from conflux.modeling.policy import PreferencePolicy
 from conflux.modeling.tokenize import TokenizeSettings, encode_pairs, pad_id_of
+from conflux.training.losses import length_controlled
 
 
 @torch.no_grad()
@@ -39,14 +40,39 @@ def policy_logps(
 
 
 def implicit_reward_margin(
-    logp_a: np.ndarray, logp_b: np.ndarray, ref_a: np.ndarray, ref_b: np.ndarray, beta: float
+    logp_a: np.ndarray,
+    logp_b: np.ndarray,
+    ref_a: np.ndarray,
+    ref_b: np.ndarray,
+    beta: float,
+    *,
+    length: tuple[str, float, np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """r_w(y_a) − r_w(y_b) = β[(log π(y_a; w) − log π_ref(y_a)) − (log π(y_b; w) − log π_ref(y_b))] per pair.
 
     Positive means the policy at w prefers response a. Every evaluation margin of the curriculum study is
-    computed here, from sequence log-probs of the policy at w and the cached reference.
+    computed here, from sequence log-probs of the policy at w and the cached reference. ``length``
+    (control, α, |y_a|, |y_b|): a length-controlled method's margin, with the log-ratios it was trained on
+    (:func:`conflux.training.losses.length_controlled`).
     """
-    return beta * ((logp_a - ref_a) - (logp_b - ref_b))
+    h_a, h_b = logp_a - ref_a, logp_b - ref_b
+    if length is not None and length[0] != "none":
+        control, alpha, len_a, len_b = length
+        a, b = length_controlled(*(torch.as_tensor(np.asarray(x, dtype=np.float64)) for x in (h_a, h_b, len_a,
+                                   len_b)), control, alpha, beta)  # fmt: skip
+        h_a, h_b = a.numpy(), b.numpy()
+    return beta * (h_a - h_b)
+
+
+def run_length_control(run_dirs: Sequence[str | Path]) -> tuple[str, float]:
+    """(length_control, length_alpha) the runs were trained with (``train_config.json``; older runs: none)."""
+    found = set()
+    for run in run_dirs:
+        saved = json.loads((Path(run) / "train_config.json").read_text(encoding="utf-8"))
+        found.add((saved.get("length_control", "none"), float(saved.get("length_alpha", 0.0))))
+    if len(found) != 1:
+        raise ConfluxError(f"the runs of one method were trained with different length control: {found}")
+    return next(iter(found))
 
 
 def run_beta(run_dirs: Sequence[str | Path]) -> float:

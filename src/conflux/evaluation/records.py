@@ -35,7 +35,12 @@ from conflux.atomic import atomic_path
 from conflux.data.pairs import PairTable, read_pairs
 from conflux.data.split import dim_pair_conflict
 from conflux.errors import ConfluxError, DataError
-from conflux.evaluation.implicit_reward import implicit_reward_margin, policy_logps, run_beta
+from conflux.evaluation.implicit_reward import (
+    implicit_reward_margin,
+    policy_logps,
+    run_beta,
+    run_length_control,
+)
 from conflux.modeling.policy import PreferencePolicy, load_method_policy
 from conflux.modeling.tokenize import TokenizeSettings, encode_pairs
 from conflux.progress import with_progress
@@ -201,8 +206,10 @@ def evaluate_policy(
     method: str,
     seed: int,
     batch_size: int = 32,
+    length_control: tuple[str, float] = ("none", 0.0),
 ) -> pd.DataFrame:
-    """Records of ``policy`` at every (w, pair indices) of ``plan``; ``ref_*`` are in the pairs' order."""
+    """Records of ``policy`` at every (w, pair indices) of ``plan``; ``ref_*`` are in the pairs' order.
+    ``length_control``: the method's (control, α), which its margins use as its losses did."""
     if policy.k != pairs.k:
         raise ConfluxError(f"the policy has k={policy.k} dimension adapters, the pairs have k={pairs.k}")
     s_a, s_b = pairs.scores()
@@ -215,7 +222,8 @@ def evaluate_policy(
         if len(idx) == 0:
             continue
         logp_a, logp_b = policy_logps(policy, tokenizer, pairs.take(idx), w, settings, batch_size=batch_size)
-        margins = implicit_reward_margin(logp_a, logp_b, ref_a[idx], ref_b[idx], beta)
+        length = (*length_control, len_a[idx], len_b[idx])
+        margins = implicit_reward_margin(logp_a, logp_b, ref_a[idx], ref_b[idx], beta, length=length)
         extra = {"logp_a": logp_a, "logp_b": logp_b, "ref_logp_a": ref_a[idx], "ref_logp_b": ref_b[idx],
                  "len_a": len_a[idx], "len_b": len_b[idx]}  # fmt: skip
         frames.append(
@@ -265,6 +273,7 @@ def evaluate_method_job(
     ids = pair_table.table.column("pair_id").to_pylist()
     ref_a, ref_b = read_reference(references, settings, ids)
     beta = run_beta(run_dirs)
+    control = run_length_control(run_dirs)
     model, tokenizer = load_base_model(manifest, dtype=working_dtype())
     model = to_work_device(model)
     policy = load_method_policy(model, run_dirs)
@@ -285,12 +294,14 @@ def evaluate_method_job(
         method=method,
         seed=seed,
         batch_size=batch_size,
+        length_control=control,
     )
     meta = {
         "dims": list(pair_table.dims),
         "method": method,
         "seed": seed,
         "beta": beta,
+        "length_control": list(control),
         "pairs": str(pairs),
         "references": [str(r) for r in references],
         "run_dirs": [str(r) for r in run_dirs],

@@ -12,8 +12,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from conflux.errors import ConfigError
-from conflux.methods import PREFERENCE, STAGES
+from conflux.methods import PREFERENCE, STAGES, method_of
 from conflux.modeling.lora import LoraSpec
+
+LENGTH_CONTROLS = ("none", "rdpo", "normalized")  # see conflux.training.losses.length_controlled
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class TrainConfig:
     logging_steps: int = 10
     finetune: str = "lora"
     lora: LoraSettings = field(default_factory=LoraSettings)
+    # Length control of the preference methods (conflux.training.losses.length_controlled); alpha: R-DPO's α.
+    length_control: str = "none"
+    length_alpha: float = 0.01
 
     def gradient_accumulation(self, world_size: int) -> int:
         """Micro-steps per optimizer step so that micro-batch × devices × steps = ``batch_size``."""
@@ -92,13 +97,15 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_train_config(raw: dict[str, Any], method: str, dataset: str) -> TrainConfig:
-    """defaults ← ``training`` ← ``methods.<method>`` ← ``training.per_dataset.<dataset>``."""
+    """defaults ← ``training`` ← the registry's settings of the method (e.g. the length-controlled variant's)
+    ← ``methods.<method>`` ← ``training.per_dataset.<dataset>``."""
     if method not in STAGES:
         known = list(STAGES)
         raise ConfigError("methods", "known method", f"unknown method '{method}'; known: {known}")
     training = dict(raw.get("training", {}))
     per_dataset = training.pop("per_dataset", {})
-    merged = _merge(training, raw.get("methods", {}).get(method, {}))
+    merged = _merge(training, dict(method_of(method).settings))
+    merged = _merge(merged, raw.get("methods", {}).get(method, {}))
     merged = _merge(merged, per_dataset.get(dataset, {}))
     cfg = train_config_from_dict(merged)
     if cfg.finetune not in ("lora", "full"):
@@ -109,5 +116,10 @@ def resolve_train_config(raw: dict[str, Any], method: str, dataset: str) -> Trai
             "lora for preference methods",
             "curriculum, Panacea and DPO-Soup are defined on LoRA adapters; full fine-tuning is for sft/dpo",
         )
+    if cfg.length_control not in LENGTH_CONTROLS:
+        raise ConfigError(f"methods.{method}.length_control", "enum", f"one of {list(LENGTH_CONTROLS)}")
+    if cfg.length_control != "none" and STAGES[method].trainer != PREFERENCE:
+        raise ConfigError(f"methods.{method}.length_control", "preference methods only",
+                          "length control applies to the curriculum, Panacea and DPO-Soup")  # fmt: skip
     cfg.gradient_accumulation(1)  # the batch must at least split on one device
     return cfg

@@ -16,6 +16,36 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from conflux.errors import ConfluxError
+from conflux.training.config import LENGTH_CONTROLS
+
+
+def length_controlled(
+    logratio_a: Tensor,
+    logratio_b: Tensor,
+    len_a: Tensor,
+    len_b: Tensor,
+    control: str,
+    alpha: float,
+    beta: float,
+) -> tuple[Tensor, Tensor]:
+    """The log-ratios a length-controlled method scores pairs by (the paper's suggested fix for length bias).
+
+    - ``none``: h(y) as it is.
+    - ``rdpo`` (R-DPO, Park et al. 2024): h(y) − (α/β)|y|, so that the pair score is
+      z = β(h(y_a) − h(y_b)) − α(|y_a| − |y_b|): a longer response must earn its extra tokens.
+    - ``normalized`` (SimPO-style length normalization, Meng et al. 2024): h(y)/|y|, the per-token log-ratio.
+
+    |y| counts the response tokens the log-ratio sums over. Every use goes through here (the per-dimension
+    DPO losses, the stage-3 KL target and its z_w, the evaluation margin), so training and evaluation agree.
+    """
+    if control == "none":
+        return logratio_a, logratio_b
+    len_a, len_b = len_a.to(logratio_a.dtype), len_b.to(logratio_b.dtype)
+    if control == "rdpo":
+        return logratio_a - (alpha / beta) * len_a, logratio_b - (alpha / beta) * len_b
+    if control == "normalized":
+        return logratio_a / len_a.clamp(min=1), logratio_b / len_b.clamp(min=1)
+    raise ConfluxError(f"length_control must be one of {LENGTH_CONTROLS}, not {control!r}")
 
 
 def _sigmoid_loss(z: Tensor, label_smoothing: float) -> Tensor:

@@ -28,6 +28,7 @@ from conflux.modeling.tokenize import PairBatch
 from conflux.training.losses import (
     kl_bernoulli_loss,
     kl_target,
+    length_controlled,
     one_hot_weights,
     per_dim_dpo_loss,
     preference_rewards,
@@ -97,10 +98,31 @@ class Objective(ABC):
 
     name = "objective"
 
-    def __init__(self, k: int, beta: float, dim: int | None = None) -> None:
+    def __init__(
+        self,
+        k: int,
+        beta: float,
+        dim: int | None = None,
+        length_control: str = "none",
+        length_alpha: float = 0.0,
+    ) -> None:
         self.k = k
         self.beta = beta
         self.dim = dim
+        self.length_control = length_control
+        self.length_alpha = length_alpha
+
+    def logratios(
+        self, policy: PreferencePolicy, ctx: StepContext, inputs: StepInputs
+    ) -> tuple[Tensor, Tensor]:
+        """The log-ratios every loss of the step scores pairs by, length-controlled as configured."""
+        h_a, h_b = logratios(policy, ctx, inputs)
+        if self.length_control == "none":
+            return h_a, h_b
+        counts = inputs.batch.loss_mask.sum(dim=1)  # response tokens scored, rows a then rows b
+        n = inputs.batch.n_pairs
+        return length_controlled(h_a, h_b, counts[:n], counts[n:], self.length_control, self.length_alpha,
+                                 self.beta)  # fmt: skip
 
     def trained(self, policy: PreferencePolicy) -> list[str]:
         """The adapters this objective updates, as its registry stage says (``trains``)."""
@@ -125,7 +147,7 @@ class Objective(ABC):
     ) -> Iterator[tuple[Tensor, Metrics, Tensor]]:
         """One pass at w = 1_i with L_DPO,i; also yields the detached Δ_i = h(y_a) − h(y_b)."""
         with policy.at(one_hot_weights(self.k)[i]):
-            h_a, h_b = logratios(policy, ctx, inputs)
+            h_a, h_b = self.logratios(policy, ctx, inputs)
             loss, n_used = per_dim_dpo_loss(h_a, h_b, inputs.labels[:, i], self.beta)
             metrics = reward_metrics(
                 *preference_rewards(h_a, h_b, inputs.labels[:, i], self.beta), suffix=suffix
@@ -143,7 +165,7 @@ class CurriculumStage1(Objective):
     def passes(self, policy, ctx, inputs):
         labels = overall_labels(inputs.labels)
         with policy.at(torch.zeros(self.k)):
-            h_a, h_b = logratios(policy, ctx, inputs)
+            h_a, h_b = self.logratios(policy, ctx, inputs)
             loss, _ = per_dim_dpo_loss(h_a, h_b, labels, self.beta)
             metrics = reward_metrics(*preference_rewards(h_a, h_b, labels, self.beta))
             yield loss, metrics
@@ -178,7 +200,7 @@ class CurriculumStage3(Objective):
         w = sample_dirichlet_weights(self.k, ctx.weight_generator())
         p = kl_target(torch.stack(deltas, dim=1), w.to(deltas[0].device), self.beta)
         with policy.at(w):
-            h_a, h_b = logratios(policy, ctx, inputs)
+            h_a, h_b = self.logratios(policy, ctx, inputs)
             z = self.beta * (h_a - h_b)
             loss = kl_bernoulli_loss(z, p)
             yield loss, {"loss/kl": loss.item(), "kl/target_mean": p.mean().item(), **sampled_w_metrics(w)}
@@ -195,7 +217,7 @@ class Panacea(Objective):
         for j, w in enumerate(weights):
             suffix = f"/dim{j}" if j < self.k else "/w"
             with policy.at(w):
-                h_a, h_b = logratios(policy, ctx, inputs)
+                h_a, h_b = self.logratios(policy, ctx, inputs)
                 loss = h_a.new_zeros(())
                 for i in range(self.k):
                     if w[i] > 0:
@@ -218,12 +240,12 @@ class SoupDimension(Objective):
 
     name = "dpo_soup"
 
-    def __init__(self, k: int, beta: float, dim: int | None = None) -> None:
+    def __init__(self, k: int, beta: float, dim: int | None = None, **length: object) -> None:
         if dim is None:
             raise ConfluxError("dpo_soup needs the dimension it trains")
         if not 0 <= dim < k:
             raise ConfluxError(f"DPO-Soup dimension {dim} is out of range for k={k}")
-        super().__init__(k, beta, dim)
+        super().__init__(k, beta, dim, **length)
 
     def passes(self, policy, ctx, inputs):
         for loss, metrics, _ in self._dim_pass(policy, ctx, inputs, self.dim, f"/dim{self.dim}"):
@@ -235,8 +257,16 @@ OBJECTIVES: dict[str, type[Objective]] = {
 }
 
 
-def make_objective(rule: str, k: int, beta: float, dim: int | None = None) -> Objective:
+def make_objective(
+    rule: str,
+    k: int,
+    beta: float,
+    dim: int | None = None,
+    length_control: str = "none",
+    length_alpha: float = 0.0,
+) -> Objective:
     """The objective a preference training rule runs, as the method registry names it."""
     if rule not in STAGES or STAGES[rule].trainer != PREFERENCE:
         raise ConfluxError(f"unknown preference method '{rule}'")
-    return OBJECTIVES[STAGES[rule].objective](k, beta, dim)
+    return OBJECTIVES[STAGES[rule].objective](k, beta, dim, length_control=length_control,
+                                              length_alpha=length_alpha)  # fmt: skip

@@ -286,7 +286,8 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
     manifest = read_manifest(job.manifest)
     model, tokenizer = load_base_model(manifest, dtype=load_dtype(job.cfg))
     policy = load_policy(job, model, pairs.k)
-    objective = make_objective(job.method, pairs.k, job.cfg.beta, job.dim)
+    objective = make_objective(job.method, pairs.k, job.cfg.beta, job.dim, job.cfg.length_control,
+                               job.cfg.length_alpha)  # fmt: skip
     policy.train_only(objective.trained(policy))
     dataset = PairDataset(pairs, ref_a, ref_b, tokenizer, settings)
     if dataset.n_truncated:
