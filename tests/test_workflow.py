@@ -244,6 +244,18 @@ def test_run_ends_with_the_papers_tables_figure_and_persona_tables(small_run):
     assert all(variant in persona for variant in ("base", "sft", "dpo"))
 
 
+def test_run_leaves_no_pickles_and_models_that_generate_with_a_cache(small_run):
+    """Outputs load without unpickling anything: no .bin/.pt/.pkl outside the checkpoints (the Trainer's
+    arguments are training_args.json), and saved full models say use_cache: true."""
+    results = small_run / "results"
+    pickles = [p for ext in ("*.bin", "*.pt", "*.pkl") for p in results.rglob(ext)
+               if "checkpoints" not in p.relative_to(results).parts]  # fmt: skip
+    assert pickles == []
+    sft = results / "train/tiny/persona_ojousama/seed0/sft"
+    assert json.loads((sft / "model/config.json").read_text())["use_cache"] is True
+    assert json.loads((sft / "training_args.json").read_text())["seed"] == 0
+
+
 @pytest.fixture(scope="module")
 def report_html(small_run, tmp_path_factory):
     root = Path(__file__).resolve().parents[1]

@@ -91,15 +91,20 @@ def dpo_dataset(path: Path) -> Dataset:
 
 def save_trained(trainer: Any, state: dict[str, Any] | None, out: Path, dtype: str | None) -> None:
     """The trained model as a Hugging Face directory: full weights in ``dtype`` (safetensors) or, for LoRA,
-    the PEFT adapter; ``state`` is the gathered state dict of an FSDP run (None: the model holds it)."""
+    the PEFT adapter; ``state`` is the gathered state dict of an FSDP run (None: the model holds it).
+
+    No pickles: the Trainer's ``training_args.bin`` is not written (its settings go to ``training_args.json``
+    beside the model), and ``config.json`` says ``use_cache: true``, which training (gradient
+    checkpointing) had switched off but generation with the saved model wants."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     if dtype is not None:  # a full fine-tune: written in save_dtype
         state = cast_state_dict(state if state is not None else model.state_dict(), dtype)
     model.save_pretrained(str(out), state_dict=state)
     trainer.processing_class.save_pretrained(str(out))
-    if dtype is not None:  # and its config says so (save_pretrained writes the in-memory model's dtype)
+    if (out / "config.json").exists():  # the saved dtype (save_pretrained writes the in-memory one)
         config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        write_json(out / "config.json", {**config, "dtype": dtype})
+        write_json(out / "config.json", {**config, "use_cache": True, **({"dtype": dtype} if dtype else {})})
+    write_json(out.parent / "training_args.json", json.loads(trainer.args.to_json_string()))
 
 
 def _peft_config(cfg: TrainConfig) -> Any:
