@@ -297,3 +297,21 @@ def test_the_dirichlet_w_is_one_per_step_whatever_the_gpus_and_micro_batch(ws):
     assert runs["w_m4"] == runs["w_m8"] == runs["w_2ranks"]
     assert len({w for _, w, _ in runs["w_m4"]}) == 3  # a new draw each step
     assert all(abs(a + b - 1) < 1e-6 for _, a, b in runs["w_m4"])
+
+
+# ---- rows cut at max_length --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo"])
+def test_rows_cut_at_max_length_are_counted_in_the_summary(ws, method):
+    """Rows TRL cuts (not only those it drops) are counted: none at a length nothing reaches, more (cut or
+    dropped) the shorter the limit."""
+    from conflux.training.launch import train_job
+
+    counts = {}
+    for max_length in (1024, 48, 32):
+        cfg = replace(FULL, max_length=max_length, max_steps=1, batch_size=8, per_device_batch_size=8)
+        summary = train_job(trl_job(ws, method, f"cut_{method}_{max_length}", cfg))
+        counts[max_length] = summary["n_rows_truncated"] + summary["n_rows_dropped_by_truncation"]
+        assert counts[max_length] <= summary["n_rows"]
+    assert counts[1024] == 0 < counts[48] <= counts[32]  # cut or dropped

@@ -162,6 +162,16 @@ def make_trainer(
     )
 
 
+def rows_cut(dataset: Any, kind: str, max_length: int) -> int:
+    """Rows of TRL's prepared dataset that ``max_length`` cuts. DPO keeps whole token lists (its collator
+    cuts): a pair is cut when prompt + longer completion exceeds the limit. SFT is cut while preparing: a row
+    that reached the limit was cut (or was exactly that long, which this counts too)."""
+    if kind == "dpo":
+        columns = dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]
+        return sum(len(p) + max(len(c), len(r)) > max_length for p, c, r in zip(*columns, strict=True))
+    return sum(len(ids) >= max_length for ids in dataset["input_ids"])
+
+
 def run_trl_job(job: TrlJob) -> dict[str, Any]:
     """Train with TRL and write ``out_dir``: ``model/`` (full weights as safetensors, or a PEFT adapter),
     metrics.jsonl, train_config.json, summary.json."""
@@ -197,6 +207,9 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
             len(data),
             job.cfg.max_length,
         )
+    n_cut = rows_cut(trainer.train_dataset, kind, job.cfg.max_length)
+    if n_cut:
+        log.warning("%d of %d rows cut at max_length=%d", n_cut, n_used, job.cfg.max_length)
     result = trainer.train(resume_from_checkpoint=resume)
     state = gathered_state_dict(trainer)  # every rank: under FSDP the gather is collective
     if not trainer.is_world_process_zero():
@@ -213,6 +226,7 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
         "save_dtype": dtype,
         "n_rows": len(data),
         "n_rows_dropped_by_truncation": len(data) - n_used,
+        "n_rows_truncated": n_cut,
         "global_steps": trainer.state.global_step,
         "resumed_from": Path(resume).name if resume else None,
         "train_loss": ledger.train_loss(result.training_loss, trainer.state.global_step),
