@@ -244,8 +244,8 @@ def test_persona_sft_rows_and_pairs_chosen_is_persona_reply(tmp_path, persona_na
     assert table.column("pair_id").to_pylist() == ["oj-000001", "oj-000002", "oj-000003", "oj-000005"]
     sa, sb = data.pairs.scores()
     assert sa.ravel().tolist() == [1.0] * 4 and sb.ravel().tolist() == [0.0] * 4
-    assert data.drops == {"no_general_response": 1}
-    assert data.rows_read == 9
+    assert data.drops == {"no_general_response": 1} and data.general_matched == 4
+    assert data.rows_read == 5 and data.files["general"]["rows_read"] == 4  # each file's own count
 
 
 def test_persona_duplicate_prompt_keeps_first_and_prompts_match_stripped(tmp_path):
@@ -253,7 +253,9 @@ def test_persona_duplicate_prompt_keeps_first_and_prompts_match_stripped(tmp_pat
     persona = persona_file(tmp_path / "oj.csv", turns)
     general = persona_file(tmp_path / "general.jsonl", [("  ごきげんよう \n", "こんにちは。")])
     data = load_persona(persona, general, persona="ojousama")
-    assert data.drops == {"duplicate_prompt": 1, "no_general_response": 1}
+    assert data.drops == {"no_general_response": 1}  # one persona prompt has no general reply
+    assert data.files["persona"]["dropped"] == {"duplicate_prompt": 1}  # in the file it is in, once
+    assert data.files["general"]["dropped"] == {}
     assert data.pairs.table.column("response_a").to_pylist() == [OJOUSAMA[0][1]]
     assert data.sft.column("prompt").to_pylist() == ["ごきげんよう", "好きな食べ物は？"]
 

@@ -33,11 +33,15 @@ def split_persona(data: PersonaData, cfg) -> tuple[dict[str, pa.Table | PairTabl
         "pairs_eval": data.pairs.take(np.flatnonzero(pair_held)),
     }
     stats = {
-        "rows_read": data.rows_read,
+        "rows_read": {role: info["rows_read"] for role, info in data.files.items()},
+        "general_matched": data.general_matched,
         "prompts": len(prompts),
         "eval_prompts": len(held),
         "counts": {name: len(part) for name, part in parts.items()},
-        "dropped": data.drops,
+        "dropped": {
+            "pairs": data.drops,
+            **{f"{role}_file": info["dropped"] for role, info in data.files.items()},
+        },
         "eval": {"fraction": cfg.eval_fraction, "seed": cfg.seed},
     }
     return parts, stats

@@ -35,12 +35,23 @@ PERSONA_DIMS = ("persona",)
 
 @dataclass(frozen=True)
 class PersonaData:
-    """SFT rows (prompt, response, persona), persona-vs-general DPO pairs, and what was dropped."""
+    """SFT rows (prompt, response, persona), persona-vs-general DPO pairs, and what was dropped.
+
+    ``drops``: persona prompts that formed no pair (no general reply, identical replies). ``files``: per input
+    file (``persona``, ``general``) its path, records read and rows dropped (duplicate prompts), so counts
+    never add the two files up. ``general_matched``: persona prompts the general file has a reply for.
+    """
 
     sft: pa.Table
     pairs: PairTable
     drops: dict[str, int]
-    rows_read: int
+    files: dict[str, dict[str, Any]]
+    general_matched: int
+
+    @property
+    def rows_read(self) -> int:
+        """Records read from the persona file."""
+        return int(self.files["persona"]["rows_read"])
 
 
 @dataclass(frozen=True)
@@ -67,10 +78,13 @@ def load_persona(
     """Persona SFT rows and persona-vs-general pairs, matched by prompt text (whitespace stripped)."""
     name = name or persona
     drops: Counter[str] = Counter()
+    persona_drops: Counter[str] = Counter()
+    general_drops: Counter[str] = Counter()
     persona_turns, persona_rows = _read_turns(persona_source, offline=offline)
     general_turns, general_rows = _read_turns(general_source, offline=offline)
-    persona_turns = _first_per_prompt(persona_turns, drops)
-    general_reply = {turn.prompt: turn.reply for turn in _first_per_prompt(general_turns, drops)}
+    persona_turns = _first_per_prompt(persona_turns, persona_drops)
+    general_reply = {turn.prompt: turn.reply for turn in _first_per_prompt(general_turns, general_drops)}
+    general_matched = sum(turn.prompt in general_reply for turn in persona_turns)
 
     sft = pa.table(
         {
@@ -91,7 +105,8 @@ def load_persona(
             matched.append((turn, general))
     if not matched:
         raise DataError(
-            f"no persona prompt has a reply in the general file '{general_source}'",
+            f"no persona prompt has a reply in the general file '{general_source}' ({len(persona_turns)} "
+            f"persona prompts, {len(general_reply)} general prompts, {general_matched} in common)",
             file=persona_source,
             row="all",
             field="prompt",
@@ -108,9 +123,16 @@ def load_persona(
         source=persona_source,
         file=persona_source,
     )
+    files = {
+        "persona": {"file": persona_source, "rows_read": persona_rows, "dropped": dict(persona_drops)},
+        "general": {"file": general_source, "rows_read": general_rows, "dropped": dict(general_drops)},
+    }
+    for role, info in files.items():
+        log_drops(f"{name} ({role} file)", Counter(info["dropped"]))
     log_drops(name, drops)
-    log.info("%s: %d SFT rows, %d persona-vs-general pairs", name, sft.num_rows, len(pairs))
-    return PersonaData(sft=sft, pairs=pairs, drops=dict(drops), rows_read=persona_rows + general_rows)
+    log.info("%s: %d SFT rows, %d persona-vs-general pairs (%d of %d persona prompts have a general reply)",
+             name, sft.num_rows, len(pairs), general_matched, len(persona_turns))  # fmt: skip
+    return PersonaData(sft=sft, pairs=pairs, drops=dict(drops), files=files, general_matched=general_matched)
 
 
 def _first_per_prompt(turns: list[_Turn], drops: Counter[str]) -> list[_Turn]:
