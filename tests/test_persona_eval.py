@@ -203,6 +203,9 @@ def test_persona_eval_job_and_the_table_of_its_variants(ws, tmp_path):
     )
     rows = table.set_index(["variant", "seed"])
     assert rows.loc[("dpo", "0"), "margin_accuracy"] == pytest.approx(float((margins > 0).mean()))
+    per_token = [p["logp_persona"] / p["tokens_persona"] - p["logp_general"] / p["tokens_general"]
+                 for p in rec["pairs"]]  # fmt: skip
+    assert rows.loc[("dpo", "0"), "margin_per_token"] == pytest.approx(float(np.mean(per_token)))
     m0 = np.mean([g["markers"]["ojousama"] for g in rec["generations"]])
     assert rows.loc[("dpo", "0"), "ojousama_markers"] == pytest.approx(m0)
     assert rows.loc[("dpo", "1"), "ojousama_markers"] == pytest.approx(m0 + 1)

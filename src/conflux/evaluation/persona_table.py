@@ -122,6 +122,10 @@ def persona_table(
             )
             est["margin_mean"] = bootstrap_mean(margin, w_pairs, level)
             est["margin_accuracy"] = bootstrap_mean(margin > 0, w_pairs, level)
+            # per token: a margin that length differences between the two replies do not make
+            per_token = _matrix(group, "pairs", "pair_id", pair_ids, lambda p: p["logp_persona"] / max(
+                p["tokens_persona"], 1) - p["logp_general"] / max(p["tokens_general"], 1))  # fmt: skip
+            est["margin_per_token"] = bootstrap_mean(per_token, w_pairs, level)
             for side in ("general", "persona"):
                 nll = -_matrix(group, "pairs", "pair_id", pair_ids, lambda p, s=side: p[f"logp_{s}"])
                 tokens = _matrix(group, "pairs", "pair_id", pair_ids, lambda p, s=side: p[f"tokens_{s}"])
@@ -180,7 +184,8 @@ def persona_table_job(
         f"'{first['prompt_format']}'.",
         "Style share: share of generations with ≥ 1 marker of the persona (leftmost-longest, non-overlapping "
         "matches of the lexicon); markers: mean count per generation. Margin: log π(persona reply) − "
-        "log π(general reply), summed over response tokens; accuracy: share of pairs with margin > 0. "
+        "log π(general reply), summed over response tokens; accuracy: share of pairs with margin > 0; per "
+        "token: the same with each reply's log-prob divided by its tokens (not driven by reply length). "
         "Perplexity: exp(total NLL / total tokens) of the held-out replies given their prompt.",
         interval_note(resamples, level, seed, over="held-out prompts and pairs", rows="variant"),
     ]
@@ -214,6 +219,7 @@ def _view(table: pd.DataFrame, persona: str, with_seed: bool = False) -> pd.Data
     for col, name in (
         ("margin_mean", "margin"),
         ("margin_accuracy", "margin acc."),
+        ("margin_per_token", "margin/token"),
         ("ppl_general", "ppl general"),
         ("ppl_persona", "ppl persona"),
     ):
