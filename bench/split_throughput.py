@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/split_throughput.py [--pairs 1000000] [--k 5]
 
-Each measurement runs in a fresh child process so its peak RSS (ru_maxrss) is its own. The peer is a plain
+Each measurement runs in a fresh child process, which reports its own peak RSS (VmHWM, bench/peak.py;
+``ru_maxrss`` would carry this bench's own over exec). The peer is a plain
 ``pyarrow.parquet.read_table`` of the input: the split must read the file too, so the ratio says how much of
 the split's time is spent beyond I/O.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from peak import own_peak_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -58,7 +59,7 @@ def measure(kind: str, path: Path, out_dir: Path) -> dict:
         stats = split_pairs_job(path, outputs, out_dir / "stats.json", SplitConfig())
         rows = stats["input_pairs"]
     seconds = time.perf_counter() - start
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = own_peak_bytes() / 2**20
     return {"kind": kind, "rows": rows, "seconds": seconds, "peak_rss_mib": peak_mib}
 
 

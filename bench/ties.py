@@ -10,8 +10,9 @@ each in its own child process with the same thread count:
 - mergekit 0.1.5: ``mergekit-yaml`` with ``merge_method: ties``, the same weights, density and ``lambda``,
   ``normalize: true`` and ``dtype: float32``.
 
-Prints wall time and peak RSS of each (``os.wait4``: the child's own high-water mark), the speed-up, and the
-output comparison: max |difference| and the number of differing entries over every tensor.
+Prints wall time and peak RSS of each (VmHWM read by the child at exit: its own high-water mark, see
+bench/peak.py; ``ru_maxrss`` of the child would include this bench's own), the speed-up, and the output
+comparison: max |difference| and the number of differing entries over every tensor.
 
 Tie-breaking: both keep k = max(1, int(density·n)) entries per task vector. Among entries of *equal*
 magnitude at the cut, mergekit's ``torch.argsort`` (not stable) keeps an unspecified one; conflux keeps the
@@ -32,11 +33,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from llama_shapes import llama_config, param_shapes
+from peak import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -84,18 +85,10 @@ merge_task_vectors(a["base"], sources, a["out"], method="ties", weights=a["weigh
 """
 
 
-def run_child(argv: list[str], threads: int) -> dict:
-    """Run a command; wall time and its own peak RSS (ru_maxrss of the waited child, KiB on Linux)."""
+def run_child(python: str, code: str, args: list[str], threads: int) -> dict:
+    """Run ``python -c code args``: wall time and the child's own peak RSS."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    stderr = proc.stderr.read() if proc.stderr else b""
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed ({proc.returncode}):\n{stderr.decode()[-4000:]}")
-    return {"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024}
+    return run_python(python, code, args, env)
 
 
 def mergekit_config(base: Path, models: list[Path], args: argparse.Namespace) -> str:
@@ -194,14 +187,12 @@ def main() -> None:
             "lam": args.lam,
             "density": args.density,
         }
-        ours = run_child(
-            [sys.executable, "-c", CONFLUX_CHILD, str(ROOT / "src"), json.dumps(spec)], args.threads
-        )
+        ours = run_child(sys.executable, CONFLUX_CHILD, [str(ROOT / "src"), json.dumps(spec)], args.threads)
         (root / "mergekit.yml").write_text(mergekit_config(base, models, args))
         runner = "from mergekit.scripts.run_yaml import main; main()"
-        mk_argv = [mergekit_python, "-c", runner, str(root / "mergekit.yml"), str(root / "mergekit")]
-        mk_argv += ["--no-copy-tokenizer", "--no-write-model-card", "--quiet", "-j", str(args.threads)]
-        theirs = run_child(mk_argv, args.threads)
+        mk_args = [str(root / "mergekit.yml"), str(root / "mergekit")]
+        mk_args += ["--no-copy-tokenizer", "--no-write-model-card", "--quiet", "-j", str(args.threads)]
+        theirs = run_child(mergekit_python, runner, mk_args, args.threads)
         result = compare(root / "conflux", root / "mergekit", base, models, args.density)
     size = f"{n_params / 1e6:.0f}M parameters"
     print(
