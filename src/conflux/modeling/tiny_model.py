@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from conflux.atomic import atomic_path
 
@@ -60,6 +60,20 @@ class TinyModelConfig:
     max_position_embeddings: int = 512
     tie_word_embeddings: bool = False
     seed: int = 0
+
+    def config_keys(self, vocab_size: int) -> dict[str, Any]:
+        """The model's ``config.json`` size keys at a vocabulary size (the built model: the tokenizer's)."""
+        return {
+            "model_type": "llama",
+            "vocab_size": vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+        }
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -110,15 +124,10 @@ def llama_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> Ll
     """The ``LlamaConfig`` for ``cfg``, sized to the tokenizer's real vocabulary, with its special ids."""
     from transformers import LlamaConfig
 
+    keys = cfg.config_keys(len(tokenizer))
+    del keys["model_type"]  # LlamaConfig's own
     return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        tie_word_embeddings=cfg.tie_word_embeddings,
+        **keys,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

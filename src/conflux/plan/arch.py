@@ -160,14 +160,6 @@ def model_arch(spec: BaseModelSpec, arch: dict[str, Any] | None, results: Path) 
     if found is not None:
         return Arch.from_dict(found, where), where
     if spec.tiny is not None:  # not built yet: the tokenizer's target size bounds the real vocabulary
-        t = spec.tiny
-        return Arch(
-            hidden_size=t.hidden_size,
-            intermediate_size=t.intermediate_size,
-            num_hidden_layers=t.num_layers,
-            num_attention_heads=t.num_heads,
-            num_key_value_heads=t.num_kv_heads,
-            vocab_size=t.vocab_size,
-            tie_word_embeddings=t.tie_word_embeddings,
-        ), "tiny settings (vocabulary at most)"
+        keys = spec.tiny.config_keys(spec.tiny.vocab_size)
+        return Arch.from_dict(keys, f"models.{spec.name}.tiny"), "tiny settings (vocabulary at most)"
     return None, f"no config.json in the {where} and no models.{spec.name}.arch"
