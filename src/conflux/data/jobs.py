@@ -40,25 +40,13 @@ def load_pair_dataset(spec: DatasetSpec, *, offline: bool) -> LoadResult:
         )
         return LoadResult(pairs=pairs, drops={}, rows_read=len(pairs))
     source = resolve_path(spec.path)
+    # how the loaders read the source: the split, revision and configuration apply to a hub id
+    hub = {"split": spec.hub_split, "offline": offline, "name": spec.name, "revision": spec.revision,
+           "config": spec.hub_config}  # fmt: skip
     if spec.kind == "pku_saferlhf":
-        return load_pku_saferlhf(
-            source,
-            split=spec.hub_split,
-            offline=offline,
-            name=spec.name,
-            revision=spec.revision,
-            config=spec.hub_config,
-        )
+        return load_pku_saferlhf(source, **hub)
     if spec.kind == "helpsteer2":
-        return load_helpsteer2(
-            source,
-            split=spec.hub_split,
-            offline=offline,
-            name=spec.name,
-            dims=spec.dims,
-            revision=spec.revision,
-            config=spec.hub_config,
-        )
+        return load_helpsteer2(source, dims=spec.dims, **hub)
     if spec.kind == "canonical":
         return load_canonical(source, dims=spec.dims, offline=offline, name=spec.name)
     raise ValueError(f"dataset '{spec.name}': kind '{spec.kind}' is not a pair dataset")
