@@ -54,10 +54,25 @@ def table1_job(
     level: float = 0.95,
     seed: int = 0,
     label: str = "",
-    title: str = "Table 1: accuracy at w = 1_i on held-out conflict pairs",
 ) -> pd.DataFrame:
     """Table 1 (method × dimension accuracy at w = 1_i) from records files; returns the wide frame."""
     frame, dims = read_records(records)
+    title = "Table 1: accuracy at w = 1_i on held-out conflict pairs" + (f" ({label})" if label else "")
+    return _write_table1(frame, dims, csv, md, html, title, resamples=resamples, level=level, seed=seed)
+
+
+def _write_table1(
+    frame: pd.DataFrame,
+    dims: Sequence[str],
+    csv: str | Path,
+    md: str | Path,
+    html: str | Path | None,
+    title: str,
+    *,
+    resamples: int,
+    level: float,
+    seed: int,
+) -> pd.DataFrame:
     long = table1(frame, dims, resamples=resamples, level=level, seed=seed)
     wide = table1_wide(long, dims)
     write_csv(csv, wide)
@@ -79,7 +94,7 @@ def table1_job(
         for dim in dims:
             shown[dim] = _estimates(part, dim, f"{dim}_ci_low", f"{dim}_ci_high")
         sections.append((heading, shown))
-    write_table_files(md, html, title + (f" ({label})" if label else ""), notes, sections)
+    write_table_files(md, html, title, notes, sections)
     return wide
 
 
@@ -177,10 +192,10 @@ def ablation_job(
     """
     frame, dims = read_records(records)
     title = "Ablation: the curriculum after each stage"
+    suffix = f" ({label})" if label else ""
     if len(dims) == 2:
-        title += ", accuracy at w = 1_i on held-out conflict pairs"
-        boot = {"resamples": resamples, "level": level, "seed": seed}
-        return table1_job(records, csv=csv, md=md, html=html, label=label, title=title, **boot)
+        title += ", accuracy at w = 1_i on held-out conflict pairs" + suffix
+        return _write_table1(frame, dims, csv, md, html, title, resamples=resamples, level=level, seed=seed)
     _, summary = table2(frame, dims, resamples=resamples, level=level, seed=seed)
     write_csv(csv, summary)
     notes = [
@@ -190,7 +205,7 @@ def ablation_job(
         interval_note(resamples, level, seed),
     ]
     heading = title + ", win rate among the stages and mean accuracy over Table 2's settings"
-    write_table_files(md, html, heading + (f" ({label})" if label else ""), notes, _summary_sections(summary))
+    write_table_files(md, html, heading + suffix, notes, _summary_sections(summary))
     return summary
 
 
