@@ -18,7 +18,7 @@ from conflux.data.pairs import PairTable
 from conflux.errors import ConfluxError
 from conflux.modeling.logprobs import score_rows
 from conflux.modeling.policy import PreferencePolicy
-from conflux.modeling.tokenize import TokenizeSettings, encode_pairs, pad_id_of
+from conflux.modeling.tokenize import Row, TokenizeSettings, encode_pairs, pad_id_of
 from conflux.training.losses import length_controlled
 
 
@@ -34,9 +34,23 @@ def policy_logps(
 ) -> tuple[np.ndarray, np.ndarray]:
     """log π(y_a|x; w), log π(y_b|x; w) of every pair, in the pairs' order."""
     rows_a, rows_b, _ = encode_pairs(tokenizer, pairs, settings)
+    return rows_logps(policy, rows_a, rows_b, w, pad_id_of(tokenizer), batch_size=batch_size)
+
+
+@torch.no_grad()
+def rows_logps(
+    policy: PreferencePolicy,
+    rows_a: Sequence[Row],
+    rows_b: Sequence[Row],
+    w: Sequence[float],
+    pad_id: int,
+    *,
+    batch_size: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`policy_logps` of pairs already tokenized (an evaluation scores the same rows at every w)."""
     policy.model.eval()
     with policy.at(w) as model:
-        return score_rows(model, rows_a, rows_b, pad_id_of(tokenizer), batch_size=batch_size)
+        return score_rows(model, rows_a, rows_b, pad_id, batch_size=batch_size)
 
 
 def implicit_reward_margin(

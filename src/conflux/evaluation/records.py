@@ -37,12 +37,12 @@ from conflux.data.split import dim_pair_conflict
 from conflux.errors import ConfluxError, DataError
 from conflux.evaluation.implicit_reward import (
     implicit_reward_margin,
-    policy_logps,
+    rows_logps,
     run_beta,
     run_length_control,
 )
 from conflux.modeling.policy import PreferencePolicy, load_method_policy
-from conflux.modeling.tokenize import TokenizeSettings, encode_pairs
+from conflux.modeling.tokenize import TokenizeSettings, encode_pairs, pad_id_of
 from conflux.progress import with_progress
 from conflux.training.reference import read_reference
 
@@ -214,14 +214,16 @@ def evaluate_policy(
         raise ConfluxError(f"the policy has k={policy.k} dimension adapters, the pairs have k={pairs.k}")
     s_a, s_b = pairs.scores()
     ids = np.asarray(pairs.table.column("pair_id").to_pylist(), dtype=object)
-    rows_a, rows_b, _ = encode_pairs(tokenizer, pairs, settings)
+    rows_a, rows_b, _ = encode_pairs(tokenizer, pairs, settings)  # once: every w scores the same rows
+    pad_id = pad_id_of(tokenizer)
     len_a = np.array([len(response) for _, response in rows_a], dtype=np.float64)
     len_b = np.array([len(response) for _, response in rows_b], dtype=np.float64)
     frames = []
     for w, idx in with_progress(plan, desc=f"evaluate {method} seed {seed}", unit="weight"):
         if len(idx) == 0:
             continue
-        logp_a, logp_b = policy_logps(policy, tokenizer, pairs.take(idx), w, settings, batch_size=batch_size)
+        logp_a, logp_b = rows_logps(policy, [rows_a[i] for i in idx], [rows_b[i] for i in idx], w, pad_id,
+                                    batch_size=batch_size)  # fmt: skip
         length = (*length_control, len_a[idx], len_b[idx])
         margins = implicit_reward_margin(logp_a, logp_b, ref_a[idx], ref_b[idx], beta, length=length)
         extra = {"logp_a": logp_a, "logp_b": logp_b, "ref_logp_a": ref_a[idx], "ref_logp_b": ref_b[idx],
