@@ -72,8 +72,8 @@ def implicit_reward_margin(
     h_a, h_b = logp_a - ref_a, logp_b - ref_b
     if length is not None and length[0] != "none":
         control, alpha, len_a, len_b = length
-        a, b = length_controlled(*(torch.as_tensor(np.asarray(x, dtype=np.float64)) for x in (h_a, h_b, len_a,
-                                   len_b)), control, alpha, beta)  # fmt: skip
+        tensors = [torch.as_tensor(np.asarray(x, dtype=np.float64)) for x in (h_a, h_b, len_a, len_b)]
+        a, b = length_controlled(*tensors, control, alpha, beta)  # the function the losses use
         h_a, h_b = a.numpy(), b.numpy()
     return beta * (h_a - h_b)
 

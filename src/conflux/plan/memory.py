@@ -98,7 +98,6 @@ def training_estimate(
     residual = DTYPE_BYTES[weights_dtype]  # the residual stream stays in the weights' dtype under autocast
     per_layer = tokens * layer_activation_elements(arch) * compute
     if not full:  # each active adapter's branch saves its r-wide A output, and its input with dropout
-        held = adapters_of(rule, k, shared)[0]
         branch = sum(
             cfg.lora.r + (a * (compute + 1) if cfg.lora.dropout else 0) for a, _ in arch.linears().values()
         )
