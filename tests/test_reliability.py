@@ -21,6 +21,7 @@ from conflux.check import check_outputs
 from conflux.data.loaders import load_pku_saferlhf
 from conflux.errors import ConfluxError
 from weight_checkpoints import tiny_llama
+from workflow_cli import snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 DEAD_PID = 2**22 + 17  # above Linux's default pid_max: no process has it
@@ -95,18 +96,11 @@ def test_check_rule_runs_on_demand_and_fails_on_a_broken_output(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     write_json(results / "ok.json", {})
-    snakemake = [
-        str(Path(sys.executable).parent / "snakemake"),
-        "-s",
-        str(ROOT / "Snakefile"),
-        "-d",
-        str(tmp_path),
-    ]
     # the target before --configfile, which takes every word after it
-    args = [*snakemake, "check", "--cores", "1", "--configfile", str(ROOT / "config" / "config.yaml")]
-    assert subprocess.run(args, capture_output=True, text=True, cwd=tmp_path).returncode == 0
+    args = ["check", "--cores", "1", "--configfile", str(ROOT / "config" / "config.yaml")]
+    assert snakemake(ROOT, *args, workdir=tmp_path, check=False).returncode == 0
     (results / "bad.json").write_text("{")
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+    proc = snakemake(ROOT, *args, workdir=tmp_path, check=False)
     assert proc.returncode != 0
     assert "bad.json" in (tmp_path / "logs" / "check" / "check.log").read_text()
 
@@ -127,17 +121,9 @@ def test_duplicate_pku_rows_are_dropped_and_counted(tmp_path):
 
 
 def test_a_dpo_soup_dimension_beyond_k_is_refused_when_planning(tmp_path):
-    snakemake = [
-        str(Path(sys.executable).parent / "snakemake"),
-        "-s",
-        str(ROOT / "Snakefile"),
-        "-d",
-        str(tmp_path),
-    ]
     target = "results/train/tiny/synth_pku/seed0/dpo_soup/dim7"
     config = str(ROOT / "config" / "config.yaml")
-    args = [*snakemake, target, "-n", "--configfile", config]
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+    proc = snakemake(ROOT, target, "-n", "--configfile", config, workdir=tmp_path, check=False)
     assert proc.returncode != 0
     assert "dim7 does not exist: dataset 'synth_pku' has k=2" in proc.stdout + proc.stderr
 
