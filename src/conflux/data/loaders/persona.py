@@ -84,7 +84,6 @@ def load_persona(
     general_turns, general_rows = _read_turns(general_source, offline=offline)
     persona_turns = _first_per_prompt(persona_turns, persona_drops)
     general_reply = {turn.prompt: turn.reply for turn in _first_per_prompt(general_turns, general_drops)}
-    general_matched = sum(turn.prompt in general_reply for turn in persona_turns)
 
     sft = pa.table(
         {
@@ -103,6 +102,7 @@ def load_persona(
             drops["identical_responses"] += 1  # no style difference to learn from
         else:
             matched.append((turn, general))
+    general_matched = len(persona_turns) - drops["no_general_response"]
     if not matched:
         raise DataError(
             f"no persona prompt has a reply in the general file '{general_source}' ({len(persona_turns)} "
