@@ -93,9 +93,9 @@ def save_trained(trainer: Any, state: dict[str, Any] | None, out: Path, dtype: s
     """The trained model as a Hugging Face directory: full weights in ``dtype`` (safetensors) or, for LoRA,
     the PEFT adapter; ``state`` is the gathered state dict of an FSDP run (None: the model holds it).
 
-    No pickles: the Trainer's ``training_args.bin`` is not written (its settings go to ``training_args.json``
-    beside the model), and ``config.json`` says ``use_cache: true``, which training (gradient
-    checkpointing) had switched off but generation with the saved model wants."""
+    No pickles: the Trainer's ``training_args.bin`` is not written (run_trl_job writes its settings as
+    ``training_args.json`` beside the model), and ``config.json`` says ``use_cache: true``, which training
+    (gradient checkpointing) had switched off but generation with the saved model wants."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     if dtype is not None:  # a full fine-tune: written in save_dtype
         state = cast_state_dict(state if state is not None else model.state_dict(), dtype)
@@ -104,7 +104,6 @@ def save_trained(trainer: Any, state: dict[str, Any] | None, out: Path, dtype: s
     if (out / "config.json").exists():  # the saved dtype (save_pretrained writes the in-memory one)
         config = json.loads((out / "config.json").read_text(encoding="utf-8"))
         write_json(out / "config.json", {**config, "use_cache": True, **({"dtype": dtype} if dtype else {})})
-    write_json(out.parent / "training_args.json", json.loads(trainer.args.to_json_string()))
 
 
 def _peft_config(cfg: TrainConfig) -> Any:
@@ -234,6 +233,7 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
     }
     with atomic_path(job.out_dir, directory=True) as tmp:
         save_trained(trainer, state, tmp / "model", dtype)
+        write_json(tmp / "training_args.json", json.loads(trainer.args.to_json_string()))
         write_run_outputs(tmp, job.work_dir, job.cfg.as_dict(), summary)
         keep_tracking_files(job.work_dir, tmp)
     if not job.keep_checkpoints:
