@@ -5,10 +5,12 @@ at any w is a single forward pass, not k models. DPO-Soup is the same object wit
 LoRA, scaling adapter i's output by w_i is exactly interpolating the merged weights ΔW_i = (α/r)·B_i·A_i.
 
 How w enters the forward (PEFT 0.21): every ``LoraLayer`` computes
-``h0 + Σ_active lora_B(lora_A(x)) · scaling[name]`` where ``scaling[name] = α/r`` initially. ``at(w)``
-activates the adapters with a nonzero weight (``LoraModel.set_adapter([...])``) and sets
-``scaling[name] = w_i·α/r`` with ``LoraLayer.set_scale``; an adapter with w_i = 0 is simply not active, so
-w = 0 gives exactly the base (+ shared) output and costs no compute (its parameters then get no gradient).
+``h0 + Σ_active lora_B(lora_A(x)) · scaling[name]`` where ``scaling[name] = α/r`` initially (AdaLoRA's
+``SVDLinear``, a ``LoraLayer`` too, computes ``h0 + Σ Q(Λ ⊙ P x) · scaling[name] / ranknum`` with
+``scaling[name] = α``). ``at(w)`` activates the adapters with a nonzero weight (``LoraModel.set_adapter``)
+and sets ``scaling[name] = w_i`` × the scaling PEFT gave it, which is exact for both; an adapter with
+w_i = 0 is simply not active, so w = 0 gives exactly the base (+ shared) output and costs no compute (its
+parameters then get no gradient).
 
 Pitfall handled here: PEFT ties activation to trainability — ``set_adapter``, ``disable_adapter`` and
 ``enable_adapter_layers`` all reset ``requires_grad`` — so the trainable set is kept in ``PreferencePolicy``
@@ -26,12 +28,13 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from peft import PeftModel, get_peft_model, get_peft_model_state_dict
+from peft import PeftModel, PeftType, get_peft_model, get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
@@ -68,6 +71,8 @@ class PreferencePolicy:
         self.has_shared = SHARED in names
         self.adapter_names: list[str] = ([SHARED] if self.has_shared else []) + dims
         self._layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        # The scaling PEFT set for w_i = 1 (α/r for LoRA, α for AdaLoRA, whose forward divides by its rank).
+        self._unit_scaling = [dict(layer.scaling) for layer in self._layers]
         self._trainable: frozenset[str] = frozenset()
         self._activate(self.adapter_names)
         self.train_only(self.adapter_names)
@@ -91,7 +96,8 @@ class PreferencePolicy:
             torch.manual_seed(seed)
             model = get_peft_model(base_model, lora.to_peft(), adapter_name=names[0])
             for name in names[1:]:
-                model.add_adapter(name, lora.to_peft())
+                # PEFT's AdaLoraModel accepts one trainable adapter; train_only sets requires_grad instead.
+                model.add_adapter(name, lora.to_peft(trainable=lora.adapter != "adalora"))
         return cls(model)
 
     @classmethod
@@ -103,9 +109,17 @@ class PreferencePolicy:
         for _, path in items:
             check_adapter_dir(path)
         first, first_dir = items[0]
-        model = PeftModel.from_pretrained(base_model, str(first_dir), adapter_name=first, is_trainable=True)
-        for name, path in items[1:]:
-            model.load_adapter(str(path), adapter_name=name, is_trainable=True)
+        # PEFT's trainable flag only where PEFT allows several (AdaLoRA allows one); train_only decides.
+        trainable = not is_adalora_dir(first_dir)
+        with warnings.catch_warnings():
+            # AdaLoRA's rank_pattern (triplets kept per matrix) is read by LoRA's code as per-module ranks
+            # too, which warns that its keys match no module: true and harmless (PEFT 0.21).
+            warnings.filterwarnings("ignore", "The following rank_pattern keys did not match")
+            model = PeftModel.from_pretrained(
+                base_model, str(first_dir), adapter_name=first, is_trainable=trainable
+            )
+            for name, path in items[1:]:
+                model.load_adapter(str(path), adapter_name=name, is_trainable=trainable)
         return cls(model)
 
     def save(self, out_dir: str | Path) -> None:
@@ -139,9 +153,10 @@ class PreferencePolicy:
         saved_active = list(self.model.base_model.active_adapters)
         try:
             self._activate([n for n, s in scales.items() if s != 0.0])
-            for layer in self._layers:
+            for layer, unit in zip(self._layers, self._unit_scaling, strict=True):
                 for name, s in scales.items():
-                    layer.set_scale(name, s)  # = s · α/r; layers without the adapter are skipped by PEFT
+                    if name in unit:  # a layer without the adapter is left alone, as PEFT's set_scale does
+                        layer.scaling[name] = s * unit[name]
             yield self.model
         finally:
             for layer, scaling in zip(self._layers, saved_scaling, strict=True):
@@ -184,6 +199,30 @@ class PreferencePolicy:
         self.model.base_model.set_adapter(names)
         self._apply_trainable()
 
+    # AdaLoRA -----------------------------------------------------------------------------------------------
+
+    @property
+    def adalora(self) -> bool:
+        """Whether the adapters are AdaLoRA's (SVD form with a rank budget) rather than plain LoRA."""
+        return self.model.peft_config[self.adapter_names[0]].peft_type == PeftType.ADALORA
+
+    def orthogonal_penalty(self, name: str) -> torch.Tensor | None:
+        """AdaLoRA's regulariser of one adapter, weighted: ``orth_reg_weight`` × the mean over its P and Q
+        matrices of ||PPᵀ − I||_F and ||QᵀQ − I||_F, as ``AdaLoraModel.forward`` adds it to the loss of its
+        one trainable adapter. None for LoRA adapters. Computed in the parameters' dtype outside any autocast.
+        """
+        config = self.model.peft_config[name]
+        if config.peft_type != PeftType.ADALORA:
+            return None
+        terms = []
+        for layer in self._layers:
+            if name in layer.lora_A:
+                p, q = layer.lora_A[name], layer.lora_B[name]
+                for cov in (p @ p.T, q.T @ q):
+                    eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+                    terms.append(torch.linalg.matrix_norm(cov - eye))
+        return config.orth_reg_weight * torch.stack(terms).mean()
+
     # inspection --------------------------------------------------------------------------------------------
 
     def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
@@ -199,6 +238,12 @@ class PreferencePolicy:
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def is_adalora_dir(path: str | Path) -> bool:
+    """Whether a (checked) adapter directory holds an AdaLoRA adapter."""
+    config = json.loads((Path(path) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    return config.get("peft_type") == PeftType.ADALORA.value
 
 
 def check_adapter_dir(path: str | Path) -> None:

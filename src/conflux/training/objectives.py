@@ -208,12 +208,21 @@ class CurriculumStage3(Objective):
 
 class Panacea(Objective):
     """All pairs, all adapters: m = k+1 weight vectors per step (the k one-hots and one Dirichlet draw),
-    loss Σ_j Σ_i w_ji L_DPO,i(π(·; w_j)) (linear scalarization, as Panacea's LS variant)."""
+    loss Σ_j Σ_i w_ji L_DPO,i(π(·; w_j)) (linear scalarization, as Panacea's LS variant).
+
+    On AdaLoRA adapters (the paper's Panacea) the step's loss also has each trained adapter's orthogonal
+    penalty (:meth:`PreferencePolicy.orthogonal_penalty`), once per micro-batch as ``AdaLoraModel`` adds it
+    to every forward's loss. An adapter's penalty joins the first pass in which the adapter is active, so
+    under DDP its gradient arrives in a pass whose forward used it (a pass that skips an adapter has already
+    marked its gradient ready).
+    """
 
     name = "panacea"
 
     def passes(self, policy, ctx, inputs):
         weights = [*one_hot_weights(self.k), sample_dirichlet_weights(self.k, ctx.weight_generator())]
+        pending = set(self.trained(policy)) if policy.adalora else set()
+        orth = 0.0
         for j, w in enumerate(weights):
             suffix = f"/dim{j}" if j < self.k else "/w"
             with policy.at(w):
@@ -224,8 +233,16 @@ class Panacea(Objective):
                         loss_i, _ = per_dim_dpo_loss(h_a, h_b, inputs.labels[:, i], self.beta)
                         loss = loss + float(w[i]) * loss_i
                 metrics: Metrics = {f"loss{suffix}": loss.item()}
+                active = sorted(n for n, s in policy.weights(w).items() if s != 0.0 and n in pending)
+                for name in active:
+                    penalty = policy.orthogonal_penalty(name)
+                    loss = loss + penalty
+                    orth += penalty.item()
+                pending.difference_update(active)
                 if j == self.k:
                     metrics.update(sampled_w_metrics(w))
+                    if policy.adalora:
+                        metrics["loss/orth"] = orth
                 if j < self.k:
                     metrics.update(
                         reward_metrics(

@@ -34,6 +34,7 @@ from conflux.methods import method_of, stage
 from conflux.modeling.base_model import load_base_model, read_manifest
 from conflux.modeling.policy import PreferencePolicy, load_method_policy
 from conflux.modeling.tokenize import PairBatch, Row, TokenizeSettings, collate_rows, encode_pairs, pad_id_of
+from conflux.training.adalora import RankSchedule, allocator_summary, quiet_pruned_ranks, rank_schedule
 from conflux.training.config import TrainConfig
 from conflux.training.objectives import Objective, StepContext, StepInputs, make_objective
 from conflux.training.parallel import (
@@ -130,11 +131,20 @@ def step_inputs(inputs: dict[str, torch.Tensor]) -> StepInputs:
 class PreferenceTrainer(CpuFsdpMixin, Trainer):
     """A Trainer whose step is an objective's passes, each backpropagated inside its own ``policy.at(w)``."""
 
-    def __init__(self, *, policy: PreferencePolicy, objective: Objective, seed: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        policy: PreferencePolicy,
+        objective: Objective,
+        seed: int,
+        rank_schedule: RankSchedule | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(model=policy.model, **kwargs)
         self.policy = policy
         self.objective = objective
         self.seed = seed
+        self.rank_schedule = rank_schedule  # AdaLoRA's allocators, checkpointed with the optimizer
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
@@ -170,6 +180,8 @@ class PreferenceTrainer(CpuFsdpMixin, Trainer):
         """Under FSDP, also write every adapter's shards (torch.distributed.checkpoint, one file per rank):
         accelerate's FSDP checkpoint of a PEFT model holds only the active adapter (accelerate 1.15)."""
         super()._save_optimizer_and_scheduler(output_dir)
+        if self.rank_schedule is not None and self.args.should_save:
+            self.rank_schedule.save(output_dir)
         if self.is_fsdp_enabled:
             import torch.distributed.checkpoint as dcp
 
@@ -177,7 +189,9 @@ class PreferenceTrainer(CpuFsdpMixin, Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Restore every adapter from ``<checkpoint>/<adapter>/`` (PEFT's multi-adapter layout), or under FSDP
-        from the shards :meth:`_save_optimizer_and_scheduler` wrote."""
+        from the shards :meth:`_save_optimizer_and_scheduler` wrote; AdaLoRA's allocators too."""
+        if self.rank_schedule is not None:
+            self.rank_schedule.load(resume_from_checkpoint)
         if self.is_fsdp_enabled:
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -289,6 +303,7 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
     objective = make_objective(job.method, pairs.k, job.cfg.beta, job.dim, job.cfg.length_control,
                                job.cfg.length_alpha)  # fmt: skip
     policy.train_only(objective.trained(policy))
+    schedule = rank_schedule(policy, objective.trained(policy))
     dataset = PairDataset(pairs, ref_a, ref_b, tokenizer, settings)
     if dataset.n_truncated:
         log.warning(
@@ -313,9 +328,11 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
         args=args,
         train_dataset=dataset,
         data_collator=dataset.collate,
+        rank_schedule=schedule,
         callbacks=[
             MetricsFile(job.work_dir / "metrics.jsonl"),
             ledger,
+            *([schedule] if schedule is not None else []),
             *tracking_callbacks(job.tracking, job.work_dir, run_name(job.out_dir)),
         ],
     )
@@ -341,11 +358,14 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
         "resumed_from": Path(resume).name if resume else None,
         "train_loss": ledger.train_loss(result.training_loss, trainer.state.global_step),
         "trained_adapters": objective.trained(policy),
+        "adalora_ranks": allocator_summary(schedule) if schedule is not None else None,
         "seconds": round(time.time() - started, 2),
     }
     # A per-dimension job (a DPO-Soup member) owns only its own adapter; the others stayed at their init.
     saved = objective.trained(policy) if stage(job.method).per_dimension else policy.adapter_names
-    with atomic_path(job.out_dir, directory=True) as tmp:
+    if schedule is not None:
+        schedule.finalize()  # the adapters are saved at their pruned ranks, as AdaLoraModel's are
+    with atomic_path(job.out_dir, directory=True) as tmp, quiet_pruned_ranks():
         policy.model.save_pretrained(str(tmp / "adapters"), selected_adapters=list(saved), state_dict=state)
         write_run_outputs(tmp, job.work_dir, job.cfg.as_dict(), summary)
         keep_tracking_files(job.work_dir, tmp)
