@@ -193,6 +193,31 @@ rule panacea:
         "../workflow/scripts/train_preference.py"
 
 
+# Panacea over plain LoRA modules (registry: panacea_lora): the variant beside the paper's AdaLoRA Panacea.
+rule panacea_lora:
+    input:
+        pairs=[split_part("agree"), split_part("conflict")],
+        references=[reference("agree"), reference("conflict")],
+        manifest="results/models/{model}/manifest.json",
+    output:
+        directory(train_output("panacea_lora")),
+    log:
+        "logs/panacea_lora/{model}/{pair_dataset}/seed{seed}.log",
+    benchmark:
+        "benchmarks/panacea_lora/{model}/{pair_dataset}/seed{seed}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("panacea_lora")
+    resources:
+        **job_resources("panacea_lora"),
+    params:
+        train=train_params("panacea_lora"),
+        work_dir=checkpoint_dir,
+        keep_checkpoints=CFG.keep_checkpoints,
+    script:
+        "../workflow/scripts/train_preference.py"
+
+
 rule dpo_soup:
     input:
         pairs=soup_pairs,

@@ -176,9 +176,14 @@ def test_the_tables_compare_the_papers_three_methods_and_the_stages_go_to_the_ab
     from conflux.methods import ablation_variants, compared_variants
 
     assert compared_variants("curriculum") == ["curriculum_stage3", "panacea", "dpo_soup"]
-    assert ablation_variants("curriculum") == ["curriculum_stage1", "curriculum_stage2", "curriculum_stage3"]
+    stages = ["curriculum_stage1", "curriculum_stage2", "curriculum_stage3"]
+    assert ablation_variants("curriculum", ("curriculum", "panacea", "dpo_soup")) == stages
+    # each chosen variant goes beside the method it varies, which joins the ablation with it
+    assert ablation_variants("curriculum") == [*stages, "curriculum_rdpo_stage3", "panacea", "panacea_lora"]
+    assert ablation_variants("curriculum", ("panacea", "panacea_lora")) == ["panacea", "panacea_lora"]
     assert compared_variants("curriculum", ("curriculum", "dpo_soup")) == ["curriculum_stage3", "dpo_soup"]
     assert ablation_variants("curriculum", ("panacea", "dpo_soup")) == []
+    assert ablation_variants("curriculum", ("panacea_lora", "dpo_soup")) == []  # nothing to set it beside
 
 
 def test_ablation_table_is_table1_of_the_stages_for_k2(tmp_path):

@@ -27,6 +27,18 @@ def test_the_paper_config_starts_from_the_papers_sft_models_in_their_prompt_form
     assert models["alignment-handbook/zephyr-7b-sft-full"].prompt_format == "chat"
 
 
+def test_the_paper_config_runs_panacea_on_adalora_with_the_papers_settings():
+    """Appendix B: AdaLoRA modules, r = 8, alpha = 512, lr 2e-4, orthogonal penalty 0.5."""
+    cfg = load_config(ROOT / "config/paper.yaml")
+    assert "panacea" in cfg.study("curriculum").methods
+    for dataset in cfg.study("curriculum").datasets:
+        panacea = cfg.train("panacea", dataset)
+        assert panacea.learning_rate == 2e-4
+        assert (panacea.lora.adapter, panacea.lora.r, panacea.lora.alpha) == ("adalora", 8, 512)
+        assert panacea.lora.orth_reg_weight == 0.5 and panacea.lora.spec().init_r == 12  # PEFT's default
+        assert cfg.train("panacea_lora", dataset).lora.adapter == "lora"
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     from conflux.data.jobs import bundled_corpus

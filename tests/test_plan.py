@@ -11,7 +11,7 @@ import yaml
 
 from conflux.config import RULE_CLASSES, load_config
 from conflux.errors import ConfigError
-from conflux.methods import STAGES
+from conflux.methods import STAGES, method_of
 from conflux.plan.arch import Arch, adamw_bytes, model_arch, parameter_bytes
 from conflux.plan.jobs import plan_job, plan_rows, refuse_unfit
 from conflux.plan.memory import training_estimate
@@ -159,7 +159,7 @@ def test_the_plan_covers_every_gpu_and_analysis_job_of_the_paper_dag(tmp_path):
                if RULE_CLASSES.get(rule) in ("training", "reference", "evaluation", "analysis")}  # fmt: skip
     rows = plan_rows(load_config(ROOT / "config/paper.yaml"), "results")
     assert planned and planned == {r.rule for r in rows}
-    assert {r for r in STAGES if not r.startswith("curriculum_rdpo")} <= planned  # the paper's methods
+    assert {r for r in STAGES if method_of(r).compared} <= planned  # the paper's methods
 
 
 def test_snakemake_plan_writes_the_paper_plan_on_a_laptop(tmp_path):

@@ -156,7 +156,7 @@ def _matches(pattern: str, names: list[str]) -> list[bool]:
 
 def test_workflow_wildcards_are_derived_from_the_registry(workflow_facts):
     constraints = workflow_facts["constraints"]
-    others = ["sft_dpo", "curriculum", "curriculum_stage4", "panacea_lora", "base"]
+    others = ["sft_dpo", "curriculum", "curriculum_stage4", "panacea_adalora", "base"]
     for key, expected in (
         ("variant", variants("curriculum")),
         ("analysis_variant", analysed_variants()),

@@ -31,6 +31,20 @@ def test_overrides_apply_in_order_and_merge_nested_lora():
     assert (soup_hs2.batch_size, soup_hs2.lora.r, soup_hs2.lora.alpha) == (16, 16, 64)
 
 
+def test_panacea_is_adalora_and_its_lora_variant_is_not():
+    """The registry's Panacea runs AdaLoRA as the paper did; panacea_lora keeps the proposed method's LoRA;
+    AdaLoRA is refused where its rank allocation cannot run (TRL's trainers, FSDP), naming the key."""
+    assert resolve_train_config(RAW, "panacea", "pku").lora.adapter == "adalora"
+    assert resolve_train_config(RAW, "panacea_lora", "pku").lora.adapter == "lora"
+    assert resolve_train_config(RAW, "curriculum_stage1", "pku").lora.adapter == "lora"
+    spec = resolve_train_config(RAW, "panacea", "pku").lora.spec()
+    assert (spec.r, spec.init_r) == (4, 6)  # AdaLoRA's final average rank r, starting from 1.5 r
+    with pytest.raises(ConfigError, match=r"methods\.sft\.lora\.adapter.*TRL"):
+        resolve_train_config({"methods": {"sft": {"lora": {"adapter": "adalora"}}}}, "sft", "x")
+    with pytest.raises(ConfigError, match=r"methods\.panacea\.distributed.*FSDP"):
+        resolve_train_config({"methods": {"panacea": {"distributed": "fsdp"}}}, "panacea", "x")
+
+
 def test_global_batch_becomes_gradient_accumulation():
     cfg = resolve_train_config(RAW, "panacea", "pku")
     assert cfg.gradient_accumulation(1) == 4 and cfg.gradient_accumulation(4) == 1

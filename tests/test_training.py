@@ -151,8 +151,32 @@ def test_stage3_and_panacea_train_every_adapter(ws, stages):
         assert not same(adapter(stages["stage2"], name), adapter(s3.out_dir, name))
     metrics = [json.loads(line) for line in (s3.out_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("loss/kl" in m for m in metrics) or summary["global_steps"] < CFG.logging_steps
-    pan = make_job(ws, "panacea", "panacea", parts=["agree", "conflict"], cfg=short)
+    pan = make_job(ws, "panacea_lora", "panacea_lora", parts=["agree", "conflict"], cfg=short)
     assert run_preference_job(pan)["trained_adapters"] == ["shared", "dim0", "dim1"]
+
+
+def test_panacea_on_adalora_prunes_ranks_and_saves_plain_peft_adapters(ws):
+    """The paper's Panacea: every adapter is AdaLoRA, its rank budget shrinks over the run, and each saved
+    adapter loads with plain PEFT at its pruned ranks."""
+    cfg = replace(CFG, max_steps=4, logging_steps=2, lora=replace(CFG.lora, adapter="adalora", alpha=512))
+    job = make_job(ws, "panacea", "panacea_adalora", parts=["agree", "conflict"], cfg=cfg)
+    summary = run_preference_job(job)
+    assert summary["trained_adapters"] == ["shared", "dim0", "dim1"]
+    n_modules = 2 * 7
+    initial, target = 12 * n_modules, 8 * n_modules
+    # AdaLoRA's cubic schedule at the last step (3 of 4, tinit = tfinal = 0): the budget it masks down to
+    budget = int((initial - target) * (1 - 3 / 4) ** 3 + target)
+    for name in ("shared", "dim0", "dim1"):
+        ranks = summary["adalora_ranks"][name]
+        assert ranks == {"initial_rank": initial, "kept_rank": budget}
+        model, _ = load_base_model(ws / "manifest.json", dtype="float32")
+        peft_model = PeftModel.from_pretrained(model, str(job.out_dir / "adapters" / name))
+        config = peft_model.peft_config["default"]
+        assert config.peft_type.value == "ADALORA" and config.total_step == 4 and config.target_r == 8
+        saved = sum(m.lora_A["default"].shape[0] for m in peft_model.modules() if hasattr(m, "lora_E"))
+        assert saved == ranks["kept_rank"]
+    metrics = [json.loads(line) for line in (job.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any(m.get("loss/orth", 0) > 0 for m in metrics)
 
 
 def test_dpo_soup_interpolation_equals_merged_weights(ws):
@@ -251,11 +275,12 @@ def same_adapters(a: PreferenceJob, b: PreferenceJob, names=("shared", "dim0", "
 
 
 def test_job_killed_mid_run_resumes_to_the_uninterrupted_result(ws, tmp_path):
-    """SIGKILL after a checkpoint, rerun: same adapters as a run that was never interrupted (Panacea, whose
-    Dirichlet draws must also continue where they were), and the same mean training loss over all steps."""
+    """SIGKILL after a checkpoint, rerun: same adapters as a run that was never interrupted (Panacea on
+    AdaLoRA, whose Dirichlet draws and rank allocator must also continue where they were), and the same mean
+    training loss over all steps."""
     from conflux.training.launch import train_job
 
-    cfg = replace(CFG, max_steps=14, save_steps=3, logging_steps=1)
+    cfg = replace(CFG, max_steps=14, save_steps=3, logging_steps=1, lora=replace(CFG.lora, adapter="adalora"))
     straight = make_job(ws, "panacea", "resume_straight", parts=["agree", "conflict"], cfg=cfg, seed=1)
     straight_summary = train_job(straight)
 

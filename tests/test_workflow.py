@@ -34,8 +34,10 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     # eval_conflict),
     # shared by the three curriculum stages, Panacea, every DPO-Soup member and every evaluation.
     assert jobs["reference_logps"] == 2 * 3
-    # datasets x (3 curriculum stages, Panacea, DPO-Soup, the length-controlled curriculum after stage 3)
-    assert jobs["evaluate_method"] == 2 * 6
+    # datasets x (3 curriculum stages, Panacea, DPO-Soup, the length-controlled curriculum after stage 3,
+    # Panacea on LoRA)
+    assert jobs["evaluate_method"] == 2 * 7
+    assert jobs["panacea"] == jobs["panacea_lora"] == 2
     for stage in (1, 2, 3):
         assert jobs[f"curriculum_rdpo_stage{stage}"] == 2
     assert jobs["table1"] == jobs["table2"] == jobs["figure2"] == 1  # synth_pku k=2; synth_hs2 k=5
@@ -229,7 +231,9 @@ def test_run_ends_with_the_papers_tables_figure_and_persona_tables(small_run):
     assert "curriculum_stage1" not in table1 and "curriculum_stage2" not in table1
     for dataset in ("synth_pku", "synth_hs2"):  # the stages side by side
         ablation = (tables / dataset / "ablation.md").read_text()
-        assert all(f"curriculum_stage{i}" in ablation for i in (1, 2, 3)) and "panacea" not in ablation
+        assert all(f"curriculum_stage{i}" in ablation for i in (1, 2, 3)) and "dpo_soup" not in ablation
+        # each variant beside the method it varies
+        assert all(v in ablation for v in ("curriculum_rdpo_stage3", "| panacea |", "panacea_lora"))
     assert "n (held-out conflict pairs per dimension)" in table1 and "Seeds: 0" in table1
     summary = (tables / "synth_hs2/table2_summary.csv").read_text()
     assert "win_rate" in summary and "dpo_soup" in summary

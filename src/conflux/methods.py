@@ -59,6 +59,7 @@ class Method:
     ``compared``: one of the methods the study's tables compare (the paper's); a variant that is not (the
     length-controlled curriculum) appears in the analyses that are about it.
     ``settings``: training settings of the method, under the config's ``methods.<rule>`` (a variant's point).
+    ``varies``: the compared method a variant changes one thing of; the ablation table sets them side by side.
     Every stage is evaluated: a curriculum stage, Panacea or DPO-Soup as a policy at w (the soup's k jobs
     together), a persona model with the persona metrics.
     """
@@ -72,6 +73,7 @@ class Method:
     resource_class: str = "training"
     compared: bool = True
     settings: tuple[tuple[str, object], ...] = ()
+    varies: str | None = None
 
     @property
     def rules(self) -> tuple[str, ...]:
@@ -106,9 +108,26 @@ METHODS: dict[str, Method] = {
             ),
             compared=False,
             settings=(("length_control", "rdpo"),),
+            varies="curriculum",
         ),
-        # Panacea with linear scalarization over k+1 modules (Zhong et al., 2024).
-        Method("panacea", "curriculum", (Stage("panacea", "panacea", "panacea", trains="all"),)),
+        # Panacea with linear scalarization over k+1 AdaLoRA modules, as the curriculum paper ran it
+        # (Appendix B; Zhong et al., 2024): the paper's settings are in config/paper.yaml.
+        Method(
+            "panacea",
+            "curriculum",
+            (Stage("panacea", "panacea", "panacea", trains="all"),),
+            settings=(("lora", {"adapter": "adalora"}),),
+        ),
+        # The same objective over plain LoRA modules with the proposed method's settings: a variant that
+        # separates the adapter type from the method (beside the three in the ablation table).
+        Method(
+            "panacea_lora",
+            "curriculum",
+            (Stage("panacea_lora", "panacea", "panacea_lora", trains="all"),),
+            compared=False,
+            settings=(("lora", {"adapter": "lora"}),),
+            varies="panacea",
+        ),
         # DPO-Soup: k independent DPO runs, one adapter each, interpolated at w (Rame et al., 2023).
         Method(
             "dpo_soup",
@@ -166,11 +185,16 @@ def compared_variants(study: str, methods: tuple[str, ...] | None = None) -> lis
 
 
 def ablation_variants(study: str, methods: tuple[str, ...] | None = None) -> list[str]:
-    """Every stage of the study's compared multi-stage methods (the curriculum after stages 1, 2 and 3), set
-    side by side in an ablation table of their own."""
+    """The ablation table's variants: every stage of the study's compared multi-stage methods (the curriculum
+    after stages 1, 2 and 3), then each chosen variant beside the method it varies (R-DPO's curriculum beside
+    stage 3, Panacea on LoRA beside Panacea on AdaLoRA), final stages only."""
     chosen = methods_of(study) if methods is None else methods
-    multi = [name for name in chosen if len(METHODS[name].stages) > 1 and METHODS[name].compared]
-    return [rule for name in multi for rule in METHODS[name].rules]
+    out = [r for n in chosen if METHODS[n].compared and len(METHODS[n].stages) > 1 for r in METHODS[n].rules]
+    for name in chosen:
+        varies = METHODS[name].varies
+        if varies is not None and varies in chosen:
+            out += [r for r in (METHODS[varies].rules[-1], METHODS[name].rules[-1]) if r not in out]
+    return out
 
 
 def analysed_variants() -> list[str]:

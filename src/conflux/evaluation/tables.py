@@ -183,15 +183,16 @@ def ablation_job(
     seed: int = 0,
     label: str = "",
 ) -> pd.DataFrame:
-    """The ``ablation`` rule: the curriculum after each of its stages, side by side.
+    """The ``ablation`` rule: the curriculum after each of its stages, and each variant beside its method
+    (:func:`conflux.methods.ablation_variants`), side by side.
 
     Table 1, Table 2 and Figure 2 compare the paper's three methods (the curriculum after stage 3, Panacea,
-    DPO-Soup); the earlier stages would take shares of the win rate that the paper gives to those three, so
-    they are compared here instead. k = 2: Table 1's accuracies at w = 1_i; k > 2: Table 2's win rate (among
-    the stages) and mean accuracy over the same settings.
+    DPO-Soup); the earlier stages and the variants would take shares of the win rate that the paper gives to
+    those three, so they are compared here instead. k = 2: Table 1's accuracies at w = 1_i; k > 2: Table 2's
+    win rate (among the rows) and mean accuracy over the same settings.
     """
     frame, dims = read_records(records)
-    title = "Ablation: the curriculum after each stage"
+    title = "Ablation: the curriculum after each stage, and each variant beside its method"
     suffix = f" ({label})" if label else ""
     if len(dims) == 2:
         title += ", accuracy at w = 1_i on held-out conflict pairs" + suffix
@@ -204,7 +205,7 @@ def ablation_job(
         ACCURACY_RULE,
         interval_note(resamples, level, seed),
     ]
-    heading = title + ", win rate among the stages and mean accuracy over Table 2's settings"
+    heading = title + ", win rate among the rows and mean accuracy over Table 2's settings"
     write_table_files(md, html, heading + suffix, notes, _summary_sections(summary))
     return summary
 

@@ -177,7 +177,7 @@ def _estimate(
             pairs=cfg.evaluation.batch_size,
             max_length=settings.max_length,
             adapters=spec.k + 1,
-            lora_r=settings.lora.r,
+            lora_r=settings.lora.spec().init_r,  # AdaLoRA: its ranks before pruning, an upper bound
             gpu=gpu,
         )
     gen = cfg.evaluation.generation

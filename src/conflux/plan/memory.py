@@ -84,10 +84,16 @@ def training_estimate(
             parts["ddp buckets"] = parts["gradients"]
     else:
         held, trained = adapters_of(rule, k, shared)
-        per_numel, per_tensors = arch.lora_numel(cfg.lora.r)
+        spec = cfg.lora.spec()
+        per_numel, per_tensors = arch.lora_numel(spec.init_r)
+        if spec.adapter == "adalora":  # Λ: a singular value per rank of each matrix, a third tensor each
+            per_numel += spec.init_r * per_tensors // 2
+            per_tensors += per_tensors // 2
         parts["adapters"] = held * per_numel * 4  # PEFT keeps adapters in float32 over a bf16 base
         parts["gradients"] = trained * per_numel * 4
         parts["optimizer"] = adamw_bytes(trained * per_numel, trained * per_tensors, "float32")
+        if spec.adapter == "adalora":  # PEFT's RankAllocator: sensitivity, its EMA and uncertainty per entry
+            parts["rank allocator"] = 3 * trained * per_numel * 4
     if sharded:  # FSDP2 gathers a layer (and the next, prefetched) and keeps the root's embed and head
         layer = 2 * arch.layer_numel() + (numel - arch.num_hidden_layers * arch.layer_numel())
         parts["gathered weights"] = layer * compute
@@ -99,7 +105,7 @@ def training_estimate(
     per_layer = tokens * layer_activation_elements(arch) * compute
     if not full:  # each active adapter's branch saves its r-wide A output, and its input with dropout
         branch = sum(
-            cfg.lora.r + (a * (compute + 1) if cfg.lora.dropout else 0) for a, _ in arch.linears().values()
+            spec.init_r + (a * (compute + 1) if cfg.lora.dropout else 0) for a, _ in arch.linears().values()
         )
         per_layer += tokens * held * branch * compute
     if cfg.gradient_checkpointing:  # layer inputs, and one layer's recomputed activations in backward

@@ -13,19 +13,24 @@ from typing import Any
 
 from conflux.errors import ConfigError
 from conflux.methods import PREFERENCE, STAGES, method_of
-from conflux.modeling.lora import LoraSpec
+from conflux.modeling.lora import ADAPTERS, LoraSpec
 
 LENGTH_CONTROLS = ("none", "rdpo", "normalized")  # see conflux.training.losses.length_controlled
 
 
 @dataclass(frozen=True)
 class LoraSettings:
+    """The ``lora`` block: plain LoRA, or AdaLoRA (``adapter: adalora``, see :class:`LoraSpec`)."""
+
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
+    adapter: str = "lora"
+    orth_reg_weight: float = 0.5
 
     def spec(self) -> LoraSpec:
-        return LoraSpec(r=self.r, alpha=self.alpha, dropout=self.dropout)
+        return LoraSpec(r=self.r, alpha=self.alpha, dropout=self.dropout, adapter=self.adapter,
+                        orth_reg_weight=self.orth_reg_weight)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -121,5 +126,13 @@ def resolve_train_config(raw: dict[str, Any], method: str, dataset: str) -> Trai
     if cfg.length_control != "none" and STAGES[method].trainer != PREFERENCE:
         raise ConfigError(f"methods.{method}.length_control", "preference methods only",
                           "length control applies to the curriculum, Panacea and DPO-Soup")  # fmt: skip
+    if cfg.lora.adapter not in ADAPTERS:
+        raise ConfigError(f"methods.{method}.lora.adapter", "enum", f"one of {list(ADAPTERS)}")
+    if cfg.lora.adapter == "adalora" and STAGES[method].trainer != PREFERENCE:
+        raise ConfigError(f"methods.{method}.lora.adapter", "preference methods only",
+                          "TRL's trainers do not run AdaLoRA's rank allocation; use lora")  # fmt: skip
+    if cfg.lora.adapter == "adalora" and cfg.distributed == "fsdp":
+        reason = "AdaLoRA's rank allocator scores whole P, Λ, Q matrices, which FSDP shards"
+        raise ConfigError(f"methods.{method}.distributed", "ddp or auto with AdaLoRA", reason)
     cfg.gradient_accumulation(1)  # the batch must at least split on one device
     return cfg
