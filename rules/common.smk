@@ -215,6 +215,19 @@ def get_eval_runs(wildcards):
     return stage_dirs(wildcards.pair_dataset, wildcards.model, wildcards.seed, variant)
 
 
+def get_export_weights(wildcards):
+    """The weight vectors one dataset's policies are exported at (config: export.weights)."""
+    return CFG.export.weights[wildcards.pair_dataset]
+
+
+def export_outputs(dataset, model, seed):
+    """results/export/... of every exported variant, for a dataset listed under export.weights."""
+    if dataset not in CFG.export.weights:
+        return []
+    root = f"results/export/{model}/{dataset}/seed{seed}"
+    return [f"{root}/{variant}" for variant in CFG.export.variants()]
+
+
 def _records(wildcards, variants):
     return expand(
         "results/eval/{model}/{dataset}/seed{seed}/{variant}.parquet",
@@ -403,5 +416,7 @@ def get_final_output():
                     for method in study.methods:
                         targets += training_outputs(dataset, model, seed, method)
                     targets += analysis_outputs(study_name, dataset, model, seed)
+                    if study_name == "curriculum":
+                        targets += export_outputs(dataset, model, seed)
                 targets += evaluation_outputs(study_name, dataset, model)
     return sorted(set(targets))

@@ -288,6 +288,21 @@ CONFIGS = [
         "method fits study",
     ),
     _config_case(
+        "export-wrong-k",
+        lambda c: c["export"].update(weights={"synth_pku": [[0.5, 0.5], [0.2, 0.3, 0.5]]}),
+        "export.weights.synth_pku[1]",
+        "2 non-negative weights",
+    ),
+    _config_case(
+        "export-untrained-method",
+        lambda c: (
+            c["studies"]["curriculum"].update(methods=["curriculum"])
+            or c["export"].update(methods=["panacea"])
+        ),
+        "export.methods.0",
+        "a method of the curriculum study",
+    ),
+    _config_case(
         "tiny-heads",
         lambda c: c["models"]["tiny"]["tiny"].update(num_heads=5),
         "models.tiny.tiny",

@@ -38,6 +38,7 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     # Panacea on LoRA)
     assert jobs["evaluate_method"] == 2 * 7
     assert jobs["panacea"] == jobs["panacea_lora"] == 2
+    assert jobs["export_policy"] == 3  # the three compared methods, on synth_pku (config: export)
     for stage in (1, 2, 3):
         assert jobs[f"curriculum_rdpo_stage{stage}"] == 2
     assert jobs["table1"] == jobs["table2"] == jobs["figure2"] == 1  # synth_pku k=2; synth_hs2 k=5
@@ -258,6 +259,23 @@ def test_run_leaves_no_pickles_and_models_that_generate_with_a_cache(small_run):
     sft = results / "train/tiny/persona_ojousama/seed0/sft"
     assert json.loads((sft / "model/config.json").read_text())["use_cache"] is True
     assert json.loads((sft / "training_args.json").read_text())["seed"] == 0
+
+
+def test_run_exports_pi_w_of_the_three_methods_for_serving(small_run):
+    """config export: the three compared methods at both w of synth_pku, each an adapter PEFT loads and a
+    merged model transformers loads (their logits against policy.at(w): tests/test_export.py)."""
+    from peft import PeftConfig
+
+    root = small_run / "results/export/tiny/synth_pku/seed0"
+    assert sorted(p.name for p in root.iterdir()) == ["curriculum_stage3", "dpo_soup", "panacea"]
+    for variant in root.iterdir():
+        record = json.loads((variant / "export.json").read_text())
+        assert [r["w"] for r in record["weights"]] == [[0.5, 0.5], [0.8, 0.2]]
+        for entry in record["weights"]:
+            out = variant / entry["dir"]
+            assert PeftConfig.from_pretrained(str(out / "adapter")).r == entry["adapter_rank"]
+            assert (out / "merged/model.safetensors").is_file()
+            assert (out / "merged/tokenizer_config.json").is_file()
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import yaml
 from conflux.data.specs import DatasetSpec, PersonaSplitConfig
 from conflux.data.split import SplitConfig
 from conflux.errors import ConfigError
+from conflux.export.weights import check_weights
 from conflux.methods import METHODS, STAGES, method_of, methods_of
 from conflux.modeling.base_model import BaseModelSpec
 from conflux.modeling.tiny_model import TinyModelConfig
@@ -56,6 +57,7 @@ RULE_CLASSES: dict[str, str] = {
     "dump_task_vectors_persona": "analysis",
     "dump_task_vectors_adapters": "analysis",
     "training_curves": "report",
+    "export_policy": "analysis",  # the policy on the host, the merged model streamed shard by shard
     "plan": "report",
     **{rule: method_of(rule).resource_class for rule in STAGES},  # the training rules
 }
@@ -124,6 +126,18 @@ class AnalysisConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """π(w) for serving (:mod:`conflux.export`): the methods exported and, per dataset, the weights."""
+
+    methods: tuple[str, ...] = ()
+    weights: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    def variants(self) -> list[str]:
+        """The exported variants: each method's final stage."""
+        return [METHODS[m].rules[-1] for m in self.methods]
+
+
+@dataclass(frozen=True)
 class WorkflowConfig:
     seeds: tuple[int, ...]
     offline: bool
@@ -139,6 +153,7 @@ class WorkflowConfig:
     evaluation: EvaluationConfig = field(default_factory=lambda: EvaluationConfig())
     resources: dict[str, Any] = field(default_factory=dict)
     model_arch: dict[str, dict[str, Any]] = field(default_factory=dict)  # models.<name>.arch, for the plan
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def resources_for(self, rule_class: str, rule: str) -> dict[str, Any]:
         """Cluster resources of one rule: ``resources.default``, then ``.<class>``, then ``.rules.<rule>``.
@@ -278,7 +293,24 @@ def parse_config(raw: dict[str, Any]) -> WorkflowConfig:
         resources=dict(raw.get("resources", {})),
         analysis=_analysis_config(raw.get("analysis", {})),
         model_arch={name: dict(spec["arch"]) for name, spec in raw["models"].items() if "arch" in spec},
+        export=_export_config(raw.get("export", {}), datasets, studies.get("curriculum", Study())),
     )
+
+
+def _export_config(raw: dict[str, Any], datasets: dict[str, DatasetSpec], study: Study) -> ExportConfig:
+    """The export block, checked against the curriculum study: its datasets, its methods, each w's k."""
+    methods = tuple(raw.get("methods", [m for m in study.methods if METHODS[m].compared]))
+    for i, method in enumerate(methods):
+        if method not in study.methods:
+            found = f"'{method}' is not trained: studies.curriculum.methods is {list(study.methods)}"
+            raise ConfigError(f"export.methods.{i}", "a method of the curriculum study", found)
+    weights = {}
+    for dataset, vectors in raw.get("weights", {}).items():
+        if dataset not in study.datasets:
+            known = f"known: {list(study.datasets)}"
+            raise ConfigError(f"export.weights.{dataset}", "a dataset of the curriculum study", known)
+        weights[dataset] = check_weights(vectors, datasets[dataset].k, f"export.weights.{dataset}")
+    return ExportConfig(methods, weights)
 
 
 def _analysis_config(raw: dict[str, Any]) -> AnalysisConfig:

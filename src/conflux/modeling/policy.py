@@ -199,6 +199,36 @@ class PreferencePolicy:
         self.model.base_model.set_adapter(names)
         self._apply_trainable()
 
+    @torch.no_grad()
+    def lora_factors(self, w: Sequence[float] | torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """π(·; w)'s weight update as one LoRA: per adapted module (its name in the base model), float32
+        factors (A', B') with B'A' = Σ_active s_name · ΔW_name, exactly what :meth:`at` computes.
+
+        The factors of the active adapters are concatenated along the rank, A scaled by w_i times the
+        adapter's own scaling, as PEFT's ``add_weighted_adapter(combination_type="cat")`` builds them (PEFT's
+        refuses AdaLoRA, whose Λ folds into A and whose scaling divides by the initial rank, and keeps the
+        rows of w_i = 0).
+        """
+        scales = {n: s for n, s in self.weights(w).items() if s != 0.0}
+        factors = {}
+        modules = {id(m): name for name, m in self.model.base_model.model.named_modules()}
+        for layer, unit in zip(self._layers, self._unit_scaling, strict=True):
+            a_parts, b_parts = [], []
+            for name, s in scales.items():
+                if name not in unit:
+                    continue
+                a, b = layer.lora_A[name], layer.lora_B[name]
+                a, b = (a.weight, b.weight) if isinstance(a, torch.nn.Module) else (a, b)
+                scale = s * unit[name]
+                if name in getattr(layer, "lora_E", {}):  # AdaLoRA: Q (Λ ⊙ P) · α / (ranknum + 1e-5)
+                    a = a * layer.lora_E[name]
+                    scale = scale / (layer.ranknum[name] + 1e-5)
+                a_parts.append(a.float() * scale)
+                b_parts.append(b.float())
+            if a_parts:
+                factors[modules[id(layer)]] = (torch.cat(a_parts, dim=0), torch.cat(b_parts, dim=1))
+        return factors
+
     # AdaLoRA -----------------------------------------------------------------------------------------------
 
     @property

@@ -24,6 +24,7 @@ from conflux.plan.memory import (
     GIB,
     Estimate,
     analysis_estimate,
+    export_estimate,
     scoring_estimate,
     training_estimate,
 )
@@ -140,6 +141,8 @@ def study_rules(cfg: WorkflowConfig, study: str) -> list[str]:
                 "conflict_dims",
                 *(["dump_task_vectors_adapters"] if dumps else []),
             ]
+        if cfg.export.weights and cfg.export.methods:
+            rules.append("export_policy")
         return rules
     both = {"sft", "dpo"} <= set(methods)
     rules = ["persona_eval_base"]
@@ -157,6 +160,8 @@ def _estimate(
     cfg: WorkflowConfig, arch: Arch, rule: str, dataset: str, devices: int, gpu: bool, dtype: str
 ) -> Estimate:
     spec = cfg.datasets[dataset]
+    if rule == "export_policy":
+        return export_estimate(arch, dtype, adapters=spec.k + 1, lora_r=_largest_rank(cfg, dataset))
     if rule in ("taskvec_stats_adapters", "conflict_dims", "dump_task_vectors_adapters"):
         return analysis_estimate(arch, rule, adapters=True)
     if RULE_CLASSES.get(rule) == "analysis":
@@ -194,6 +199,11 @@ def _estimate(
     )
 
 
+def _largest_rank(cfg: WorkflowConfig, dataset: str) -> int:
+    """The largest adapter rank an exported method trains (its initial rank for AdaLoRA)."""
+    return max(cfg.train(v, dataset).lora.spec().init_r for v in cfg.export.variants())
+
+
 def plan_rows(cfg: WorkflowConfig, results: str | Path = "results") -> list[PlanRow]:
     """Every planned job of the config's studies (see the module's docstring)."""
     rows = []
@@ -205,13 +215,14 @@ def plan_rows(cfg: WorkflowConfig, results: str | Path = "results") -> list[Plan
             arch, arch_from = arches[model]
             for dataset in cfg.study(study).datasets:
                 for rule in study_rules(cfg, study):
+                    if rule == "export_policy" and dataset not in cfg.export.weights:
+                        continue
                     device, devices, limit, limit_from = device_limit(
                         cfg.resources_for(RULE_CLASSES[rule], rule)
                     )
                     gpu = device == "gpu"
-                    dtype = (
-                        cfg.models[model].dtype if gpu else "float32"
-                    )  # conflux scores in float32 on a CPU
+                    # conflux scores in float32 on a CPU; the export holds the base in its own dtype
+                    dtype = cfg.models[model].dtype if gpu or rule == "export_policy" else "float32"
                     if dtype == "auto":  # the checkpoint's own dtype
                         dtype = (arch.dtype if arch else None) or "float32"
                     estimate = _estimate(cfg, arch, rule, dataset, devices, gpu, dtype) if arch else None

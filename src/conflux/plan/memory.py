@@ -155,3 +155,18 @@ def analysis_estimate(arch: Arch, rule: str, *, adapters: bool, lambdas: int = 1
     if rule == "merge_sft_dpo":  # one output shard buffered per λ (a small model's shard is all of it)
         parts["output shards"] = lambdas * min(MERGE_SHARD_BYTES, arch.numel() * 4)
     return Estimate(parts)
+
+
+def export_estimate(arch: Arch, dtype: str, *, adapters: int, lora_r: int) -> Estimate:
+    """``export_policy`` on the host: the policy (the base in its dtype and float32 adapters), the combined
+    factors, one merged tensor in float32 beside its source, and one output shard of the merged model."""
+    numel, _ = arch.lora_numel(lora_r)
+    largest = arch.largest_numel()
+    parts = {
+        "weights": arch.numel() * DTYPE_BYTES[dtype],
+        "adapters": 2 * adapters * numel * 4,  # the adapters and their concatenation
+        "tensor buffers": 3 * largest * 4,
+        "output shard": min(MERGE_SHARD_BYTES, arch.numel() * DTYPE_BYTES[dtype]),
+        "overhead": HOST_BASELINE,
+    }
+    return Estimate(parts)

@@ -1,0 +1,1 @@
+"""π(w) as servable artifacts (rules/export.smk)."""
