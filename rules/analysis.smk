@@ -116,7 +116,7 @@ rule revert_sweep:
     input:
         model=get_persona_run,
         sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
-        pairs_eval="results/data/{persona_dataset}/persona/pairs_eval.parquet",
+        pairs_eval=pairs_part("eval"),
         manifest="results/models/{model}/manifest.json",
     output:
         "results/analysis/{model}/{persona_dataset}/seed{seed}/revert_{revert_method}.json",

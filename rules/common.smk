@@ -43,7 +43,7 @@ EMBEDDED_MODELS = sorted(n for n, m in CFG.models.items() if m.source == "embedd
 SPLIT_PARTS = ["agree", "conflict", "agree_sub", "eval_conflict", "eval_agree"]
 # The two persona models that conflict_sft_dpo, taskvec_stats_persona and merge_sft_dpo compare.
 SFT_DPO = ("sft", "dpo")
-PERSONA_PARTS = ["sft_train", "sft_eval", "pairs_train", "pairs_eval"]
+PERSONA_PARTS = ["sft_train", "sft_eval"]
 
 
 def _alternatives(names):
@@ -164,6 +164,20 @@ def reference(part):
     """Cached reference log-probs of a split part; agree_sub is a subset of agree and reads agree's cache."""
     part = "agree" if part == "agree_sub" else part
     return f"results/reference/{{model}}/{{pair_dataset}}/{part}.parquet"
+
+
+def pairs_part(part):
+    """The DPO pairs of a persona dataset's part (train, eval) for one base model: the rejected replies may be
+    the model's own (general: generate)."""
+    return f"results/data/{{persona_dataset}}/persona/{{model}}/pairs_{part}.parquet"
+
+
+def get_general_replies(wildcards):
+    """persona_pairs' generated general replies (generate_general's), or none when a general file is given."""
+    if CFG.datasets[wildcards.persona_dataset].generates_general:
+        root = f"results/data/{wildcards.persona_dataset}/persona/{wildcards.model}"
+        return {"general": f"{root}/general_generated.parquet"}
+    return {}
 
 
 def split_part(part):

@@ -48,8 +48,6 @@ rule load_persona:
     output:
         sft_train="results/data/{persona_dataset}/persona/sft_train.parquet",
         sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
-        pairs_train="results/data/{persona_dataset}/persona/pairs_train.parquet",
-        pairs_eval="results/data/{persona_dataset}/persona/pairs_eval.parquet",
         stats="results/data/{persona_dataset}/persona/stats.json",
     log:
         "logs/load_persona/{persona_dataset}.log",
@@ -67,3 +65,52 @@ rule load_persona:
         offline=OFFLINE,
     script:
         "../workflow/scripts/load_persona.py"
+
+
+rule generate_general:
+    input:
+        sft_train="results/data/{persona_dataset}/persona/sft_train.parquet",
+        sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
+        manifest="results/models/{model}/manifest.json",
+    output:
+        "results/data/{persona_dataset}/persona/{model}/general_generated.parquet",
+    log:
+        "logs/generate_general/{model}/{persona_dataset}.log",
+    benchmark:
+        "benchmarks/generate_general/{model}/{persona_dataset}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("generate_general")
+    resources:
+        **job_resources("generate_general"),
+    params:
+        tokenize=get_persona_tokenize,
+        generation=CFG.evaluation.generation,
+    script:
+        "../workflow/scripts/generate_general.py"
+
+
+rule persona_pairs:
+    input:
+        unpack(get_general_replies),
+        sft_train="results/data/{persona_dataset}/persona/sft_train.parquet",
+        sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
+    output:
+        pairs_train=pairs_part("train"),
+        pairs_eval=pairs_part("eval"),
+        stats="results/data/{persona_dataset}/persona/{model}/pairs_stats.json",
+    log:
+        "logs/persona_pairs/{model}/{persona_dataset}.log",
+    benchmark:
+        "benchmarks/persona_pairs/{model}/{persona_dataset}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("persona_pairs")
+    resources:
+        **job_resources("persona_pairs"),
+    params:
+        spec=get_dataset_spec,
+        fingerprint=get_source_fingerprint,
+        offline=OFFLINE,
+    script:
+        "../workflow/scripts/persona_pairs.py"

@@ -220,7 +220,7 @@ rule ablation:
 rule persona_eval_base:
     input:
         sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
-        pairs_eval="results/data/{persona_dataset}/persona/pairs_eval.parquet",
+        pairs_eval=pairs_part("eval"),
         manifest="results/models/{model}/manifest.json",
     output:
         "results/eval/{model}/{persona_dataset}/base/persona.json",
@@ -246,7 +246,7 @@ rule persona_eval:
     input:
         model=get_persona_model,
         sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
-        pairs_eval="results/data/{persona_dataset}/persona/pairs_eval.parquet",
+        pairs_eval=pairs_part("eval"),
         manifest="results/models/{model}/manifest.json",
     output:
         "results/eval/{model}/{persona_dataset}/seed{seed}/persona_{persona_variant}.json",
@@ -271,7 +271,7 @@ rule persona_eval:
 rule persona_table:
     input:
         metrics=get_persona_metrics,
-        pairs_eval="results/data/{persona_dataset}/persona/pairs_eval.parquet",
+        pairs_eval=pairs_part("eval"),
     output:
         csv="results/tables/{model}/{persona_dataset}/persona.csv",
         md="results/tables/{model}/{persona_dataset}/persona.md",

@@ -267,7 +267,7 @@ rule sft:
 
 rule reference_logps_dpo:
     input:
-        data="results/data/{persona_dataset}/persona/pairs_train.parquet",
+        data=pairs_part("train"),
         manifest="results/models/{model}/manifest.json",
     output:
         "results/reference/{model}/{persona_dataset}/dpo_train.parquet",
@@ -289,7 +289,7 @@ rule reference_logps_dpo:
 
 rule dpo:
     input:
-        data="results/data/{persona_dataset}/persona/pairs_train.parquet",
+        data=pairs_part("train"),
         manifest="results/models/{model}/manifest.json",
         reference="results/reference/{model}/{persona_dataset}/dpo_train.parquet",
     output:

@@ -54,3 +54,13 @@ def test_slurm_extra_tokens_reach_sbatch_quoted_and_space_separated(tmp_path, pr
     path.write_text(yaml.safe_dump(raw))
     spec = load_config(path).resources_for("training", "sft")
     assert spec["slurm_extra"] == "--qos=high --exclusive --mail-type=END,FAIL"
+
+
+def test_a_persona_dataset_without_a_general_file_generates_its_general_replies(project_root, tmp_path):
+    raw = yaml.safe_load((project_root / "config" / "config.yaml").read_text(encoding="utf-8"))
+    raw["datasets"]["persona_ojousama"] = {"kind": "persona", "persona": "ojousama", "path": "oj.csv"}
+    raw["datasets"]["persona_student"]["general"] = "generate"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert all(cfg.datasets[name].generates_general for name in ("persona_ojousama", "persona_student"))
+    assert not cfg.datasets["synth_pku"].generates_general  # pair datasets have no general replies

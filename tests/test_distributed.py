@@ -198,8 +198,9 @@ def test_dpo_on_the_cached_reference_equals_trls_own_reference_pass(ws, tmp_path
     trl_reference_job(ws / "dpo_pairs.parquet", ws / "manifest.json", cache, cfg, batch_size=16)
     cached = pq.read_table(cache).to_pydict()
     model, tokenizer = load_base_model(ws / "manifest.json", dtype="float32")
-    own = make_trainer("dpo", model, tokenizer, dpo_dataset(ws / "dpo_pairs.parquet"), cfg, tmp_path / "own",
-                       seed=0, precompute=True).train_dataset  # fmt: skip
+    data = dpo_dataset(ws / "dpo_pairs.parquet", tokenizer)
+    own = make_trainer("dpo", model, tokenizer, data, cfg, tmp_path / "own", seed=0, precompute=True)
+    own = own.train_dataset
     assert cached["pair_id"] == own["pair_id"] and len(own) == 64
     for column in REF_COLUMNS:
         want = torch.tensor(own[column], dtype=torch.float64)

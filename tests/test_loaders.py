@@ -21,6 +21,7 @@ from conflux.data.loaders import (
     read_dialogue,
     read_records,
 )
+from conflux.data.loaders.persona import pair_id
 from conflux.data.pairs import SFT_SCHEMA
 from conflux.errors import DataError
 
@@ -241,7 +242,9 @@ def test_persona_sft_rows_and_pairs_chosen_is_persona_reply(tmp_path, persona_na
     assert data.pairs.dims == ("persona",) and len(data.pairs) == 4
     assert table.column("response_a").to_pylist()[0] == OJOUSAMA[0][1]
     assert table.column("response_b").to_pylist()[0] == GENERAL["ごきげんよう"]
-    assert table.column("pair_id").to_pylist() == ["oj-000001", "oj-000002", "oj-000003", "oj-000005"]
+    # one id per prompt, whatever the file's row order or the split the pair lands in
+    assert table.column("pair_id").to_pylist() == [pair_id("oj", p) for p, _ in OJOUSAMA if p in GENERAL]
+    assert len(set(table.column("pair_id").to_pylist())) == 4
     sa, sb = data.pairs.scores()
     assert sa.ravel().tolist() == [1.0] * 4 and sb.ravel().tolist() == [0.0] * 4
     assert data.drops == {"no_general_response": 1} and data.general_matched == 4

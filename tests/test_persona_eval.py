@@ -16,10 +16,10 @@ from conflux.evaluation.persona_eval import perplexity, persona_eval_job, respon
 from conflux.evaluation.persona_markers import count_markers, style_summary
 from conflux.evaluation.persona_table import persona_table_job
 from conflux.modeling.base_model import BaseModelSpec, base_model_manifest_job, load_base_model
-from conflux.modeling.generation import GenerationSettings, encode_prompt, generate
+from conflux.modeling.generation import GenerationSettings, generate
 from conflux.modeling.lora import LoraSpec
 from conflux.modeling.tiny_model import TinyModelConfig, build_tiny_model
-from conflux.modeling.tokenize import TokenizeSettings
+from conflux.modeling.tokenize import TokenizeSettings, prompt_ids
 from conflux.modeling.variants import load_variant, resolve_model_dir
 
 SETTINGS = TokenizeSettings(max_length=192)
@@ -116,10 +116,10 @@ def ws(tmp_path_factory) -> Path:
 def test_perplexity_is_exp_of_the_mean_token_nll_computed_by_hand(ws):
     model, tokenizer = load_base_model(ws / "manifest.json", dtype="float32")
     prompts, replies = ["ラーメンは好き？", "雨の日って好き？"], ["はい、好きです。", "ええ、好きですわ。"]
-    lp = response_logps(model, tokenizer, prompts, replies, replies, SETTINGS, prompt_format="plain")
+    lp = response_logps(model, tokenizer, prompts, replies, replies, SETTINGS)
     nll, count = 0.0, 0
     for prompt, reply in zip(prompts, replies, strict=True):
-        p = tokenizer(prompt)["input_ids"]
+        p = prompt_ids(tokenizer, prompt)  # the tiny model's chat template (prompt_format auto)
         r = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([p + r])).logits[0].double()
@@ -134,8 +134,8 @@ def test_perplexity_is_exp_of_the_mean_token_nll_computed_by_hand(ws):
 def test_greedy_generation_is_the_argmax_continuation_and_batching_does_not_change_it(ws):
     model, tokenizer = load_base_model(ws / "manifest.json", dtype="float32")
     prompts = ["ラーメンは好き？", "おすすめの京都の楽しみ方はある？", "英語の勉強って好き？"]
-    batched = generate(model, tokenizer, prompts, GEN, max_length=192, prompt_format="plain")
-    ids = encode_prompt(tokenizer, prompts[1], "plain")
+    batched = generate(model, tokenizer, prompts, GEN, max_length=192)
+    ids = prompt_ids(tokenizer, prompts[1])
     new = []
     with torch.no_grad():
         for _ in range(GEN.max_new_tokens):
@@ -145,9 +145,7 @@ def test_greedy_generation_is_the_argmax_continuation_and_batching_does_not_chan
                 break
     assert batched[1] == (tokenizer.decode(new, skip_special_tokens=True), len(new))
     for i, prompt in enumerate(prompts):
-        assert (
-            generate(model, tokenizer, [prompt], GEN, max_length=192, prompt_format="plain")[0] == batched[i]
-        )
+        assert generate(model, tokenizer, [prompt], GEN, max_length=192)[0] == batched[i]
 
 
 def test_variants_load_from_an_adapter_a_training_output_and_a_full_model(ws):
@@ -219,3 +217,96 @@ def test_persona_eval_job_and_the_table_of_its_variants(ws, tmp_path):
     assert rows.loc[("data: general replies", "-"), "ojousama_share"] == 0.0
     md = (tmp_path / "p.md").read_text(encoding="utf-8")
     assert "n = 5 held-out prompts" in md and "dpo 0, 1" in md and "base -" in md
+
+
+# ---- one prompt format for training and evaluation ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("prompt_format", ["auto", "plain", "safe_rlhf"])
+def test_sft_and_dpo_rows_and_the_evaluation_see_the_same_prompt_tokens(
+    ws, tmp_path, monkeypatch, prompt_format
+):
+    """Whatever the model's prompt_format, the SFT and DPO rows TRL trains on, the pair log-probs and the
+    generation of the persona evaluation start from the same prompt token ids: prompt_ids in that format."""
+    import conflux.evaluation.persona_eval as persona_eval
+    from conflux.training.config import TrainConfig
+    from conflux.training.trl_jobs import dpo_dataset, make_trainer, sft_dataset
+
+    manifest = tmp_path / "manifest.json"
+    spec = BaseModelSpec(name="tiny", source="embedded", prompt_format=prompt_format)
+    base_model_manifest_job(spec, manifest, built_dir=ws / "hf")
+    model, tokenizer = load_base_model(manifest, dtype="float32")
+    prompt = read_sft_prompts(ws)[0]
+    want = prompt_ids(tokenizer, prompt)
+    plain = tokenizer(prompt)["input_ids"]
+    assert (want == plain) == (prompt_format == "plain")  # the tiny model's chat template, or safe-rlhf's
+
+    cfg = TrainConfig(max_length=192, batch_size=4, per_device_batch_size=4, finetune="lora")
+    sft = make_trainer("sft", model, tokenizer, sft_dataset(ws / "sft_eval.parquet", tokenizer), cfg,
+                       tmp_path / "sft", seed=0).train_dataset[0]  # fmt: skip
+    assert [t for t, label in zip(sft["input_ids"], sft["labels"], strict=True) if label == -100] == want
+    model, tokenizer = load_base_model(manifest, dtype="float32")
+    dpo = make_trainer("dpo", model, tokenizer, dpo_dataset(ws / "pairs_eval.parquet", tokenizer), cfg,
+                       tmp_path / "dpo", seed=0).train_dataset[0]  # fmt: skip
+    assert dpo["prompt_ids"] == want
+
+    # The evaluation: the rows it scores and the prompts it generates from.
+    scored, generated = [], []
+    score_rows = persona_eval.score_rows
+
+    def spy_score(model, rows_a, rows_b, *args, **kwargs):
+        scored.extend(p for p, _ in [*rows_a, *rows_b])
+        return score_rows(model, rows_a, rows_b, *args, **kwargs)
+
+    monkeypatch.setattr(persona_eval, "score_rows", spy_score)
+    model, tokenizer = load_base_model(manifest, dtype="float32")
+    generate_ids = model.generate
+
+    def spy_generate(*, input_ids, attention_mask, **kwargs):
+        rows = zip(input_ids, attention_mask, strict=True)
+        generated.extend(ids[mask.bool()].tolist() for ids, mask in rows)
+        return generate_ids(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy_generate)
+    persona, prompts, pairs = persona_eval.held_out_inputs(ws / "sft_eval.parquet", ws / "pairs_eval.parquet")
+    first = {key: values[:1] for key, values in pairs.items()}
+    persona_eval.evaluate_variant(model, tokenizer, prompts[:1], first, persona, SETTINGS, GEN)
+    assert scored == [want, want] and generated == [want]
+
+
+def read_sft_prompts(ws: Path) -> list[str]:
+    from conflux.data.pairs import read_sft
+
+    return read_sft(ws / "sft_eval.parquet").column("prompt").to_pylist()
+
+
+# ---- general replies generated by the base model -----------------------------------------------------------
+
+
+def test_generated_general_replies_are_the_base_models_greedy_answers(ws, tmp_path):
+    from conflux.data.pairs import read_sft
+    from conflux.modeling.general_replies import generate_general_job
+
+    out = tmp_path / "general_generated.parquet"
+    parts = [ws / "sft_eval.parquet"]
+    summary = generate_general_job(dataset="oj", manifest=ws / "manifest.json", parts=parts, out=out,
+                                   generation=GEN, max_length=SETTINGS.max_length)  # fmt: skip
+    rows = read_sft(out).to_pydict()
+    assert rows["prompt"] == read_sft_prompts(ws) and set(rows["persona"]) == {"general"}
+    model, tokenizer = load_base_model(ws / "manifest.json", dtype="float32")
+    answers = generate(model, tokenizer, rows["prompt"], GEN, max_length=SETTINGS.max_length)
+    assert rows["response"] == [text.strip() for text, _ in answers] and summary["prompts"] == 5
+
+
+def test_general_generate_with_a_model_that_cannot_generate_names_the_config_key(ws, tmp_path, monkeypatch):
+    from transformers import LlamaForCausalLM
+
+    from conflux.errors import ConfigError
+    from conflux.modeling.general_replies import generate_general_job
+
+    monkeypatch.setattr(LlamaForCausalLM, "can_generate", classmethod(lambda cls: False))
+    out = tmp_path / "general_generated.parquet"
+    with pytest.raises(ConfigError, match=r"datasets\.oj\.general.*model 'tiny' cannot generate"):
+        generate_general_job(dataset="oj", manifest=ws / "manifest.json", parts=[ws / "sft_eval.parquet"],
+                             out=out, generation=GEN, max_length=SETTINGS.max_length)  # fmt: skip
+    assert not out.exists()

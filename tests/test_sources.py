@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
-from conflux.data.jobs import bundled_corpus, load_pairs_job, load_persona_job, source_fingerprint
-from conflux.data.pairs import read_pairs, read_sft
+from conflux.data.jobs import (
+    bundled_corpus,
+    load_pairs_job,
+    load_persona_job,
+    persona_pairs_job,
+    source_fingerprint,
+)
+from conflux.data.pairs import read_pairs, read_sft, write_sft
 from conflux.data.specs import DatasetSpec, PersonaSplitConfig
 from conflux.errors import DataError
 
@@ -57,17 +65,30 @@ def test_hub_id_offline_fails_at_once(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def persona_job(tmp_path, spec: DatasetSpec, *, generated=None) -> tuple[dict, dict, dict[str, Path]]:
+    """load_persona then persona_pairs, as the workflow runs them: (stats.json, pairs_stats.json, paths)."""
+    paths = {
+        part: tmp_path / f"{part}.parquet" for part in ("sft_train", "sft_eval", "pairs_train", "pairs_eval")
+    }
+    load_persona_job(spec, PersonaSplitConfig(eval_fraction=0.2, seed=0), paths, tmp_path / "stats.json",
+                     offline=True)  # fmt: skip
+    persona_pairs_job(
+        spec,
+        {"train": paths["sft_train"], "eval": paths["sft_eval"]},
+        {"train": paths["pairs_train"], "eval": paths["pairs_eval"]},
+        tmp_path / "pairs_stats.json",
+        generated=generated,
+        offline=True,
+    )
+    stats, pairs_stats = (json.loads((tmp_path / f).read_text()) for f in ("stats.json", "pairs_stats.json"))
+    return stats, pairs_stats, paths
+
+
 def test_bundled_persona_dataset_splits_by_prompt(tmp_path):
     spec = DatasetSpec(
         name="oj", kind="persona", persona="ojousama", path="bundled:ojousama", general="bundled:general"
     )
-    outputs = {
-        part: tmp_path / f"{part}.parquet" for part in ("sft_train", "sft_eval", "pairs_train", "pairs_eval")
-    }
-    load_persona_job(
-        spec, PersonaSplitConfig(eval_fraction=0.2, seed=0), outputs, tmp_path / "stats.json", offline=True
-    )
-    stats = json.loads((tmp_path / "stats.json").read_text())
+    stats, pairs_stats, outputs = persona_job(tmp_path, spec)
     train_prompts = set(read_sft(outputs["sft_train"]).column("prompt").to_pylist())
     eval_prompts = set(read_sft(outputs["sft_eval"]).column("prompt").to_pylist())
     assert train_prompts and eval_prompts and not train_prompts & eval_prompts
@@ -75,6 +96,60 @@ def test_bundled_persona_dataset_splits_by_prompt(tmp_path):
     pairs = read_pairs(outputs["pairs_train"])
     assert pairs.dims == ("persona",)
     assert set(pairs.table.column("prompt").to_pylist()) <= train_prompts
+    assert set(read_pairs(outputs["pairs_eval"]).table.column("prompt").to_pylist()) <= eval_prompts
+    # the bundled sets share every prompt: the general file matches all of them
+    assert stats["files"]["general"]["matched"] == stats["prompts"] == pairs_stats["general"]["matched"]
+
+
+def dialogue_file(path: Path, turns: list[tuple[str, str]]) -> str:
+    lines = ["prompt,completion", *(f"{p},{c}" for p, c in turns)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_a_general_file_reports_the_persona_prompts_it_matched_per_file(tmp_path):
+    persona = dialogue_file(tmp_path / "oj.csv", [(f"q{i}", f"わたくし{i}ですわ") for i in range(10)]
+                            + [("q0", "二度目ですわ")])  # fmt: skip
+    # 6 of the 10 persona prompts; q1 twice (the first kept); one identical reply; two prompts not in persona
+    general_turns = [("q1", "a1"), ("q1", "again"), ("q2", "a2"), ("q3", "a3"), ("q4", "a4"), ("q5", "a5"),
+                     ("q6", "わたくし6ですわ"), ("x1", "b"), ("x2", "c")]  # fmt: skip
+    general = dialogue_file(tmp_path / "general.csv", general_turns)
+    spec = DatasetSpec(name="oj", kind="persona", persona="ojousama", path=persona, general=general)
+    stats, pairs_stats, paths = persona_job(tmp_path, spec)
+    assert stats["files"]["persona"] == {"file": persona, "rows_read": 11, "dropped": {"duplicate_prompt": 1}}
+    assert stats["files"]["general"] == {
+        "file": general, "rows_read": 9, "dropped": {"duplicate_prompt": 1}, "matched": 6
+    }  # fmt: skip
+    assert pairs_stats["general"]["matched"] == 6
+    written = [len(read_pairs(paths[f"pairs_{part}"], allow_empty=True)) for part in ("train", "eval")]
+    assert sum(pairs_stats["pairs"].values()) == sum(written) == 5
+    dropped = list(pairs_stats["dropped"].values())
+    assert sum(d.get("identical_responses", 0) for d in dropped) == 1
+    assert sum(d.get("no_general_response", 0) for d in dropped) == 4
+
+
+def test_a_general_file_that_matches_no_persona_prompt_fails_with_the_counts(tmp_path):
+    persona = dialogue_file(tmp_path / "oj.csv", [("q1", "ですわ"), ("q2", "ですの")])
+    general = dialogue_file(tmp_path / "general.csv", [("x", "y")])
+    spec = DatasetSpec(name="oj", kind="persona", persona="ojousama", path=persona, general=general)
+    with pytest.raises(DataError, match=r"2 persona prompts, 1 general rows, 0 in common.*generate"):
+        outputs = {"sft_train": tmp_path / "a", "sft_eval": tmp_path / "b"}
+        load_persona_job(spec, PersonaSplitConfig(), outputs, tmp_path / "stats.json", offline=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["general.csv", "oj.csv"]
+
+
+@pytest.mark.parametrize("general", [None, "generate"])
+def test_generated_general_replies_pair_with_every_persona_prompt(tmp_path, general):
+    persona = dialogue_file(tmp_path / "oj.csv", [(f"q{i}", f"わたくし{i}ですわ") for i in range(10)])
+    spec = DatasetSpec(name="oj", kind="persona", persona="ojousama", path=persona, general=general)
+    assert spec.generates_general
+    replies = tmp_path / "general_generated.parquet"
+    write_sft(replies, pa.table({"prompt": [f"q{i}" for i in range(10)], "response": ["はい"] * 10,
+                                 "persona": ["general"] * 10}))  # fmt: skip
+    stats, pairs_stats, _ = persona_job(tmp_path, spec, generated=replies)
+    assert stats["files"]["general"] == {"generate": True}
+    assert pairs_stats["general"] == {"generated": str(replies), "matched": 10}
+    assert sum(pairs_stats["pairs"].values()) == 10
 
 
 def test_fingerprint_changes_with_the_file(tmp_path):

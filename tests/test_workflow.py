@@ -29,6 +29,8 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert jobs["load_pairs"] == 2 and jobs["split_pairs"] == 2
     assert jobs["load_persona"] == 2
+    # persona DPO pairs per (model, dataset); the bundled general file holds the rejected replies
+    assert jobs["persona_pairs"] == 2 and "generate_general" not in jobs
     assert jobs["build_tiny_model"] == 1 and jobs["base_model_manifest"] == 1
     # Reference log-probs once per (model, split part): 1 model x 2 datasets x 3 parts (agree, conflict,
     # eval_conflict),
@@ -66,6 +68,7 @@ def test_paper_dry_run_plans_the_full_matrix(project_root, tmp_path):
     )
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert jobs["split_pairs"] == 2 and jobs["load_persona"] == 2
+    assert jobs["persona_pairs"] == 2 * 2 and "generate_general" not in jobs  # datasets x persona models
     assert jobs["base_model_manifest"] == 4 and "build_tiny_model" not in jobs
     runs = 2 * 2 * 3  # datasets x models x seeds
     assert jobs["reference_logps"] == 2 * 2 * 3  # models x datasets x parts, not per seed
@@ -162,7 +165,9 @@ def test_run_writes_splits_stats_and_a_loadable_tiny_model(small_run):
         assert (small_run / "logs/split_pairs" / f"{dataset}.log").exists()
     assert json.loads((small_run / "results/data/synth_hs2/split/stats.json").read_text())["k"] == 5
     persona = small_run / "results/data/persona_ojousama/persona"
-    assert json.loads((persona / "stats.json").read_text())["counts"]["pairs_train"] > 100
+    stats = json.loads((persona / "stats.json").read_text())
+    assert stats["files"]["general"]["matched"] == stats["prompts"]  # the bundled sets share their prompts
+    assert json.loads((persona / "tiny/pairs_stats.json").read_text())["pairs"]["train"] > 100
     run = small_run / "results/train/tiny/synth_hs2/seed0"
     for out in ["curriculum/stage1", "curriculum/stage2", "curriculum/stage3", "panacea", "dpo_soup/dim4"]:
         assert json.loads((run / out / "summary.json").read_text())["global_steps"] == 2

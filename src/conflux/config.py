@@ -31,6 +31,8 @@ RULE_CLASSES: dict[str, str] = {
     "load_pairs": "data",
     "split_pairs": "data",
     "load_persona": "data",
+    "persona_pairs": "data",
+    "generate_general": "evaluation",  # loads the base model and generates like persona_eval: a GPU job
     "build_tiny_model": "models",
     "base_model_manifest": "models",
     "reference_logps": "reference",

@@ -8,7 +8,7 @@ from conflux.data.specs import DatasetSpec, PersonaSplitConfig
 load_persona_job(
     DatasetSpec(**snakemake.params.spec),
     PersonaSplitConfig(**snakemake.params.split),
-    {part: snakemake.output[part] for part in ("sft_train", "sft_eval", "pairs_train", "pairs_eval")},
+    {part: snakemake.output[part] for part in ("sft_train", "sft_eval")},
     snakemake.output.stats,
     offline=snakemake.params.offline,
 )

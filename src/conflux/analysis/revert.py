@@ -35,7 +35,7 @@ from conflux.analysis.param_names import MODULE_TYPES, parse_param_name
 from conflux.analysis.tensor_io import WeightFiles
 from conflux.atomic import write_json
 from conflux.errors import ConfluxError, DataError
-from conflux.evaluation.persona_eval import evaluate_variant, held_out_inputs
+from conflux.evaluation.persona_eval import evaluate_variant, held_out_inputs, prompt_format_of
 from conflux.evaluation.report_files import MEAN, write_csv, write_figure, write_table_files
 from conflux.modeling.base_model import base_model_dir, to_work_device, working_dtype
 from conflux.modeling.generation import GenerationSettings
@@ -173,7 +173,6 @@ def revert_sweep_job(
     modules: Sequence[str] | None,
     cells: bool,
     generate: bool,
-    prompt_format: str = "plain",
 ) -> dict[str, Any]:
     """Evaluate a persona variant with each revert target set back to the base; write one JSON atomically.
 
@@ -196,7 +195,6 @@ def revert_sweep_job(
             persona,
             settings,
             generation,
-            prompt_format=prompt_format,
         )
         return result["metrics"]
 
@@ -223,7 +221,7 @@ def revert_sweep_job(
         "persona": persona,
         "model_dir": str(model_dir),
         "generate": generate,
-        "prompt_format": prompt_format,
+        "prompt_format": prompt_format_of(manifest),
         "tau_l2_total": total_l2,
         "finetuned": finetuned,
         "targets": rows,

@@ -74,6 +74,7 @@ def make_pair_table(
     dims: tuple[str, ...] | list[str],
     source: str,
     file: str | Path = "<memory>",
+    allow_empty: bool = False,
 ) -> PairTable:
     """Build and validate a :class:`PairTable` from columns; ``scores_*`` are ``(n, k)`` arrays."""
     k = len(dims)
@@ -83,7 +84,7 @@ def make_pair_table(
         offsets = pa.array(np.arange(0, matrix.size + 1, k, dtype=np.int32))
         arrays.append(pa.ListArray.from_arrays(offsets, pa.array(matrix.ravel(), type=pa.float32())))
     table = pa.Table.from_arrays(arrays, schema=PAIR_SCHEMA)
-    return validate_pairs(table, tuple(dims), source, file=file)
+    return validate_pairs(table, tuple(dims), source, file=file, allow_empty=allow_empty)
 
 
 def validate_pairs(

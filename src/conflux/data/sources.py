@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from conflux.data.persona_text import bundled_persona_path
+from conflux.data.specs import GENERATE
 
 if TYPE_CHECKING:
     from conflux.data.specs import DatasetSpec
@@ -45,7 +46,7 @@ def source_fingerprint(spec: DatasetSpec) -> str:
     """
     parts = []
     for raw in (spec.path, spec.general):
-        if raw is None:
+        if raw is None or raw == GENERATE:  # generated replies are a target of their own
             continue
         resolved = Path(resolve_path(raw))
         if resolved.is_file():

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PERSONA_KINDS = ("persona",)
+GENERATE = "generate"  # general: generate
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class DatasetSpec:
     name: str
     kind: str
     path: str | None = None
-    general: str | None = None
+    general: str | None = None  # a general-reply file, or "generate" (None: generate)
     persona: str | None = None
     hub_split: str = "train"
     revision: str | None = None
@@ -28,6 +29,13 @@ class DatasetSpec:
     n_prompts: int | None = None
     conflict_rate: float = 0.3
     seed: int = 0
+
+    @property
+    def generates_general(self) -> bool:
+        """A persona dataset whose general (rejected) replies the base model generates: ``general: generate``,
+        also the default when no general file is given (real persona data, like OjousamaTalkScriptDataset,
+        has none)."""
+        return self.is_persona and self.general in (None, GENERATE)
 
     @property
     def is_persona(self) -> bool:

@@ -13,8 +13,9 @@ Three questions, one number family each:
 * **What did it keep?** Perplexity on the held-out general responses, exp(Σ NLL / Σ tokens) over their
   response tokens given the prompt (a corpus perplexity: long responses weigh by their length).
 
-Answers are generated in a prompt format (:mod:`conflux.modeling.generation`): ``plain`` by default, as TRL
-trains on plain-string data; the pair log-probs use the same format. All variants of a table must share it.
+Prompts are put to every variant in the base model's prompt format, through
+:func:`conflux.modeling.tokenize.prompt_ids` as in training; the record names the format, and a table refuses
+variants prompted in different ones.
 
 Per-item values (each generation and its marker counts, each pair's log-probs and token counts) are kept in
 the output so the table can bootstrap over prompts and pairs and average over seeds.
@@ -35,10 +36,10 @@ from conflux.data.pairs import read_pairs, read_sft
 from conflux.data.persona_text import PERSONA_MARKERS
 from conflux.errors import ConfluxError, DataError
 from conflux.evaluation.persona_markers import count_markers, style_summary
-from conflux.modeling.base_model import to_work_device, working_dtype
-from conflux.modeling.generation import GenerationSettings, encode_prompt, generate
+from conflux.modeling.base_model import read_manifest, to_work_device, working_dtype
+from conflux.modeling.generation import GenerationSettings, generate
 from conflux.modeling.logprobs import score_rows
-from conflux.modeling.tokenize import TokenizeSettings, fit_pair, pad_id_of, response_ids
+from conflux.modeling.tokenize import TokenizeSettings, fit_pair, pad_id_of, prompt_ids, response_ids
 from conflux.modeling.variants import load_variant
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,6 @@ def response_logps(
     responses_b: Sequence[str],
     settings: TokenizeSettings,
     *,
-    prompt_format: str,
     batch_size: int = 16,
 ) -> dict[str, np.ndarray]:
     """log π(y_a|x), log π(y_b|x), their response token counts and a truncation flag, per pair.
@@ -64,10 +64,9 @@ def response_logps(
     """
     rows, cut = [], []
     for prompt, a, b in zip(prompts, responses_a, responses_b, strict=True):
-        ids = encode_prompt(tokenizer, prompt, prompt_format)
-        # The same cut as conflux.modeling.tokenize.encode_pair, applied to a prompt in either format.
+        # The same tokens and cut as conflux.modeling.tokenize.encode_pair.
         pair_rows, n_cut = fit_pair(
-            ids,
+            prompt_ids(tokenizer, prompt),
             (response_ids(tokenizer, a), response_ids(tokenizer, b)),
             settings.max_length,
             settings.truncation,
@@ -96,6 +95,11 @@ def perplexity(logps: np.ndarray, tokens: np.ndarray) -> float:
 # ---- one variant -------------------------------------------------------------------------------------------
 
 
+def prompt_format_of(manifest: str | Path) -> str:
+    """The base model's prompt format, which every variant is prompted in (see the module docstring)."""
+    return str(read_manifest(manifest).get("prompt_format", "auto"))
+
+
 def persona_of(sft_eval: str | Path) -> str:
     """The persona named in held-out SFT rows (one per file)."""
     personas = sorted(set(read_sft(sft_eval).column("persona").to_pylist()))
@@ -113,7 +117,6 @@ def evaluate_variant(
     settings: TokenizeSettings,
     gen: GenerationSettings,
     *,
-    prompt_format: str = "plain",
     lexicon: Mapping[str, Sequence[str]] = PERSONA_MARKERS,
 ) -> dict[str, Any]:
     """Metrics and per-item values of one loaded model; ``pairs`` has pair_id, prompt, persona, general.
@@ -122,11 +125,7 @@ def evaluate_variant(
     """
     if persona not in lexicon:
         raise ConfluxError(f"no marker lexicon for persona {persona!r}; known: {sorted(lexicon)}")
-    answers = (
-        generate(model, tokenizer, prompts, gen, max_length=settings.max_length, prompt_format=prompt_format)
-        if prompts
-        else []
-    )
+    answers = generate(model, tokenizer, prompts, gen, max_length=settings.max_length) if prompts else []
     counts = {
         style: [count_markers(text, markers) for text, _ in answers] for style, markers in lexicon.items()
     }
@@ -137,7 +136,6 @@ def evaluate_variant(
         pairs["persona"],
         pairs["general"],
         settings,
-        prompt_format=prompt_format,
         batch_size=gen.batch_size,
     )
     margin = lp["logp_a"] - lp["logp_b"]
@@ -211,7 +209,6 @@ def persona_eval_job(
     out: str | Path,
     settings: TokenizeSettings,
     generation: GenerationSettings,
-    prompt_format: str = "plain",
     lexicon: Mapping[str, Sequence[str]] = PERSONA_MARKERS,
 ) -> dict[str, Any]:
     """Rules ``persona_eval`` and ``persona_eval_base``: evaluate one variant (the base model when
@@ -235,7 +232,6 @@ def persona_eval_job(
         persona,
         settings,
         generation,
-        prompt_format=prompt_format,
         lexicon=lexicon,
     )
     record = {
@@ -243,7 +239,7 @@ def persona_eval_job(
         "seed": seed,
         "persona": persona,
         "model_dir": str(model_dir) if model_dir is not None else None,
-        "prompt_format": prompt_format,
+        "prompt_format": prompt_format_of(manifest),
         "generation": asdict(generation),
         "max_length": settings.max_length,
         "truncation": settings.truncation,

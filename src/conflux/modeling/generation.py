@@ -1,9 +1,9 @@
 """Greedy answers of a causal LM to a list of prompts, in the prompt format the model was trained with.
 
-Prompt format. TRL's SFT and DPO trainers, given plain-string data as conflux's persona jobs give them, train
-on ``tokenizer(prompt + response)`` without a chat template, so ``"plain"`` prompts a model that way;
-``"chat"`` uses the tokenizer's chat template, as the preference study's log-probs do
-(:func:`conflux.modeling.tokenize.prompt_ids`). Every variant in one table must be prompted the same way.
+Prompt format. Every job builds prompt tokens with :func:`conflux.modeling.tokenize.prompt_ids`, which follows
+the base model's ``prompt_format`` (``models.<name>.prompt_format``, set on the tokenizer when it loads): the
+persona SFT and DPO rows, the persona metrics, the revert sweep, the generated general replies and the
+preference study alike, so a model is asked a question the way it was trained on it.
 """
 
 from __future__ import annotations
@@ -13,11 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from conflux.errors import ConfluxError
 from conflux.modeling.tokenize import length_sorted_batches, pad_id_of, prompt_ids
 from conflux.progress import with_progress
-
-PROMPT_FORMATS = ("plain", "chat")
 
 
 @dataclass(frozen=True)
@@ -31,21 +28,12 @@ class GenerationSettings:
     batch_size: int = 16
 
 
-def encode_prompt(tokenizer, prompt: str, prompt_format: str) -> list[int]:
-    """Prompt tokens as the model was trained to see them (see the module docstring)."""
-    if prompt_format == "chat":
-        return prompt_ids(tokenizer, prompt)
-    if prompt_format == "plain":
-        return list(tokenizer(prompt)["input_ids"])
-    raise ConfluxError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
-
-
 # ---- generation --------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
 def generate(
-    model, tokenizer, prompts: Sequence[str], gen: GenerationSettings, *, max_length: int, prompt_format: str
+    model, tokenizer, prompts: Sequence[str], gen: GenerationSettings, *, max_length: int
 ) -> list[tuple[str, int]]:
     """(decoded answer, number of new tokens) per prompt, answers cut at the first eos.
 
@@ -55,7 +43,7 @@ def generate(
     from transformers import GenerationConfig
 
     keep = max(max_length - gen.max_new_tokens, 1)
-    encoded = [encode_prompt(tokenizer, p, prompt_format)[-keep:] for p in prompts]
+    encoded = [prompt_ids(tokenizer, p)[-keep:] for p in prompts]
     pad, eos = pad_id_of(tokenizer), tokenizer.eos_token_id
     config = GenerationConfig(
         max_new_tokens=gen.max_new_tokens,

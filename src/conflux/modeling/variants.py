@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from conflux.errors import ConfluxError
-from conflux.modeling.base_model import load_base_model, read_manifest, weight_files
+from conflux.modeling.base_model import apply_prompt_format, load_base_model, read_manifest, weight_files
 from conflux.modeling.policy import check_adapter_dir
 
 
@@ -27,7 +27,8 @@ def resolve_model_dir(model_dir: str | Path) -> Path:
 
 
 def base_tokenizer(manifest: dict[str, Any]) -> Any:
-    """The base model's tokenizer, with eos as pad when it has none (as :func:`load_base_model` does)."""
+    """The base model's tokenizer as :func:`load_base_model` gives it: eos as pad when it has none, and the
+    model's prompt format as its chat template, so a full fine-tune is prompted as its base was."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(
@@ -35,7 +36,8 @@ def base_tokenizer(manifest: dict[str, Any]) -> Any:
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    prompt_format = manifest.get("prompt_format", "auto")
+    return apply_prompt_format(tokenizer, prompt_format, model=manifest.get("name", ""))
 
 
 def load_variant(

@@ -59,6 +59,7 @@ SCORING = (
     "persona_eval_base",
     "persona_eval",
     "revert_sweep",
+    "generate_general",
 )
 COLUMNS = [
     "rule",
@@ -186,9 +187,8 @@ def _estimate(
             gpu=gpu,
         )
     gen = cfg.evaluation.generation
-    generate = (
-        (gen.get("batch_size", 16), gen.get("max_new_tokens", 64)) if cfg.analysis.revert.generate else None
-    )
+    generates = cfg.analysis.revert.generate or rule == "generate_general"
+    generate = (gen.get("batch_size", 16), gen.get("max_new_tokens", 64)) if generates else None
     return scoring_estimate(
         arch,
         dtype,
@@ -214,7 +214,8 @@ def plan_rows(cfg: WorkflowConfig, results: str | Path = "results") -> list[Plan
         for model in cfg.study(study).models:
             arch, arch_from = arches[model]
             for dataset in cfg.study(study).datasets:
-                for rule in study_rules(cfg, study):
+                generates = cfg.datasets[dataset].generates_general  # its general replies: a GPU job
+                for rule in (["generate_general"] if generates else []) + study_rules(cfg, study):
                     if rule == "export_policy" and dataset not in cfg.export.weights:
                         continue
                     device, devices, limit, limit_from = device_limit(

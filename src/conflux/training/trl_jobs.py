@@ -23,6 +23,7 @@ from conflux.data.pairs import read_pairs, read_sft
 from conflux.errors import ConfluxError
 from conflux.methods import STAGES, stage
 from conflux.modeling.base_model import load_base_model, read_manifest
+from conflux.modeling.tokenize import prompt_ids, response_ids
 from conflux.training.config import TrainConfig
 from conflux.training.parallel import (
     CpuFsdpMixin,
@@ -55,16 +56,29 @@ class TrlJob:
     reference: Path | None = None  # dpo: TRL's cached reference log-probs (reference_logps_dpo)
 
 
-def sft_dataset(path: Path) -> Dataset:
-    """Persona SFT rows as TRL's prompt-completion format (the loss is on the completion only)."""
+# Prompt tokens. TRL tokenizes text rows itself: plain prompts as ``tokenizer(prompt + completion)``, cut
+# where that stops agreeing with ``tokenizer(prompt)`` (byte-level BPE merges tokens across the boundary),
+# conversational ones through the chat template. Either can differ from the tokens the persona evaluation and
+# the generated general replies put to the model. So the rows reach TRL tokenized by the one function every
+# job uses, conflux.modeling.tokenize.prompt_ids (the base model's prompt format), and response_ids (+ eos).
+
+
+def sft_dataset(path: Path, tokenizer: Any) -> Dataset:
+    """Persona SFT rows, tokenized: ``input_ids`` = prompt + reply + eos, ``labels`` -100 on the prompt (the
+    loss is on the reply only); TRL takes such a dataset as it is and only cuts it to ``max_length``."""
     table = read_sft(path)
-    return Dataset.from_dict(
-        {"prompt": table.column("prompt").to_pylist(), "completion": table.column("response").to_pylist()}
-    )
+    input_ids, labels = [], []
+    rows = zip(table.column("prompt").to_pylist(), table.column("response").to_pylist(), strict=True)
+    for prompt, reply in rows:
+        p, r = prompt_ids(tokenizer, prompt), response_ids(tokenizer, reply)
+        input_ids.append(p + r)
+        labels.append([-100] * len(p) + r)
+    return Dataset.from_dict({"input_ids": input_ids, "labels": labels})
 
 
-def dpo_dataset(path: Path) -> Dataset:
-    """Persona pairs as TRL's prompt/chosen/rejected (chosen = the persona response by its score)."""
+def dpo_dataset(path: Path, tokenizer: Any) -> Dataset:
+    """Persona pairs as TRL's tokenized ``prompt_ids/chosen_ids/rejected_ids`` (chosen = the persona response
+    by its score; responses end in eos), with ``pair_id`` to match the cached reference."""
     pairs = read_pairs(path)
     if pairs.k != 1:
         raise ConfluxError(
@@ -75,18 +89,29 @@ def dpo_dataset(path: Path) -> Dataset:
     if bool(np.any(s_a[:, 0] == s_b[:, 0])):
         raise ConfluxError(f"{path}: a persona pair has equal scores; it carries no preference")
     cols = pairs.table.to_pydict()
+    sides = zip(cols["response_a"], cols["response_b"], a_wins, strict=True)
+    chosen, rejected = zip(*((a, b) if wins else (b, a) for a, b, wins in sides), strict=True)
     return Dataset.from_dict(
         {
             "pair_id": cols["pair_id"],  # matches the cached reference; the Trainer drops it from batches
-            "prompt": cols["prompt"],
-            "chosen": [
-                a if w else b for a, b, w in zip(cols["response_a"], cols["response_b"], a_wins, strict=True)
-            ],
-            "rejected": [
-                b if w else a for a, b, w in zip(cols["response_a"], cols["response_b"], a_wins, strict=True)
-            ],
+            "prompt_ids": [prompt_ids(tokenizer, prompt) for prompt in cols["prompt"]],
+            "chosen_ids": [response_ids(tokenizer, reply) for reply in chosen],
+            "rejected_ids": [response_ids(tokenizer, reply) for reply in rejected],
         }
     )
+
+
+class TokenizedDPOMixin:
+    """A DPOTrainer that takes rows already tokenized (:func:`dpo_dataset`): TRL 1.16 (pinned) has no such
+    path for DPO (its SFTTrainer has one), so its private ``_prepare_dataset`` is overridden to keep only what
+    it does after tokenizing: drop rows whose prompt alone fills ``max_length`` under keep_start."""
+
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+        if "prompt_ids" not in dataset.column_names:
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)  # type: ignore[misc]
+        if args.max_length is not None and args.truncation_mode == "keep_start":
+            dataset = dataset.filter(lambda row: len(row["prompt_ids"]) < args.max_length)
+        return dataset
 
 
 def save_trained(trainer: Any, state: dict[str, Any] | None, out: Path, dtype: str | None) -> None:
@@ -141,7 +166,7 @@ def make_trainer(
         trainer_cls, args = ShardedSFTTrainer, SFTConfig(**common, max_length=cfg.max_length)
     elif kind == "dpo":
 
-        class ShardedDPOTrainer(CpuFsdpMixin, DPOTrainer): ...
+        class ShardedDPOTrainer(TokenizedDPOMixin, CpuFsdpMixin, DPOTrainer): ...
 
         class CachedDPOTrainer(CachedReferenceMixin, ShardedDPOTrainer): ...
 
@@ -183,7 +208,7 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
     kind = stage(job.method).objective if job.method in STAGES else None
     if kind not in ("sft", "dpo"):
         raise ConfluxError(f"unknown TRL method '{job.method}'")
-    data = sft_dataset(job.data) if kind == "sft" else dpo_dataset(job.data)
+    data = sft_dataset(job.data, tokenizer) if kind == "sft" else dpo_dataset(job.data, tokenizer)
     if job.reference is not None:
         data = with_cached_reference(data, job.reference, reference_settings(job.cfg, manifest["name"]))
     resume = resume_point(job.work_dir)

@@ -104,7 +104,7 @@ def trl_reference_job(
 
     manifest = read_manifest(manifest_path)
     model, tokenizer = load_base_model(manifest, dtype=load_dtype(cfg))
-    dataset = dpo_dataset(Path(data))
+    dataset = dpo_dataset(Path(data), tokenizer)
     with tempfile.TemporaryDirectory(prefix="conflux-trl-reference-") as work:
         trainer = make_trainer("dpo", model, tokenizer, dataset, cfg, Path(work), seed=0, precompute=True,
                                precompute_batch_size=batch_size)  # fmt: skip

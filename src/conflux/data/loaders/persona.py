@@ -9,13 +9,17 @@ The dataset ships the same rows three ways, and users' own persona files follow 
     user message and the first assistant message after it form the turn.
 
 A DPO pair needs a general (persona-free) reply to the same prompt: chosen = persona reply (response_a,
-score 1), rejected = general reply (response_b, score 0) on the single dimension ``persona``.
+score 1), rejected = general reply (response_b, score 0) on the single dimension ``persona``. The general
+replies come from a file in one of the same formats (:func:`read_general`, matched by prompt) or are generated
+by the base model (:mod:`conflux.data.general`); :func:`persona_pairs` forms the pairs either way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +71,78 @@ def read_dialogue(source: str, *, offline: bool = True) -> list[tuple[str, str]]
     return [(turn.prompt, turn.reply) for turn in turns]
 
 
+def read_persona(source: str, *, persona: str, offline: bool = True) -> tuple[pa.Table, dict[str, Any]]:
+    """The SFT rows (prompt, response, persona) of a persona file, first turn per prompt, and the file's
+    counts: ``{"file", "rows_read", "dropped"}``."""
+    drops: Counter[str] = Counter()
+    turns, rows_read = _read_turns(source, offline=offline)
+    turns = _first_per_prompt(turns, drops)
+    sft = pa.table(
+        {
+            "prompt": [turn.prompt for turn in turns],
+            "response": [turn.reply for turn in turns],
+            "persona": [persona] * len(turns),
+        },
+        schema=SFT_SCHEMA,
+    )
+    return sft, {"file": source, "rows_read": rows_read, "dropped": dict(drops)}
+
+
+def read_general(
+    source: str, prompts: Sequence[str], *, offline: bool = True
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """The general reply of each of ``prompts`` that a general file has (first turn per prompt), and the
+    file's counts: ``{"file", "rows_read", "dropped", "matched"}`` (``matched``: how many of ``prompts``)."""
+    drops: Counter[str] = Counter()
+    turns, rows_read = _read_turns(source, offline=offline)
+    replies = {turn.prompt: turn.reply for turn in _first_per_prompt(turns, drops)}
+    matched = {prompt: replies[prompt] for prompt in prompts if prompt in replies}
+    info = {"file": source, "rows_read": rows_read, "dropped": dict(drops), "matched": len(matched)}
+    return matched, info
+
+
+def pair_id(name: str, prompt: str) -> str:
+    """A persona pair's id: the dataset name and a hash of its prompt (a prompt has one pair per dataset),
+    the same whichever split, base model or general source the pair comes from."""
+    return f"{name}-{hashlib.sha1(prompt.encode('utf-8')).hexdigest()[:12]}"
+
+
+def persona_pairs(
+    sft: pa.Table, general: Mapping[str, str], *, name: str, source: str
+) -> tuple[PairTable, dict[str, int]]:
+    """Persona-vs-general pairs of SFT rows: chosen = the persona reply, rejected = ``general[prompt]``.
+
+    Returns the pairs and the persona prompts that formed none (``no_general_response``,
+    ``identical_responses``).
+    """
+    drops: Counter[str] = Counter()
+    matched = []
+    for prompt, reply in zip(
+        sft.column("prompt").to_pylist(), sft.column("response").to_pylist(), strict=True
+    ):
+        rejected = general.get(prompt)
+        if rejected is None:
+            drops["no_general_response"] += 1
+        elif rejected == reply:
+            drops["identical_responses"] += 1  # no style difference to learn from
+        else:
+            matched.append((prompt, reply, rejected))
+    n = len(matched)
+    pairs = make_pair_table(
+        pair_id=[pair_id(name, prompt) for prompt, _, _ in matched],
+        prompt=[prompt for prompt, _, _ in matched],
+        response_a=[reply for _, reply, _ in matched],
+        response_b=[rejected for _, _, rejected in matched],
+        scores_a=np.ones((n, 1), dtype=np.float32),
+        scores_b=np.zeros((n, 1), dtype=np.float32),
+        dims=PERSONA_DIMS,
+        source=source,
+        file=source,
+        allow_empty=True,  # a part may form none; the callers check that some part does
+    )
+    return pairs, dict(drops)
+
+
 def load_persona(
     persona_source: str,
     general_source: str,
@@ -77,62 +153,32 @@ def load_persona(
 ) -> PersonaData:
     """Persona SFT rows and persona-vs-general pairs, matched by prompt text (whitespace stripped)."""
     name = name or persona
-    drops: Counter[str] = Counter()
-    persona_drops: Counter[str] = Counter()
-    general_drops: Counter[str] = Counter()
-    persona_turns, persona_rows = _read_turns(persona_source, offline=offline)
-    general_turns, general_rows = _read_turns(general_source, offline=offline)
-    persona_turns = _first_per_prompt(persona_turns, persona_drops)
-    general_reply = {turn.prompt: turn.reply for turn in _first_per_prompt(general_turns, general_drops)}
-
-    sft = pa.table(
-        {
-            "prompt": [turn.prompt for turn in persona_turns],
-            "response": [turn.reply for turn in persona_turns],
-            "persona": [persona] * len(persona_turns),
-        },
-        schema=SFT_SCHEMA,
-    )
-    matched = []
-    for turn in persona_turns:
-        general = general_reply.get(turn.prompt)
-        if general is None:
-            drops["no_general_response"] += 1
-        elif general == turn.reply:
-            drops["identical_responses"] += 1  # no style difference to learn from
-        else:
-            matched.append((turn, general))
-    general_matched = len(persona_turns) - drops["no_general_response"]
-    if not matched:
-        raise DataError(
-            f"no persona prompt has a reply in the general file '{general_source}' ({len(persona_turns)} "
-            f"persona prompts, {len(general_reply)} general prompts, {general_matched} in common)",
-            file=persona_source,
-            row="all",
-            field="prompt",
-        )
-    n = len(matched)
-    pairs = make_pair_table(
-        pair_id=[f"{name}-{turn.row:06d}" for turn, _ in matched],
-        prompt=[turn.prompt for turn, _ in matched],
-        response_a=[turn.reply for turn, _ in matched],
-        response_b=[general for _, general in matched],
-        scores_a=np.ones((n, 1), dtype=np.float32),
-        scores_b=np.zeros((n, 1), dtype=np.float32),
-        dims=PERSONA_DIMS,
-        source=persona_source,
-        file=persona_source,
-    )
-    files = {
-        "persona": {"file": persona_source, "rows_read": persona_rows, "dropped": dict(persona_drops)},
-        "general": {"file": general_source, "rows_read": general_rows, "dropped": dict(general_drops)},
-    }
+    sft, persona_file = read_persona(persona_source, persona=persona, offline=offline)
+    general, general_file = read_general(general_source, sft.column("prompt").to_pylist(), offline=offline)
+    pairs, drops = persona_pairs(sft, general, name=name, source=persona_source)
+    if not len(pairs):
+        raise no_pairs_error(persona_source, general_file, sft.num_rows)
+    files = {"persona": persona_file, "general": general_file}
     for role, info in files.items():
         log_drops(f"{name} ({role} file)", Counter(info["dropped"]))
-    log_drops(name, drops)
+    log_drops(name, Counter(drops))
     log.info("%s: %d SFT rows, %d persona-vs-general pairs (%d of %d persona prompts have a general reply)",
-             name, sft.num_rows, len(pairs), general_matched, len(persona_turns))  # fmt: skip
-    return PersonaData(sft=sft, pairs=pairs, drops=dict(drops), files=files, general_matched=general_matched)
+             name, sft.num_rows, len(pairs), general_file["matched"], sft.num_rows)  # fmt: skip
+    return PersonaData(
+        sft=sft, pairs=pairs, drops=drops, files=files, general_matched=general_file["matched"]
+    )
+
+
+def no_pairs_error(persona_source: str, general_file: Mapping[str, Any], n_prompts: int) -> DataError:
+    """The error when a general file gives no persona prompt a (different) reply, with the counts."""
+    return DataError(
+        f"no persona prompt has a reply in the general file '{general_file['file']}' ({n_prompts} persona "
+        f"prompts, {general_file['rows_read']} general rows, {general_file['matched']} in common); leave "
+        "`general:` out (or set it to `generate`) to generate the general replies with the base model",
+        file=persona_source,
+        row="all",
+        field="prompt",
+    )
 
 
 def _first_per_prompt(turns: list[_Turn], drops: Counter[str]) -> list[_Turn]:
