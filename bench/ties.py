@@ -46,7 +46,7 @@ MERGEKIT_VENV = ROOT / "bench" / ".venv-mergekit"
 
 def write_models(root: Path, args: argparse.Namespace) -> tuple[Path, list[Path], int]:
     """base/ and ft<i>/ as float32 Llama checkpoints; returns them and the parameter count."""
-    from conflux.analysis.tensor_io import ShardedWriter
+    from conflux.analysis.sharded_writer import ShardedWriter
 
     config = llama_config(
         args.hidden,

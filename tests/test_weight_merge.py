@@ -13,8 +13,9 @@ from transformers import AutoModelForCausalLM
 
 from conflux.analysis.merge import merge_lambda_grid, merge_sft_dpo, merge_task_vectors, revert_to_base
 from conflux.analysis.merge_kernels import MergeBuffers, task_arithmetic_in_place, ties_in_place
+from conflux.analysis.sharded_writer import ShardedWriter
 from conflux.analysis.task_vectors import FullTaskVectors, LoraTaskVectors
-from conflux.analysis.tensor_io import ShardedWriter, WeightFiles
+from conflux.analysis.tensor_io import WeightFiles
 from conflux.analysis.ties import trim_top_k
 from conflux.analysis.topk import top_k_values
 from conflux.errors import ConfluxError, DataError

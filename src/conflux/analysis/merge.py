@@ -2,7 +2,7 @@
 
 Each function walks the base model's tensors in order, computes one output tensor from the base tensor and
 each source's τ of that parameter (:mod:`conflux.analysis.task_vectors`), hands it to a
-:class:`conflux.analysis.tensor_io.ShardedWriter` and forgets it, so memory stays at one output shard
+:class:`conflux.analysis.sharded_writer.ShardedWriter` and forgets it, so memory stays at one output shard
 (``max_shard_bytes``) plus about 1.25n + 6 float32 copies of the largest tensor for n sources, whatever the
 model size (mergekit's lazy-loader idea in a much smaller driver). Measured for n = 2 bfloat16 checkpoints:
 8.1 copies, i.e. ~16 GB for Llama-3-8B's 128256 x 4096 embedding, plus up to a shard; a λ grid
@@ -30,8 +30,9 @@ import torch
 
 from conflux.analysis.merge_kernels import MergeBuffers, task_arithmetic_in_place, ties_in_place
 from conflux.analysis.param_names import MODULE_TYPES, parse_param_name
+from conflux.analysis.sharded_writer import DEFAULT_SHARD_BYTES, ShardedWriter
 from conflux.analysis.task_vectors import FullTaskVectors, TaskVectors, open_task_vectors
-from conflux.analysis.tensor_io import DEFAULT_SHARD_BYTES, ShardedWriter, WeightFiles, copy_side_files
+from conflux.analysis.tensor_io import WeightFiles, copy_side_files
 from conflux.analysis.ties import trim_k
 from conflux.atomic import atomic_path
 from conflux.errors import ConfluxError, DataError
