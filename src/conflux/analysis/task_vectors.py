@@ -17,10 +17,11 @@ LoRA: PEFT stores A [r, in] and B [out, r] per target module under
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -104,6 +105,17 @@ class FullTaskVectors:
             else:  # widening a cache-resident chunk, then a mixed-dtype sub_, beats two widening copies
                 dst.copy_(theta).sub_(base)
         return flat.view(shape)
+
+    @contextlib.contextmanager
+    def stored(self, name: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """θ_ft and θ_base of one parameter, flat and in their stored dtypes, mapped from the files for the
+        duration of the block (:meth:`conflux.analysis.tensor_io.WeightFiles.mapped`).
+
+        For a fused pass that widens and subtracts as it goes (:mod:`conflux.analysis.stats`): τ is never
+        written out as float32 and the stored bytes are never copied, so each is read from memory once.
+        """
+        with self.model.mapped(name) as theta, self.base.mapped(name) as base:
+            yield theta, base
 
     @staticmethod
     def _read(files: WeightFiles, name: str, start: int, count: int, scratch: ScratchBuffer) -> torch.Tensor:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import mmap
 import os
 import shutil
 import struct
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -209,9 +211,8 @@ class WeightFiles:
         if not 0 <= start <= start + out.numel() <= math.prod(self.shape(name)):
             raise ConfluxError(f"{name}: entries [{start}, {start + out.numel()}) are out of range")
         try:
-            with self._opening:
-                fd, data_start = self._data.get(file) or self._open_data(file)
-            offset = data_start + self._offsets[file, name] + start * dtype.itemsize
+            fd, offset = self._locate(file, name)
+            offset += start * dtype.itemsize
             view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
             done = 0
             while done < len(view):
@@ -222,6 +223,43 @@ class WeightFiles:
         except OSError as exc:
             raise DataError(f"cannot read the tensor: {exc}", file=file, row=name, field="tensor") from exc
         return out
+
+    @contextlib.contextmanager
+    def mapped(self, name: str) -> Iterator[torch.Tensor]:
+        """One tensor's stored bytes as a flat tensor of its dtype, mapped from the file, for one read pass.
+
+        Nothing is copied: a pass reads the page cache directly, where :meth:`read_into` copies every byte
+        into a buffer that the pass then reads back (a third of a bf16 pass's memory traffic). The pages
+        count in RSS only until the block ends and the range is unmapped, so memory stays bounded by the
+        tensors being read, as with ``pread``. The tensor must not outlive the block.
+        """
+        file, dtype, numel = self.file(name), self.dtype(name), math.prod(self.shape(name))
+        nbytes = numel * dtype.itemsize
+        if numel == 0:  # nothing to map (and mmap refuses length 0)
+            yield torch.empty(0, dtype=dtype)
+            return
+        try:
+            fd, start = self._locate(file, name)
+            if os.fstat(fd).st_size < start + nbytes:  # pages past the end would be a SIGBUS, not an error
+                raise OSError("unexpected end of file")
+            aligned = start - start % mmap.ALLOCATIONGRANULARITY
+            # Private and writable only so that torch takes the buffer without a warning; nothing writes.
+            prot = mmap.PROT_READ | mmap.PROT_WRITE
+            region = mmap.mmap(fd, start - aligned + nbytes, mmap.MAP_PRIVATE, prot, offset=aligned)
+        except OSError as exc:
+            raise DataError(f"cannot read the tensor: {exc}", file=file, row=name, field="tensor") from exc
+        view = torch.frombuffer(region, dtype=dtype, offset=start - aligned, count=numel)
+        try:
+            yield view
+        finally:
+            del view  # the buffer export must end before the mapping can close
+            region.close()
+
+    def _locate(self, file: Path, name: str) -> tuple[int, int]:
+        """(descriptor, offset in the file) of one tensor's bytes (for :meth:`read_into`, :meth:`mapped`)."""
+        with self._opening:
+            fd, data_start = self._data.get(file) or self._open_data(file)
+        return fd, data_start + self._offsets[file, name]
 
     def _open_data(self, file: Path) -> tuple[int, int]:
         """Open ``file`` for :meth:`read_into` and learn where each tensor's bytes are (safetensors' header:
