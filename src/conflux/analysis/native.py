@@ -1,15 +1,16 @@
-"""The fused task-vector statistics kernel (``tau_stats.c``), compiled on first use where a C compiler exists.
+"""Fused C kernels (statistics: ``tau_stats.c``, TIES: ``ties_merge.c``), compiled on first use by cc.
 
 Why compiled: the statistics of a bf16 task vector must keep up with reading it (~0.4 ns an entry), and
 numpy or torch spend 0.1-0.2 ns an entry on *each* of the ~12 passes the statistics need; one C loop does
 them all (see ``tau_stats.c``). ``torch.compile`` could fuse the reductions too, but it cannot append the
 trim's candidate band, and its first compile takes tens of seconds in every job.
 
-The shared library is built once per source version with the system's ``cc`` (or ``$CC``) into
+``ties_merge.c`` does the same for the TIES merge's ~14 torch passes (:mod:`conflux.analysis.merge_kernels`),
+bitwise equal to them. The library is built once per source version with the system's ``cc`` (or ``$CC``) into
 ``$CONFLUX_CACHE`` (default ``$XDG_CACHE_HOME/conflux``, else ``~/.cache/conflux``), written atomically so
 concurrent jobs may race; a build takes about a second. Without a compiler (or with ``CONFLUX_NATIVE=0``)
-:func:`load` returns ``None`` and :mod:`conflux.analysis.stats` takes its numpy path: the same values, ~3x
-slower on bf16.
+:func:`load` returns ``None`` and :mod:`conflux.analysis.stats` and :mod:`conflux.analysis.merge_kernels` take
+their numpy/torch paths: the same values, ~3x slower.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("tau_stats.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("tau_stats.c", "ties_merge.c")]
 KINDS = {torch.float32: 1, torch.bfloat16: 2}  # the stored dtypes the kernel reads (tau_stats.c's KIND_*)
 
 
@@ -49,6 +50,12 @@ class TauSums(ctypes.Structure):
     ]
 
 
+_P, _I64, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+_SIGNATURES = {  # the C functions' (return type, argument types)
+    "conflux_tau_stats": (ctypes.c_int, [_P, ctypes.c_int, _P, ctypes.c_int, _I64, _F, _F, _F, _P, _I64, _P]),
+    "conflux_ties_merge": (ctypes.c_int, [_P, ctypes.c_int, _P, _P, _I64, _F, _P]),
+    "conflux_zero_ties_after": (None, [_P, _I64, _F, _I64]),
+}
 _lock = threading.Lock()
 _loaded: list[ctypes.CDLL | None] = []  # empty until the first load(): then the library, or None
 
@@ -68,7 +75,9 @@ def _build(target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
         out = Path(tmp) / target.name
         # No -march=native: the cache may be shared by cluster nodes of different CPUs (target_clones picks).
-        argv = [compiler, "-O3", "-std=gnu11", "-fPIC", "-shared", "-Wno-psabi", "-o", str(out), str(SOURCE)]
+        # -ffp-contract=off: no fused multiply-adds, whose rounding would differ from torch's steps.
+        argv = [compiler, "-O3", "-std=gnu11", "-ffp-contract=off", "-fPIC", "-shared", "-Wno-psabi"]
+        argv += ["-o", str(out), *map(str, SOURCES)]
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode != 0:
             raise OSError(f"{' '.join(argv)} failed: {done.stderr.strip()[-2000:]}")
@@ -82,23 +91,18 @@ def load() -> ctypes.CDLL | None:
             return _loaded[0]
         lib = None
         if os.environ.get("CONFLUX_NATIVE", "1") != "0":
-            source = SOURCE.read_bytes()
+            source = b"".join(path.read_bytes() for path in SOURCES)
             key = hashlib.sha256(source + f"{platform.machine()} {sys.platform}".encode()).hexdigest()[:16]
-            target = _cache_dir() / f"tau_stats-{key}.so"
+            target = _cache_dir() / f"kernels-{key}.so"
             try:
                 if not target.is_file():
                     _build(target)
                 lib = ctypes.CDLL(str(target))  # CDLL releases the GIL during calls: threads overlap
-                fn = lib.conflux_tau_stats
-                fn.restype = ctypes.c_int
-                fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64]
-                fn.argtypes += [ctypes.c_float] * 3 + [
-                    ctypes.c_void_p,
-                    ctypes.c_int64,
-                    ctypes.POINTER(TauSums),
-                ]
+                for name, (restype, argtypes) in _SIGNATURES.items():
+                    getattr(lib, name).restype = restype
+                    getattr(lib, name).argtypes = argtypes
             except OSError as exc:
-                log.warning("fused statistics kernel unavailable, using numpy (about 3x slower): %s", exc)
+                log.warning("fused kernels unavailable, using numpy and torch (about 3x slower): %s", exc)
                 lib = None
         _loaded.append(lib)
         return lib
@@ -139,3 +143,26 @@ def tau_pass(
     if rc != 0:
         raise ValueError(f"unsupported dtypes {a.dtype}, {None if b is None else b.dtype}")
     return sums
+
+
+def ties_merge(
+    rows: torch.Tensor, weights: list[float], thresholds: list[float], lam: float, out: torch.Tensor
+) -> torch.Tensor:
+    """λ · TIES disjoint mean of the [n, numel] float32 ``rows`` (n <= 4) trimmed at ``thresholds`` (keep
+    |τ| >= t; -inf keeps all), written to the float32 ``out``: bitwise merge_kernels' torch steps."""
+    lib = load()
+    n, numel = rows.shape
+    if lib is None or not 1 <= n <= 4 or not rows.is_contiguous() or out.numel() < numel:
+        raise ValueError(f"the TIES kernel takes 1 to 4 contiguous rows and room for {numel} entries")
+    w = (ctypes.c_float * n)(*weights)
+    t = (ctypes.c_float * n)(*thresholds)
+    lib.conflux_ties_merge(rows.data_ptr(), n, w, t, numel, lam, out.data_ptr())
+    return out[:numel]
+
+
+def zero_ties_after(row: torch.Tensor, threshold: float, keep: int) -> None:
+    """Keep the first ``keep`` entries of the flat float32 ``row`` with |τ| == threshold; zero the rest."""
+    lib = load()
+    if lib is None or row.dtype != torch.float32 or not row.is_contiguous():
+        raise ValueError("zero_ties_after takes a contiguous float32 row and the compiled kernels")
+    lib.conflux_zero_ties_after(row.data_ptr(), row.numel(), threshold, keep)
