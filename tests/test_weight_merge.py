@@ -250,6 +250,32 @@ def test_sharded_writer_names_and_index(tmp_path: Path) -> None:
         writer.add("t0", tensors["t0"])
 
 
+def test_planned_writer_streams_the_same_shards(tmp_path: Path) -> None:
+    # A plan lets each tensor go to its shard at once; files, index and contents equal the buffered writer's.
+    # 40- and 20-byte tensors under a 64-byte limit: shards of 40 + 20, 40 + 20, 40.
+    tensors = {
+        f"t{i}": torch.full((10,), float(i), dtype=torch.bfloat16 if i % 2 else torch.float32)
+        for i in range(5)
+    }
+    plan = [(name, tuple(t.shape), t.dtype) for name, t in tensors.items()]
+    for label, kwargs in (("buffered", {}), ("planned", {"plan": plan})):
+        (tmp_path / label).mkdir()
+        writer = ShardedWriter(tmp_path / label, max_shard_bytes=64, **kwargs)
+        for name, tensor in tensors.items():
+            writer.add(name, tensor.clone())
+        assert [f.name for f in writer.close()] == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    index = {
+        label: json.loads((tmp_path / label / "model.safetensors.index.json").read_text())
+        for label in ("buffered", "planned")
+    }
+    assert index["planned"] == index["buffered"]
+    read = WeightFiles(tmp_path / "planned")
+    assert all(torch.equal(read.get(n), t) and read.dtype(n) == t.dtype for n, t in tensors.items())
+    writer = ShardedWriter(tmp_path / "wrong", plan=plan)
+    with pytest.raises(ConfluxError, match="not the planned"):
+        writer.add("t1", tensors["t1"])
+
+
 @pytest.mark.parametrize("n", [1, 100, 300_000])
 @pytest.mark.parametrize("density", [0.001, 0.2, 0.9, 1.0])
 def test_top_k_values_is_an_exact_selection(n: int, density: float) -> None:
