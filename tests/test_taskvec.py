@@ -445,6 +445,34 @@ def test_fused_pass_counts_a_band_larger_than_its_buffer() -> None:
     assert sums.above_squares == 2 * sum(x * x for x in range(21, 51))
 
 
+def test_kernels_fall_back_without_a_compiler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A machine without cc (here: one that fails) gets a warning and the numpy/torch paths, same values.
+    tau = torch.randn(70_001, generator=torch.Generator().manual_seed(5))
+    expected = tensor_stats(tau, density=0.2)
+    monkeypatch.setattr(native, "_loaded", [])
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.setenv("CONFLUX_CACHE", str(tmp_path / "cache"))
+    assert native.load() is None and "fused kernels unavailable" in caplog.text
+    got = tensor_stats(tau, density=0.2)
+    assert {k: got[k] for k in EXACT_STATS} == {k: expected[k] for k in EXACT_STATS}
+    assert got["l2"] == pytest.approx(expected["l2"], rel=1e-6)
+
+
+def test_stats_of_a_truncated_shard_are_a_data_error(tmp_path: Path) -> None:
+    # The fused pass maps the files: a shard cut short after its header was read must be an error naming it,
+    # not a SIGBUS on the missing pages.
+    base = save_checkpoint(tmp_path / "base", {"w": torch.zeros(100_000)})
+    ft = save_checkpoint(tmp_path / "ft", {"w": torch.ones(100_000)})
+    tv = FullTaskVectors(ft, base)
+    shard = ft / "model.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-1000])
+    with pytest.raises(DataError, match="end of file") as err:
+        task_vector_stats(tv, density=0.2)
+    assert err.value.row == "w"
+
+
 def test_stats_of_a_non_finite_task_vector_are_nan_beyond_l2() -> None:
     tau = torch.zeros(100_000)
     tau[5] = float("inf")
