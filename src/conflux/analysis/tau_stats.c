@@ -88,7 +88,7 @@ static inline __attribute__((always_inline)) float load1(const void *p, int64_t 
 #define DISPATCH_NAME dispatch_plain
 #define PASS_TARGET
 #define AVX2_APPEND 0
-#include __FILE__
+#include "tau_stats.c" /* this file: the PASS_BODY section below */
 #undef PASS_NAME
 #undef DISPATCH_NAME
 #undef PASS_TARGET
@@ -98,7 +98,7 @@ static inline __attribute__((always_inline)) float load1(const void *p, int64_t 
 #define DISPATCH_NAME dispatch_avx2
 #define PASS_TARGET __attribute__((target("avx2")))
 #define AVX2_APPEND 1
-#include __FILE__
+#include "tau_stats.c" /* this file: the PASS_BODY section below */
 #endif
 
 int conflux_tau_stats(const void *a, int a_kind, const void *b, int b_kind, int64_t n, float shift, float lo,
@@ -112,9 +112,9 @@ int conflux_tau_stats(const void *a, int a_kind, const void *b, int b_kind, int6
 
 #else /* PASS_BODY: the pass for one target */
 
-static inline __attribute__((always_inline)) PASS_TARGET void PASS_NAME(const void *a, int a_kind, const void *b, int b_kind,
-int64_t n, float shift, float lo, float hi,
-                                                       float *band, int64_t capacity, tau_sums *out) {
+static inline __attribute__((always_inline)) PASS_TARGET void PASS_NAME(
+    const void *a, int a_kind, const void *b, int b_kind, const int shifted, int64_t n, float shift, float lo,
+    float hi, float *band, int64_t capacity, tau_sums *out) {
     const v8u sign = (v8u){0} + 0x7fffffffu;
     const v8f vshift = (v8f){0} + shift, vlo = (v8f){0} + lo, vhi = (v8f){0} + hi;
     double sum = 0, squares = 0, above_squares = 0;
@@ -133,16 +133,26 @@ int64_t n, float shift, float lo, float hi,
             bits &= sign;
             v8f mag;
             memcpy(&mag, &bits, sizeof mag);
-            v8f d = t - vshift;
-            s += d;
-            s2 += d * d;
+            v8f square = t * t; /* = |τ|², exactly */
+            if (shifted) { /* the second pass of a τ whose mean is far from 0 */
+                v8f d = t - vshift;
+                s += d;
+                s2 += d * d;
+            } else {
+                s += t;
+                s2 += square;
+            }
             pos -= t > 0; /* a true comparison is −1 in every lane */
             zer -= t == 0;
             v8i is_above = mag > vhi;
             abv -= is_above;
-            a2 += (v8f)((v8i)(mag * mag) & is_above);
+            a2 += (v8f)((v8i)square & is_above);
+#if AVX2_APPEND
+            largest = (v8f)_mm256_max_ps((__m256)largest, (__m256)mag);
+#else
             v8i larger = mag > largest; /* C has no vector ?: — a bitwise select */
             largest = (v8f)(((v8i)mag & larger) | ((v8i)largest & ~larger));
+#endif
             v8i kept = (mag >= vlo) & (mag <= vhi);
 #if AVX2_APPEND /* pack the band's lanes to the front (a table of permutations), store all 8 */
             __m256 m256;
@@ -195,13 +205,16 @@ int64_t n, float shift, float lo, float hi,
 }
 
 
-/* One specialised loop per dtype pair: the kinds are constants inside each call. */
+/* One specialised loop per dtype pair and shift: the kinds are constants inside each call. */
 static PASS_TARGET int DISPATCH_NAME(const void *a, int a_kind, const void *b, int b_kind, int64_t n,
                                      float shift, float lo, float hi, float *band, int64_t capacity,
                                      tau_sums *out) {
 #define CASE(ka, kb)                                                                                    \
     if (a_kind == ka && b_kind == kb) {                                                                 \
-        PASS_NAME(a, ka, b, kb, n, shift, lo, hi, band, capacity, out);                                 \
+        if (shift == 0.0f)                                                                              \
+            PASS_NAME(a, ka, b, kb, 0, n, shift, lo, hi, band, capacity, out);                          \
+        else                                                                                            \
+            PASS_NAME(a, ka, b, kb, 1, n, shift, lo, hi, band, capacity, out);                          \
         return 0;                                                                                       \
     }
     CASE(KIND_F32, KIND_NONE)
