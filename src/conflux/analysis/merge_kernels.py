@@ -96,12 +96,12 @@ def magnitude_cut(row: torch.Tensor, k: int, buffers: MergeBuffers) -> tuple[flo
         if top.active:
             share = np.count_nonzero((sample >= top.lo) & (sample <= top.hi)) / sample.size
             capacity = min(n, int(n * share * 1.5) + 4096)
-            band = thread_buffer("band", torch.float32).take(capacity + 8)
+            band = thread_buffer("band", torch.float32).take(capacity + native.SPILL)
             sums = native.tau_pass(row, None, shift=0.0, lo=top.lo, hi=top.hi, band=band)
             if sums.band <= capacity and sums.above < k <= sums.above + sums.band:
                 kept = band[: sums.band]
                 t = kth_largest(kept.numpy(), k - sums.above, top.guess)
-                at = native.tau_pass(kept, None, shift=0.0, lo=t, hi=t, band=torch.empty(8))
+                at = native.tau_pass(kept, None, shift=0.0, lo=t, hi=t, band=torch.empty(native.SPILL))
                 return t, sums.above + at.above, sums.above + at.above + at.band
     return top_k_cut(torch.abs(row, out=buffers.entry(0, n)).numpy(), k)
 

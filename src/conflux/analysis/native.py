@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(name) for name in ("tau_stats.c", "ties_merge.c")]
 KINDS = {torch.float32: 1, torch.bfloat16: 2}  # the stored dtypes the kernel reads (tau_stats.c's KIND_*)
+SPILL = 16  # entries a band needs beyond its capacity: the kernel stores whole vectors of up to 16 lanes
 
 
 class TauSums(ctypes.Structure):
@@ -114,8 +115,8 @@ def tau_pass(
     """One pass over τ = a − b (τ = a without b): see :class:`TauSums`.
 
     ``a`` and ``b`` are flat, contiguous, of a dtype in :data:`KINDS`; entries with lo <= |τ| <= hi are
-    written to the float32 ``band``, at most ``band.numel() - 8`` of them (the kernel stores 8 lanes at a
-    time); ``TauSums.band`` counts them all, so a larger count means the band was too small.
+    written to the float32 ``band``, at most ``band.numel() - SPILL`` of them (the kernel stores a whole
+    vector at a time); ``TauSums.band`` counts them all, so a larger count means the band was too small.
     """
     lib = load()
     if lib is None:
@@ -124,8 +125,8 @@ def tau_pass(
         raise ValueError("a and b must be contiguous")
     if b is not None and b.numel() != a.numel():
         raise ValueError(f"τ = a − b needs equal sizes, got {a.numel()} and {b.numel()}")
-    if band.dtype != torch.float32 or band.numel() < 8:
-        raise ValueError("band must be a float32 tensor of at least 8 entries")
+    if band.dtype != torch.float32 or band.numel() < SPILL:
+        raise ValueError(f"band must be a float32 tensor of at least {SPILL} entries")
     sums = TauSums()
     rc = lib.conflux_tau_stats(
         a.data_ptr(),
@@ -137,7 +138,7 @@ def tau_pass(
         lo,
         hi,
         band.data_ptr(),
-        band.numel() - 8,
+        band.numel() - SPILL,
         ctypes.byref(sums),
     )
     if rc != 0:

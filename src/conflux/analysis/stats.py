@@ -55,8 +55,8 @@ from conflux.threads import ordered_map
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 19  # most entries of τ per step of the statistics pass: a chunk and its |τ| stay in cache
-# Sample for the fused pass's bracket: a band of ~5% of n costs the kernel nothing (it packs 8 lanes at a
-# time), while selecting within a 2^15 sample cost 0.2 ms a tensor, a quarter of the kernel's own time.
+# Sample for the fused pass's bracket: a band of ~5% of n costs the kernel nothing (it packs whole vectors),
+# while selecting within a 2^15 sample cost 0.2 ms a tensor, a quarter of the kernel's own time.
 FUSED_SAMPLE = 1 << 13
 
 STATS_SCHEMA = pa.schema(
@@ -157,7 +157,7 @@ def _fused_stats(a: torch.Tensor, b: torch.Tensor | None, density: float) -> dic
     lo, hi = (top.lo, top.hi) if top.active else (math.inf, math.inf)
     in_band = np.count_nonzero((magnitudes >= lo) & (magnitudes <= hi)) / max(magnitudes.size, 1)
     capacity = min(n, int(n * in_band * 1.5) + 4096)  # the sample's share, with room for its error
-    band = thread_buffer("band", torch.float32).take(capacity + 8)
+    band = thread_buffer("band", torch.float32).take(capacity + native.SPILL)
     sums = native.tau_pass(a, b, shift=0.0, lo=lo, hi=hi, band=band)
     l2 = math.sqrt(sums.sum_squares)
     if not math.isfinite(l2):  # NaN or inf entries: the caller reports them; no order statistic either
@@ -168,7 +168,9 @@ def _fused_stats(a: torch.Tensor, b: torch.Tensor | None, density: float) -> dic
         need = k - sums.above
         threshold = kth_largest(kept.numpy(), need, top.guess)
         # Σ x² of the band's entries above the threshold: the kernel again, on the band (no band of its own)
-        greater = native.tau_pass(kept, None, shift=0.0, lo=math.inf, hi=threshold, band=torch.empty(8))
+        greater = native.tau_pass(
+            kept, None, shift=0.0, lo=math.inf, hi=threshold, band=torch.empty(native.SPILL)
+        )
         top_squares = sums.above_squares + greater.above_squares + (need - greater.above) * threshold**2
         trim = TopK(threshold, sums.max_abs, top_squares)
     else:
@@ -178,9 +180,9 @@ def _fused_stats(a: torch.Tensor, b: torch.Tensor | None, density: float) -> dic
     mean, mean_square = sums.sum / n, sums.sum_squares / n
     if mean * mean <= 1e-4 * mean_square:  # task vectors: mean ≈ 0, E[τ²] − mean² loses nothing
         std = math.sqrt(max(mean_square - mean * mean, 0.0))
-    else:  # a second pass around the mean, where the one-pass formula would cancel (no band: 8 lanes spill)
+    else:  # a second pass around the mean, where the one-pass formula would cancel (no band: a spill buffer)
         shift = float(np.float32(mean))
-        centred = native.tau_pass(a, b, shift=shift, lo=math.inf, hi=math.inf, band=torch.empty(8))
+        centred = native.tau_pass(a, b, shift=shift, lo=math.inf, hi=math.inf, band=torch.empty(native.SPILL))
         mean = shift + centred.sum / n
         std = math.sqrt(max(centred.sum_squares / n - (centred.sum / n) ** 2, 0.0))
     return _row(n, density, l2, mean, std, sums.positive, sums.zero, trim)
