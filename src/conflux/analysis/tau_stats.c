@@ -6,7 +6,8 @@
  * register, two SSE/NEON ones); on x86-64 the CPU picks at run time between the plain build, an AVX2 build
  * (the band's entries packed by a table of permutations) and an AVX-512 loop (16 lanes, comparisons into mask
  * registers, vcompressps): ~0.32 and ~0.16 ns per bf16 entry. A cached library never executes an instruction
- * the CPU lacks.
+ * the CPU lacks. The plain build is for other architectures (NEON on aarch64); on an x86 without AVX2 (before
+ * 2013) it is correct but ~5 ns an entry, slower than the numpy path.
  *
  * Accuracy: each lane sums BLOCK / 8 = 64 (AVX-512: 32) entries in float32, every block's lane sums are added
  * in float64. A float32 sum of m terms errs by at most ~m·2⁻²⁴ of the sum of magnitudes, so Σ τ² (all terms
@@ -14,6 +15,7 @@
  * Σ |τ|; counts, the maximum and the band are exact.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -174,10 +176,17 @@ static A512 int dispatch_avx512(const void *a, int a_kind, const void *b, int b_
 }
 #endif
 
+/* $CONFLUX_KERNEL_ISA = plain or avx2 caps the instruction set (the tests run every build on one machine). */
+static int allowed(const char *isa) {
+    const char *cap = getenv("CONFLUX_KERNEL_ISA");
+    if (cap == NULL || cap[0] == 0) return 1;
+    return strcmp(cap, "plain") != 0 && (strcmp(cap, "avx2") != 0 || strcmp(isa, "avx2") == 0);
+}
+
 static int dispatch(const void *a, int a_kind, const void *b, int b_kind, int64_t n, float shift, float lo,
                     float hi, float *band, int64_t capacity, tau_sums *out) {
 #if X86
-    if (__builtin_cpu_supports("avx2"))
+    if (__builtin_cpu_supports("avx2") && allowed("avx2"))
         return dispatch_avx2(a, a_kind, b, b_kind, n, shift, lo, hi, band, capacity, out);
 #endif
     return dispatch_plain(a, a_kind, b, b_kind, n, shift, lo, hi, band, capacity, out);
@@ -188,7 +197,8 @@ int conflux_tau_stats(const void *a, int a_kind, const void *b, int b_kind, int6
 #if X86
     /* The AVX-512 loop takes whole vectors of 16 (unshifted); the AVX2 or plain loop finishes the rest. */
     int64_t whole = n - n % 16;
-    if (shift == 0.0f && whole > 0 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("popcnt")) {
+    if (shift == 0.0f && whole > 0 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("popcnt") &&
+        allowed("avx512")) {
         tau_sums head, rest;
         if (dispatch_avx512(a, a_kind, b, b_kind, whole, lo, hi, band, capacity, &head)) return -1;
         int64_t used = head.band < capacity ? head.band : capacity, size_a = a_kind == KIND_BF16 ? 2 : 4;
