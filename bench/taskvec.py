@@ -22,26 +22,33 @@ Prints both throughputs (GB/s of checkpoint bytes), the ratio stats/raw (goal >=
 peak RSS growth during the work (after imports) and the load average. ``--threads`` sets torch/OpenMP threads
 in both children alike.
 
-Measured on the shared 2-core machine (defaults, ``--repeat 3``, ``--threads 2``; before = cd32a8f: numpy
-passes over a float32 τ; after = the fused kernel over the mapped files). Other jobs kept the load average
-at 4-8 (on 2 cores) during these runs; an idle machine gives the stats more of the second core:
+Measured on the shared 2-core machine (``--repeat 5``; before = cd32a8f: numpy passes over a float32 τ;
+after = the fused kernel over the mapped files, AVX-512 build; another engineer's jobs ran alongside, load
+average as printed):
 
-    dtype     raw (warm)  before  after (warm)  after (cold)  stats peak RSS  load (1 min)
-    bfloat16  0.05 s      0.22    0.68          0.66          139 MiB         4.2 before, 5.0-5.8 after
-    float32   0.19 s      1.13    2.02          1.94          167 MiB         5.8 before, 7.6-8.4 after
+    dtype     threads  raw (warm)  before  after, warm  after, cold  stats peak RSS  load (1 min)
+    bfloat16  2        0.05 s      0.20    0.95         0.94         139 MiB         1.5-2.6
+    bfloat16  1        0.05 s      -       0.85         0.92          73 MiB         1.8-2.2
+    float32   2        0.17 s      0.51    2.33         1.31         162 MiB         2.7-3.2
+    float32   1        0.18 s      -       2.39         1.24         139 MiB         3.2-3.4
 
-Where the time goes (bf16, one thread, per τ entry): the kernel ~0.37 ns (reading 4 bytes an entry from the
-page cache, page faults of the mapping included), the strided sample that brackets the trim threshold and its
-selection ~0.2 ns (mostly the first touch of the mapped pages, which the pass then finds mapped), selecting
-the threshold in the band ~0.05 ns; against ~0.42 ns for the raw read. With two threads that is ~0.35 ns of
-wall time an entry where the machine is idle, i.e. a ratio near 1.
+The ratio moves with the load: at load 1.5-2.0 two more bf16 runs gave 1.06 and 1.08 (cold 0.89-0.90); at
+load 3.3, with two other processes holding both cores, one gave 0.60 with two threads (0.80 with one); at load
+5-8, before the AVX-512 loop, 0.68 (cold 0.66).
+
+Where the time goes (bf16, one thread, the bench's 120M entries): 0.067 s of CPU, against 0.05 s for the raw
+read: the kernel 0.02 s (0.16 ns an entry), faulting the mapped pages in 0.017 s (taken by the strided
+sample, which touches every page first), mapping and unmapping 0.007 s, the bracket's selection in the sample
+and the threshold's in the band ~0.01 s, the rest Python. Two threads bring the wall time to ~0.045 s where
+two cores are free.
 
 Which ratio a cluster user meets: mostly the cold one. A job on a compute node reads checkpoints that this
-node has not read before, from a shared or network filesystem, so the disk or the network sets the pace and
-the statistics, at ~0.35 ns of CPU an entry, mostly wait on it; the warm ratio is what a re-run on the same
-node meets, or a job that follows the download or the training on the node that wrote the files. Locally
-the cold read is ~1.7-2.7 GB/s (the mapped reads fault the pages in with the kernel's readahead, a little
-less efficient than safetensors' one large ``pread`` per tensor, hence a cold ratio below the warm one).
+node has not read before, from a shared or network filesystem, so the disk or the network sets the pace: the
+statistics need ~0.55 ns of CPU a bf16 entry, i.e. keep up with ~7 GB/s of checkpoint bytes per core, and
+mostly wait on the read. The warm ratio is what a re-run on the same node meets, or a job that follows the
+download or the training on the node that wrote the files. Locally the cold read is ~1.8-2.8 GB/s; the
+mapped reads fault the pages in behind the kernel's readahead, a little less efficient than safetensors' one
+large ``pread`` per tensor, hence cold ratios at or below the warm ones.
 """
 
 from __future__ import annotations
