@@ -150,10 +150,18 @@ def test_lambda_grid_of_bf16_checkpoints_equals_one_merge_per_lambda(tmp_path: P
             assert a.dtype == torch.bfloat16 and torch.equal(a, b)
 
     class Broken(FullTaskVectors):  # a read error at the second tensor, after the first was written
-        def tau(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        @staticmethod
+        def fail(name: str) -> None:
             if name.endswith("up_proj.weight"):  # names are read sorted: down_proj, then up_proj
                 raise OSError("disk gone")
+
+        def tau(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+            self.fail(name)
             return super().tau(name, out=out)
+
+        def stored(self, name: str):  # the compiled TIES path reads the stored tensors instead of τ
+            self.fail(name)
+            return super().stored(name)
 
     broken = [sources[0], Broken(dirs["b"], dirs["base"])]
     with pytest.raises(OSError, match="disk gone"):

@@ -30,7 +30,13 @@ from typing import Any
 
 import torch
 
-from conflux.analysis.merge_kernels import MergeBuffers, task_arithmetic_in_place, ties_in_place
+from conflux.analysis import native
+from conflux.analysis.merge_kernels import (
+    MergeBuffers,
+    magnitude_cut,
+    task_arithmetic_in_place,
+    ties_in_place,
+)
 from conflux.analysis.param_names import MODULE_TYPES, parse_param_name
 from conflux.analysis.sharded_writer import DEFAULT_SHARD_BYTES, ShardedWriter
 from conflux.analysis.task_vectors import FullTaskVectors, TaskVectors, open_task_vectors
@@ -60,6 +66,36 @@ def _check_sources(base: WeightFiles, sources: Sequence[TaskVectors]) -> None:
             if source.shape(name) != base.shape(name):
                 msg = f"{source.label} has shape {source.shape(name)} for {name}, the base {base.shape(name)}"
                 raise DataError(msg, file=base.file(name), row=name, field="shape")
+
+
+def _fill_row(
+    row: torch.Tensor,
+    source: TaskVectors,
+    name: str,
+    changed: frozenset[str],
+    method: str,
+    density: float,
+    buffers: MergeBuffers,
+) -> tuple[float, int, int] | None:
+    """Write one source's τ of ``name`` into ``row``; for a TIES merge of a full fine-tune stored in bf16 or
+    float32, also its trim cut, from the same compiled pass over the mapped files (None: found later)."""
+    if name not in changed:
+        row.zero_()
+        return None
+    k = trim_k(row.numel(), density)
+    kinds = native.KINDS
+    if (
+        method == "ties"
+        and k < row.numel()
+        and native.load() is not None
+        and isinstance(source, FullTaskVectors)
+        and source.model.dtype(name) in kinds
+        and source.base.dtype(name) in kinds
+    ):
+        with source.stored(name) as (theta, base):
+            return magnitude_cut(theta, k, buffers, b=base, out=row)
+    source.tau(name, out=row)
+    return None
 
 
 def merge_task_vectors(
@@ -151,13 +187,11 @@ def merge_lambda_grid(
                     writer.add(name, theta)
                 continue
             taus = buffers.stack(theta.numel())
+            cuts = []
             for row, source, changed in zip(taus, sources, changes, strict=True):
-                if name in changed:
-                    source.tau(name, out=row)
-                else:
-                    row.zero_()
+                cuts.append(_fill_row(row, source, name, changed, method, density, buffers))
             if method == "ties":
-                merged = ties_in_place(taus, w, density, 1.0, buffers)  # × 1.0 is exact; λ comes below
+                merged = ties_in_place(taus, w, density, 1.0, buffers, cuts)  # × 1.0 is exact; λ comes below
             else:
                 merged = task_arithmetic_in_place(taus, w, 1.0, buffers)
             for i, ((lam, _), writer) in enumerate(zip(grid, writers, strict=True)):

@@ -53,7 +53,10 @@ class TauSums(ctypes.Structure):
 
 _P, _I64, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {  # the C functions' (return type, argument types)
-    "conflux_tau_stats": (ctypes.c_int, [_P, ctypes.c_int, _P, ctypes.c_int, _I64, _F, _F, _F, _P, _I64, _P]),
+    "conflux_tau_stats": (
+        ctypes.c_int,
+        [_P, ctypes.c_int, _P, ctypes.c_int, _I64, _F, _F, _F, _P, _I64, _P, _P],
+    ),
     "conflux_ties_merge": (ctypes.c_int, [_P, ctypes.c_int, _P, _P, _I64, _F, _P]),
     "conflux_zero_ties_after": (None, [_P, _I64, _F, _I64]),
 }
@@ -110,7 +113,14 @@ def load() -> ctypes.CDLL | None:
 
 
 def tau_pass(
-    a: torch.Tensor, b: torch.Tensor | None, *, shift: float, lo: float, hi: float, band: torch.Tensor
+    a: torch.Tensor,
+    b: torch.Tensor | None,
+    *,
+    shift: float,
+    lo: float,
+    hi: float,
+    band: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> TauSums:
     """One pass over τ = a − b (τ = a without b): see :class:`TauSums`.
 
@@ -125,6 +135,8 @@ def tau_pass(
         raise ValueError("a and b must be contiguous")
     if b is not None and b.numel() != a.numel():
         raise ValueError(f"τ = a − b needs equal sizes, got {a.numel()} and {b.numel()}")
+    if out is not None and (out.dtype != torch.float32 or not out.is_contiguous() or out.numel() < a.numel()):
+        raise ValueError("out must be a contiguous float32 tensor with room for τ")
     if band.dtype != torch.float32 or band.numel() < SPILL:
         raise ValueError(f"band must be a float32 tensor of at least {SPILL} entries")
     sums = TauSums()
@@ -139,6 +151,7 @@ def tau_pass(
         hi,
         band.data_ptr(),
         band.numel() - SPILL,
+        None if out is None else out.data_ptr(),
         ctypes.byref(sums),
     )
     if rc != 0:

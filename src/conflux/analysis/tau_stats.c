@@ -35,7 +35,8 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 typedef uint32_t v8u __attribute__((vector_size(32)));
 typedef uint16_t v8h __attribute__((vector_size(16)));
 
-/* Results; the layout is mirrored by conflux.analysis.native.TauSums. */
+/* Results; the layout is mirrored by conflux.analysis.native.TauSums. A non-NULL tau_out receives τ as float32
+ * (a merge needs τ itself and gets its trim's band from the same pass). */
 typedef struct {
     double sum;         /* Σ (τ − shift) */
     double sum_squares; /* Σ (τ − shift)² */
@@ -118,7 +119,8 @@ static inline __attribute__((always_inline)) A512 __m512 load16(const void *p, i
 /* The unshifted pass over the first n − n mod 16 entries (the caller finishes the rest). */
 static inline __attribute__((always_inline)) A512 void pass512(const void *a, int a_kind, const void *b,
                                                                int b_kind, int64_t n, float lo, float hi,
-                                                               float *band, int64_t capacity, tau_sums *out) {
+                                                               float *band, int64_t capacity, float *tau_out,
+                                                               tau_sums *out) {
     const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi), zero = _mm512_setzero_ps();
     double sum = 0, squares = 0, above_squares = 0;
     int64_t positive = 0, zeros = 0, above = 0, in_band = 0;
@@ -130,6 +132,7 @@ static inline __attribute__((always_inline)) A512 void pass512(const void *a, in
         for (; i < end; i += 16) {
             __m512 t = load16(a, i, a_kind);
             if (b_kind != KIND_NONE) t = _mm512_sub_ps(t, load16(b, i, b_kind));
+            if (tau_out) _mm512_storeu_ps(tau_out + i, t);
             __m512 mag = _mm512_abs_ps(t), square = _mm512_mul_ps(t, t);
             s = _mm512_add_ps(s, t);
             s2 = _mm512_add_ps(s2, square);
@@ -159,10 +162,10 @@ static inline __attribute__((always_inline)) A512 void pass512(const void *a, in
 }
 
 static A512 int dispatch_avx512(const void *a, int a_kind, const void *b, int b_kind, int64_t n, float lo,
-                                float hi, float *band, int64_t capacity, tau_sums *out) {
+                                float hi, float *band, int64_t capacity, float *tau_out, tau_sums *out) {
 #define CASE(ka, kb)                                                                                    \
     if (a_kind == ka && b_kind == kb) {                                                                 \
-        pass512(a, ka, b, kb, n, lo, hi, band, capacity, out);                                          \
+        pass512(a, ka, b, kb, n, lo, hi, band, capacity, tau_out, out);                                 \
         return 0;                                                                                       \
     }
     CASE(KIND_F32, KIND_NONE)
@@ -184,27 +187,27 @@ static int allowed(const char *isa) {
 }
 
 static int dispatch(const void *a, int a_kind, const void *b, int b_kind, int64_t n, float shift, float lo,
-                    float hi, float *band, int64_t capacity, tau_sums *out) {
+                    float hi, float *band, int64_t capacity, float *tau_out, tau_sums *out) {
 #if X86
     if (__builtin_cpu_supports("avx2") && allowed("avx2"))
-        return dispatch_avx2(a, a_kind, b, b_kind, n, shift, lo, hi, band, capacity, out);
+        return dispatch_avx2(a, a_kind, b, b_kind, n, shift, lo, hi, band, capacity, tau_out, out);
 #endif
-    return dispatch_plain(a, a_kind, b, b_kind, n, shift, lo, hi, band, capacity, out);
+    return dispatch_plain(a, a_kind, b, b_kind, n, shift, lo, hi, band, capacity, tau_out, out);
 }
 
 int conflux_tau_stats(const void *a, int a_kind, const void *b, int b_kind, int64_t n, float shift, float lo,
-                      float hi, float *band, int64_t capacity, tau_sums *out) {
+                      float hi, float *band, int64_t capacity, float *tau_out, tau_sums *out) {
 #if X86
     /* The AVX-512 loop takes whole vectors of 16 (unshifted); the AVX2 or plain loop finishes the rest. */
     int64_t whole = n - n % 16;
     if (shift == 0.0f && whole > 0 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("popcnt") &&
         allowed("avx512")) {
         tau_sums head, rest;
-        if (dispatch_avx512(a, a_kind, b, b_kind, whole, lo, hi, band, capacity, &head)) return -1;
+        if (dispatch_avx512(a, a_kind, b, b_kind, whole, lo, hi, band, capacity, tau_out, &head)) return -1;
         int64_t used = head.band < capacity ? head.band : capacity, size_a = a_kind == KIND_BF16 ? 2 : 4;
         const char *b_rest = b ? (const char *)b + whole * (b_kind == KIND_BF16 ? 2 : 4) : NULL;
         if (dispatch((const char *)a + whole * size_a, a_kind, b_rest, b_kind, n - whole, shift, lo, hi, band + used,
-                     capacity - used, &rest))
+                     capacity - used, tau_out ? tau_out + whole : NULL, &rest))
             return -1;
         *out = (tau_sums){head.sum + rest.sum, head.sum_squares + rest.sum_squares,
                           head.above_squares + rest.above_squares,
@@ -213,14 +216,14 @@ int conflux_tau_stats(const void *a, int a_kind, const void *b, int b_kind, int6
         return 0;
     }
 #endif
-    return dispatch(a, a_kind, b, b_kind, n, shift, lo, hi, band, capacity, out);
+    return dispatch(a, a_kind, b, b_kind, n, shift, lo, hi, band, capacity, tau_out, out);
 }
 
 #else /* PASS_BODY: the pass for one target */
 
 static inline __attribute__((always_inline)) PASS_TARGET void PASS_NAME(
     const void *a, int a_kind, const void *b, int b_kind, const int shifted, int64_t n, float shift, float lo,
-    float hi, float *band, int64_t capacity, tau_sums *out) {
+    float hi, float *band, int64_t capacity, float *tau_out, tau_sums *out) {
     const v8u sign = (v8u){0} + 0x7fffffffu;
     const v8f vshift = (v8f){0} + shift, vlo = (v8f){0} + lo, vhi = (v8f){0} + hi;
     double sum = 0, squares = 0, above_squares = 0;
@@ -234,6 +237,7 @@ static inline __attribute__((always_inline)) PASS_TARGET void PASS_NAME(
         for (; i < end; i += 8) {
             v8f t = load8(a, i, a_kind);
             if (b_kind != KIND_NONE) t -= load8(b, i, b_kind);
+            if (tau_out) memcpy(tau_out + i, &t, sizeof t);
             v8u bits;
             memcpy(&bits, &t, sizeof bits);
             bits &= sign;
@@ -293,6 +297,7 @@ static inline __attribute__((always_inline)) PASS_TARGET void PASS_NAME(
     for (int j = 0; j < 8; j++) top = largest[j] > top ? largest[j] : top;
     for (; i < n; i++) { /* the last n mod 8 entries */
         float t = load1(a, i, a_kind) - (b_kind != KIND_NONE ? load1(b, i, b_kind) : 0.0f);
+        if (tau_out) tau_out[i] = t;
         float mag = t < 0 ? -t : t, d = t - shift;
         sum += d;
         squares += (double)d * d;
@@ -313,14 +318,14 @@ static inline __attribute__((always_inline)) PASS_TARGET void PASS_NAME(
 
 /* One specialised loop per dtype pair and shift: the kinds are constants inside each call. */
 static PASS_TARGET int DISPATCH_NAME(const void *a, int a_kind, const void *b, int b_kind, int64_t n,
-                                     float shift, float lo, float hi, float *band, int64_t capacity,
+                                     float shift, float lo, float hi, float *band, int64_t capacity, float *tau_out,
                                      tau_sums *out) {
 #define CASE(ka, kb)                                                                                    \
     if (a_kind == ka && b_kind == kb) {                                                                 \
         if (shift == 0.0f)                                                                              \
-            PASS_NAME(a, ka, b, kb, 0, n, shift, lo, hi, band, capacity, out);                          \
+            PASS_NAME(a, ka, b, kb, 0, n, shift, lo, hi, band, capacity, tau_out, out);                 \
         else                                                                                            \
-            PASS_NAME(a, ka, b, kb, 1, n, shift, lo, hi, band, capacity, out);                          \
+            PASS_NAME(a, ka, b, kb, 1, n, shift, lo, hi, band, capacity, tau_out, out);                 \
         return 0;                                                                                       \
     }
     CASE(KIND_F32, KIND_NONE)
