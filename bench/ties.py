@@ -21,21 +21,24 @@ magnitude at the cut, mergekit's ``torch.argsort`` (not stable) keeps an unspeci
 lowest flat index. Differences can only come from such ties; the bench counts the differing entries that are
 *not* explained by a magnitude tie at some source's cut (it must print 0).
 
-Measured on the shared 2-core machine (defaults; before = cd32a8f, after = the compiled TIES pass and the
-streamed writer; other jobs kept the load average far above the 2 cores, so both sides ran slower than idle):
+Measured on the shared 2-core machine (defaults; before = cd32a8f, after = the compiled TIES pass, the
+rows' τ and trim bands from one pass over the mapped inputs, and the streamed writer; another engineer's jobs
+ran alongside, load average as printed):
 
     commit   conflux  mergekit  speed-up  peak RSS conflux / mergekit  load (1 min)
+    before   6.0 s    23.9 s    4.0x      1127 / 1335 MiB              2.8-3.0
     before   9.6 s    37.1 s    3.9x      1122 / 1323 MiB              9.9
-    after    3.3 s    34.6 s    10.6x      471 / 1243 MiB              9.9-10.3 (``--repeat 2``)
-    after    2.3 s    24.8 s    10.6x      471 / 1347 MiB              1.9-2.6
+    after    2.0 s    23.3 s    11.6x      563 / 1242 MiB              2.0-2.8 (``--repeat 2``)
+    after    2.3 s    23.8 s    10.4x      563 / 1303 MiB              3.0-3.1 (``--repeat 2``)
 
-Where conflux's time goes (one child, load ~2, ~1.9 s): Python and ``import torch`` ~0.85 s, which mergekit
-pays too (and more); then the merge, ~0.7-0.95 s: reading the 1.2 GB of inputs from the page cache 0.14 s
-(the read limit: the raw read runs at ~5.7-10 GB/s, 0.12-0.2 s), τ_i = θ_i − θ_base 0.08 s, each row's trim
-threshold (a sample, one band pass, a selection in the band) ~0.1 s, the fused elect / agree / disjoint-mean
-pass 0.07 s, θ + λ·merged 0.06 s, and writing the 0.4 GB output into the page cache 0.1 s (up to 0.4 s when
-earlier writes are still being flushed: hence the ``sync`` before each side). So the merge itself is ~3-4x
-its read limit, half of it other I/O, and start-up bounds the speed-up at ~13-15x on these inputs.
+Where conflux's time goes (one child at load ~2, ~1.8 s): starting Python and ``import torch`` ~0.8 s and
+tearing them down at exit ~0.2 s, which mergekit pays too; then the merge, ~0.55 s against a read limit of
+0.12-0.2 s (1.2 GB of inputs at the raw read's 5.5-10 GB/s from the page cache): the rows' τ and their trim
+bands in one pass over the mapped inputs 0.1 s plus 0.07 s of page faults (taken by the strided samples),
+reading θ 0.04 s, the thresholds' selection in the bands 0.05 s, the fused elect / agree / disjoint-mean pass
+0.07 s, θ + λ·merged 0.05 s, and writing the 0.4 GB output into the page cache 0.1 s, up to 0.6 s when
+earlier writes are still being flushed (hence the ``sync`` before each side). Start-up bounds the speed-up
+near ~13x on these inputs whatever the merge does.
 
 mergekit comes from ``--mergekit-python`` (default: ``bench/.venv-mergekit/bin/python`` when it exists,
 else this interpreter, where ``make setup`` installs mergekit==0.1.5 from the dev extra; it installs beside
