@@ -4,12 +4,12 @@ Each function walks the base model's tensors in order, computes one output tenso
 each source's τ of that parameter (:mod:`conflux.analysis.task_vectors`), hands it to a
 :class:`conflux.analysis.sharded_writer.ShardedWriter` and forgets it. A merge's shards are planned from the
 base's tensors, so each output tensor is written the moment it is made and no shard is held: memory stays at
-about 1.25n + 6 float32 copies of the largest tensor for n sources, whatever the model size (mergekit's
-lazy-loader idea in a much smaller driver); a revert holds one output shard (``max_shard_bytes``) besides.
-Measured for n = 2 bfloat16 checkpoints before the compiled kernels and the planned writer: 8.1 copies,
-i.e. ~16 GB for Llama-3-8B's 128256 x 4096 embedding; a λ grid (:func:`merge_lambda_grid`) adds half a copy
-per extra λ. The output directory
-is an ordinary Hugging Face model (the base's config and tokenizer files plus safetensors shards) that
+about 1.25n + 6 float32 copies of the largest tensor for n sources (and the mapped stored tensors of the
+parameter being merged), whatever the model size (mergekit's lazy-loader idea in a much smaller driver); a
+revert holds one output shard (``max_shard_bytes``) besides. Measured for n = 2 bfloat16 checkpoints before
+the compiled kernels and the planned writer: 8.1 copies, i.e. ~16 GB for Llama-3-8B's 128256 x 4096 embedding;
+a λ grid (:func:`merge_lambda_grid`) adds half a copy per extra λ. The output directory is an ordinary Hugging
+Face model (the base's config and tokenizer files plus safetensors shards) that
 ``AutoModelForCausalLM.from_pretrained`` loads without conflux, written atomically, with a
 ``conflux_merge.json`` / ``conflux_revert.json`` that records what was done.
 

@@ -11,19 +11,19 @@ else), so a layer × module heatmap is one ``pivot_table`` away. Columns:
   (share of entries the trim keeps *and* that are nonzero: ≈ density for a dense τ, less when most of τ is 0)
   and ``trim_l2_share`` = ‖trim(τ)‖₂ / ‖τ‖₂ (how much of the update the top-k entries carry).
 
-Everything is computed in float32 from the stored values, two parameters at a time in two threads when the
-job has two cores (one being read while the other is analysed). A full fine-tune stored in bf16 or float32 is
+Everything is computed in float32 from the stored values, two parameters at a time in two threads when the job
+has two cores (one being read while the other is analysed). A full fine-tune stored in bf16 or float32 is
 analysed by one fused compiled pass (:mod:`conflux.analysis.native`) over both stored tensors, which widens
 and subtracts as it goes, so τ is never written out and each entry is touched once: on bf16 that keeps the
-statistics at ~0.7-0.9 of the raw read rate (bench/taskvec.py). Other sources (LoRA, policies at w, fp16)
-give their float32 τ to the same pass; where no C compiler exists the numpy pass below computes the same
-values ~3x slower. Peak memory, whatever the model size, is per thread the two stored tensors being read
-(mapped: their pages count in RSS until the tensor is done) and a band of a few % of its entries (a float32
-copy of τ in the rare cases that need a second selection). Σ τ and Σ τ² are float32 partial sums of 64
-entries added in float64 (errors ≤ 1e-8 relative, see test_each_statistic_error_against_float64); the trim
-threshold is exact: a strided sample brackets the k-th largest |τ| and the pass keeps the few % of entries
-in that bracket, from which it is selected (:class:`conflux.analysis.topk.StreamingTopK`'s idea), never by
-sorting or partitioning all of |τ|.
+statistics at ~0.95 of the raw read rate with two threads (bench/taskvec.py, load ~2). Other sources (LoRA,
+policies at w, fp16) give their float32 τ to the same pass; where no C compiler exists the numpy pass below
+computes the same values ~3x slower. Peak memory, whatever the model size, is per thread the two stored
+tensors being read (mapped: their pages count in RSS until the tensor is done) and a band of a few % of its
+entries (a float32 copy of τ in the rare cases that need a second selection). Σ τ and Σ τ² are float32 partial
+sums of 32-64 entries added in float64 (errors ≤ 1e-8 relative, see
+test_each_statistic_error_against_float64); the trim threshold is exact: a strided sample brackets the k-th
+largest |τ| and the pass keeps the few % of entries in that bracket, from which it is selected
+(:class:`conflux.analysis.topk.StreamingTopK`'s idea), never by sorting or partitioning all of |τ|.
 """
 
 from __future__ import annotations
