@@ -45,7 +45,7 @@ def add_pair_args(parser: argparse.ArgumentParser) -> None:
 def write_pair(root: Path, args: argparse.Namespace) -> tuple[Path, Path, int]:
     """base/ and ft/ (base + noise) with the tensor names and shapes of a LlamaConfig (``args``: hidden,
     layers, vocab, dtype, shard_mb), and the largest tensor's size in bytes."""
-    from conflux.analysis.tensor_io import ShardedWriter
+    from conflux.analysis.sharded_writer import ShardedWriter
 
     config = llama_config(args.hidden, args.layers, args.vocab)
     shapes = param_shapes(config)

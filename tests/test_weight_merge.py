@@ -13,8 +13,9 @@ from transformers import AutoModelForCausalLM
 
 from conflux.analysis.merge import merge_lambda_grid, merge_sft_dpo, merge_task_vectors, revert_to_base
 from conflux.analysis.merge_kernels import MergeBuffers, task_arithmetic_in_place, ties_in_place
+from conflux.analysis.sharded_writer import ShardedWriter
 from conflux.analysis.task_vectors import FullTaskVectors, LoraTaskVectors
-from conflux.analysis.tensor_io import ShardedWriter, WeightFiles
+from conflux.analysis.tensor_io import WeightFiles
 from conflux.analysis.ties import trim_top_k
 from conflux.analysis.topk import top_k_values
 from conflux.errors import ConfluxError, DataError
@@ -149,10 +150,18 @@ def test_lambda_grid_of_bf16_checkpoints_equals_one_merge_per_lambda(tmp_path: P
             assert a.dtype == torch.bfloat16 and torch.equal(a, b)
 
     class Broken(FullTaskVectors):  # a read error at the second tensor, after the first was written
-        def tau(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        @staticmethod
+        def fail(name: str) -> None:
             if name.endswith("up_proj.weight"):  # names are read sorted: down_proj, then up_proj
                 raise OSError("disk gone")
+
+        def tau(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+            self.fail(name)
             return super().tau(name, out=out)
+
+        def stored(self, name: str):  # the compiled TIES path reads the stored tensors instead of τ
+            self.fail(name)
+            return super().stored(name)
 
     broken = [sources[0], Broken(dirs["b"], dirs["base"])]
     with pytest.raises(OSError, match="disk gone"):
@@ -247,6 +256,32 @@ def test_sharded_writer_names_and_index(tmp_path: Path) -> None:
     assert all(torch.equal(read.get(n), t) for n, t in tensors.items())
     with pytest.raises(ConfluxError, match="twice"):
         writer.add("t0", tensors["t0"])
+
+
+def test_planned_writer_streams_the_same_shards(tmp_path: Path) -> None:
+    # A plan lets each tensor go to its shard at once; files, index and contents equal the buffered writer's.
+    # 40- and 20-byte tensors under a 64-byte limit: shards of 40 + 20, 40 + 20, 40.
+    tensors = {
+        f"t{i}": torch.full((10,), float(i), dtype=torch.bfloat16 if i % 2 else torch.float32)
+        for i in range(5)
+    }
+    plan = [(name, tuple(t.shape), t.dtype) for name, t in tensors.items()]
+    for label, kwargs in (("buffered", {}), ("planned", {"plan": plan})):
+        (tmp_path / label).mkdir()
+        writer = ShardedWriter(tmp_path / label, max_shard_bytes=64, **kwargs)
+        for name, tensor in tensors.items():
+            writer.add(name, tensor.clone())
+        assert [f.name for f in writer.close()] == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    index = {
+        label: json.loads((tmp_path / label / "model.safetensors.index.json").read_text())
+        for label in ("buffered", "planned")
+    }
+    assert index["planned"] == index["buffered"]
+    read = WeightFiles(tmp_path / "planned")
+    assert all(torch.equal(read.get(n), t) and read.dtype(n) == t.dtype for n, t in tensors.items())
+    writer = ShardedWriter(tmp_path / "wrong", plan=plan)
+    with pytest.raises(ConfluxError, match="not the planned"):
+        writer.add("t1", tensors["t1"])
 
 
 @pytest.mark.parametrize("n", [1, 100, 300_000])

@@ -2,12 +2,14 @@
 
 Each function walks the base model's tensors in order, computes one output tensor from the base tensor and
 each source's τ of that parameter (:mod:`conflux.analysis.task_vectors`), hands it to a
-:class:`conflux.analysis.tensor_io.ShardedWriter` and forgets it, so memory stays at one output shard
-(``max_shard_bytes``) plus about 1.25n + 6 float32 copies of the largest tensor for n sources, whatever the
-model size (mergekit's lazy-loader idea in a much smaller driver). Measured for n = 2 bfloat16 checkpoints:
-8.1 copies, i.e. ~16 GB for Llama-3-8B's 128256 x 4096 embedding, plus up to a shard; a λ grid
-(:func:`merge_lambda_grid`) adds an output shard and half a copy per extra λ. The output directory
-is an ordinary Hugging Face model (the base's config and tokenizer files plus safetensors shards) that
+:class:`conflux.analysis.sharded_writer.ShardedWriter` and forgets it. A merge's shards are planned from the
+base's tensors, so each output tensor is written the moment it is made and no shard is held: memory stays at
+about 1.25n + 6 float32 copies of the largest tensor for n sources (and the mapped stored tensors of the
+parameter being merged), whatever the model size (mergekit's lazy-loader idea in a much smaller driver); a
+revert holds one output shard (``max_shard_bytes``) besides. Measured for n = 2 bfloat16 checkpoints before
+the compiled kernels and the planned writer: 8.1 copies, i.e. ~16 GB for Llama-3-8B's 128256 x 4096 embedding;
+a λ grid (:func:`merge_lambda_grid`) adds half a copy per extra λ. The output directory is an ordinary Hugging
+Face model (the base's config and tokenizer files plus safetensors shards) that
 ``AutoModelForCausalLM.from_pretrained`` loads without conflux, written atomically, with a
 ``conflux_merge.json`` / ``conflux_revert.json`` that records what was done.
 
@@ -28,10 +30,17 @@ from typing import Any
 
 import torch
 
-from conflux.analysis.merge_kernels import MergeBuffers, task_arithmetic_in_place, ties_in_place
+from conflux.analysis import native
+from conflux.analysis.merge_kernels import (
+    MergeBuffers,
+    magnitude_cut,
+    task_arithmetic_in_place,
+    ties_in_place,
+)
 from conflux.analysis.param_names import MODULE_TYPES, parse_param_name
+from conflux.analysis.sharded_writer import DEFAULT_SHARD_BYTES, ShardedWriter
 from conflux.analysis.task_vectors import FullTaskVectors, TaskVectors, open_task_vectors
-from conflux.analysis.tensor_io import DEFAULT_SHARD_BYTES, ShardedWriter, WeightFiles, copy_side_files
+from conflux.analysis.tensor_io import ScratchBuffer, WeightFiles, copy_side_files
 from conflux.analysis.ties import trim_k
 from conflux.atomic import atomic_path
 from conflux.errors import ConfluxError, DataError
@@ -57,6 +66,36 @@ def _check_sources(base: WeightFiles, sources: Sequence[TaskVectors]) -> None:
             if source.shape(name) != base.shape(name):
                 msg = f"{source.label} has shape {source.shape(name)} for {name}, the base {base.shape(name)}"
                 raise DataError(msg, file=base.file(name), row=name, field="shape")
+
+
+def _fill_row(
+    row: torch.Tensor,
+    source: TaskVectors,
+    name: str,
+    changed: frozenset[str],
+    method: str,
+    density: float,
+    buffers: MergeBuffers,
+) -> tuple[float, int, int] | None:
+    """Write one source's τ of ``name`` into ``row``; for a TIES merge of a full fine-tune stored in bf16 or
+    float32, also its trim cut, from the same compiled pass over the mapped files (None: found later)."""
+    if name not in changed:
+        row.zero_()
+        return None
+    k = trim_k(row.numel(), density)
+    kinds = native.KINDS
+    if (
+        method == "ties"
+        and k < row.numel()
+        and native.load() is not None
+        and isinstance(source, FullTaskVectors)
+        and source.model.dtype(name) in kinds
+        and source.base.dtype(name) in kinds
+    ):
+        with source.stored(name) as (theta, base):
+            return magnitude_cut(theta, k, buffers, b=base, out=row)
+    source.tau(name, out=row)
+    return None
 
 
 def merge_task_vectors(
@@ -114,8 +153,8 @@ def merge_lambda_grid(
     """θ_base + λ·merge(τ_1..τ_n) for each λ of ``outputs`` (λ -> model directory), merging each tensor once.
 
     λ only scales the merged task vector, so a grid of λ costs one merge (reads, trim, election) plus a
-    scaled add per λ; each output equals :func:`merge_task_vectors` at that λ bit for bit. Memory grows by
-    one output shard per extra λ. All outputs are written atomically: a failure leaves none of them.
+    scaled add per λ; each output equals :func:`merge_task_vectors` at that λ bit for bit. All outputs are
+    written atomically: a failure leaves none of them.
     """
     if method not in METHODS:
         raise ConfluxError(f"merge method must be one of {METHODS}, got {method!r}")
@@ -134,22 +173,25 @@ def merge_lambda_grid(
     grid = [(float(lam), Path(out)) for lam, out in outputs.items()]
     with ExitStack() as stack:
         tmps = [stack.enter_context(atomic_path(out, directory=True)) for _, out in grid]
-        writers = [ShardedWriter(tmp, max_shard_bytes) for tmp in tmps]
+        # Streamed: every output tensor has the base's name, shape and dtype, so the shards are known upfront
+        # and each tensor is written when it is made (no shard held in memory, θ's buffer reused).
+        plan = [(name, base.shape(name), base.dtype(name)) for name in base.names]
+        writers = [ShardedWriter(tmp, max_shard_bytes, plan) for tmp in tmps]
+        theta_buffer = ScratchBuffer(torch.uint8)
         names = with_progress(base.names, desc=f"{method} merge", unit="tensor") if progress else base.names
         for name in names:
-            theta = base.get(name)
+            nbytes, dtype = base.nbytes(name), base.dtype(name)
+            theta = base.read_into(name, 0, theta_buffer.take(nbytes).view(dtype)).view(base.shape(name))
             if not (any(name in c for c in changes) and theta.is_floating_point()):
                 for writer in writers:
                     writer.add(name, theta)
                 continue
             taus = buffers.stack(theta.numel())
+            cuts = []
             for row, source, changed in zip(taus, sources, changes, strict=True):
-                if name in changed:
-                    source.tau(name, out=row)
-                else:
-                    row.zero_()
+                cuts.append(_fill_row(row, source, name, changed, method, density, buffers))
             if method == "ties":
-                merged = ties_in_place(taus, w, density, 1.0, buffers)  # × 1.0 is exact; λ comes below
+                merged = ties_in_place(taus, w, density, 1.0, buffers, cuts)  # × 1.0 is exact; λ comes below
             else:
                 merged = task_arithmetic_in_place(taus, w, 1.0, buffers)
             for i, ((lam, _), writer) in enumerate(zip(grid, writers, strict=True)):
@@ -158,7 +200,7 @@ def merge_lambda_grid(
                 if theta.dtype != torch.float32:
                     writer.add(name, scaled.add_(theta).to(theta.dtype))
                 elif i == len(grid) - 1:
-                    writer.add(name, theta.add_(scaled))  # pread tensors are ours to modify
+                    writer.add(name, theta.add_(scaled))  # θ's buffer is ours to modify
                 else:
                     writer.add(name, theta + scaled)
         for (lam, _), writer, tmp in zip(grid, writers, tmps, strict=True):

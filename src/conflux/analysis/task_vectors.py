@@ -17,10 +17,11 @@ LoRA: PEFT stores A [r, in] and B [out, r] per target module under
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,7 +37,6 @@ from conflux.analysis.tensor_io import (
     thread_buffer,
 )
 from conflux.errors import ConfluxError, DataError
-from conflux.modeling.policy import check_adapter_dir
 
 ADAPTER_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
@@ -105,6 +105,17 @@ class FullTaskVectors:
                 dst.copy_(theta).sub_(base)
         return flat.view(shape)
 
+    @contextlib.contextmanager
+    def stored(self, name: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """θ_ft and θ_base of one parameter, flat and in their stored dtypes, mapped from the files for the
+        duration of the block (:meth:`conflux.analysis.tensor_io.WeightFiles.mapped`).
+
+        For a fused pass that widens and subtracts as it goes (:mod:`conflux.analysis.stats`): τ is never
+        written out as float32 and the stored bytes are never copied, so each is read from memory once.
+        """
+        with self.model.mapped(name) as theta, self.base.mapped(name) as base:
+            yield theta, base
+
     @staticmethod
     def _read(files: WeightFiles, name: str, start: int, count: int, scratch: ScratchBuffer) -> torch.Tensor:
         dtype = files.dtype(name)
@@ -144,6 +155,10 @@ class LoraTaskVectors:
         self.adapter_dir = Path(adapter_dir)
         self.label = label or self.adapter_dir.name
         self.weight = float(weight)
+        # Imported here: conflux.modeling.policy imports peft and transformers (~2 s), which the statistics
+        # and merges of full fine-tunes never need.
+        from conflux.modeling.policy import check_adapter_dir
+
         check_adapter_dir(self.adapter_dir)  # safetensors only, readable config: the policy loader's check
         self.config = _read_adapter_config(self.adapter_dir)
         self.files = WeightFiles(self.adapter_dir / ADAPTER_FILE)

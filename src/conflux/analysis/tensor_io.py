@@ -8,9 +8,7 @@ touched stays resident (and counts in the process's RSS) while the file is open,
 through one handle grows the process by the shard's size. With ``pread`` each tensor is copied into memory
 the caller owns (and may modify in place) and freed with it; a handle holds only a file descriptor.
 
-:class:`ShardedWriter` is the other half, in the layout ``save_pretrained`` writes: ``model.safetensors``,
-or ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json`` when the output is larger than
-one shard. Memory is bounded by one shard's buffer.
+:class:`conflux.analysis.sharded_writer.ShardedWriter` is the other half: it writes one shard at a time.
 """
 
 from __future__ import annotations
@@ -18,23 +16,23 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import mmap
 import os
 import shutil
 import struct
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from conflux.errors import ConfluxError, DataError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 ADAPTER_FILE = "adapter_model.safetensors"
-DEFAULT_SHARD_BYTES = 2 * 1024**3
 
 # safetensors' dtype codes -> torch dtypes (the ones a checkpoint holds in practice).
 DTYPES = {
@@ -213,9 +211,8 @@ class WeightFiles:
         if not 0 <= start <= start + out.numel() <= math.prod(self.shape(name)):
             raise ConfluxError(f"{name}: entries [{start}, {start + out.numel()}) are out of range")
         try:
-            with self._opening:
-                fd, data_start = self._data.get(file) or self._open_data(file)
-            offset = data_start + self._offsets[file, name] + start * dtype.itemsize
+            fd, offset = self._locate(file, name)
+            offset += start * dtype.itemsize
             view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
             done = 0
             while done < len(view):
@@ -226,6 +223,43 @@ class WeightFiles:
         except OSError as exc:
             raise DataError(f"cannot read the tensor: {exc}", file=file, row=name, field="tensor") from exc
         return out
+
+    @contextlib.contextmanager
+    def mapped(self, name: str) -> Iterator[torch.Tensor]:
+        """One tensor's stored bytes as a flat tensor of its dtype, mapped from the file, for one read pass.
+
+        Nothing is copied: a pass reads the page cache directly, where :meth:`read_into` copies every byte
+        into a buffer that the pass then reads back (a third of a bf16 pass's memory traffic). The pages
+        count in RSS only until the block ends and the range is unmapped, so memory stays bounded by the
+        tensors being read, as with ``pread``. The tensor must not outlive the block.
+        """
+        file, dtype, numel = self.file(name), self.dtype(name), math.prod(self.shape(name))
+        nbytes = numel * dtype.itemsize
+        if numel == 0:  # nothing to map (and mmap refuses length 0)
+            yield torch.empty(0, dtype=dtype)
+            return
+        try:
+            fd, start = self._locate(file, name)
+            if os.fstat(fd).st_size < start + nbytes:  # pages past the end would be a SIGBUS, not an error
+                raise OSError("unexpected end of file")
+            aligned = start - start % mmap.ALLOCATIONGRANULARITY
+            # Private and writable only so that torch takes the buffer without a warning; nothing writes.
+            prot = mmap.PROT_READ | mmap.PROT_WRITE
+            region = mmap.mmap(fd, start - aligned + nbytes, mmap.MAP_PRIVATE, prot, offset=aligned)
+        except OSError as exc:
+            raise DataError(f"cannot read the tensor: {exc}", file=file, row=name, field="tensor") from exc
+        view = torch.frombuffer(region, dtype=dtype, offset=start - aligned, count=numel)
+        try:
+            yield view
+        finally:
+            del view  # the buffer export must end before the mapping can close
+            region.close()
+
+    def _locate(self, file: Path, name: str) -> tuple[int, int]:
+        """(descriptor, offset in the file) of one tensor's bytes (for :meth:`read_into`, :meth:`mapped`)."""
+        with self._opening:
+            fd, data_start = self._data.get(file) or self._open_data(file)
+        return fd, data_start + self._offsets[file, name]
 
     def _open_data(self, file: Path) -> tuple[int, int]:
         """Open ``file`` for :meth:`read_into` and learn where each tensor's bytes are (safetensors' header:
@@ -319,57 +353,3 @@ def copy_side_files(src_dir: str | Path, out_dir: str | Path) -> list[str]:
             shutil.copy2(path, Path(out_dir) / path.name)
             copied.append(path.name)
     return copied
-
-
-class ShardedWriter:
-    """Collect tensors and write them as ``save_pretrained``-style safetensors shards into ``out_dir``.
-
-    Shards are written as ``.part-<i>.safetensors`` while their total count is unknown and renamed by
-    :meth:`close`; write into an :func:`conflux.atomic.atomic_path` directory so a failure leaves nothing.
-    """
-
-    def __init__(self, out_dir: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
-        if max_shard_bytes <= 0:
-            raise ConfluxError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
-        self.out_dir = Path(out_dir)
-        self.max_shard_bytes = max_shard_bytes
-        self._buffer: dict[str, torch.Tensor] = {}
-        self._buffered = 0
-        self._shards: list[tuple[Path, list[str]]] = []
-        self.total_size = 0
-
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        if name in self._buffer or any(name in names for _, names in self._shards):
-            raise ConfluxError(f"tensor {name} written twice")
-        size = tensor.numel() * tensor.element_size()
-        if self._buffer and self._buffered + size > self.max_shard_bytes:
-            self._flush()
-        self._buffer[name] = tensor.contiguous()
-        self._buffered += size
-        self.total_size += size
-
-    def _flush(self) -> None:
-        path = self.out_dir / f".part-{len(self._shards)}.safetensors"
-        save_file(self._buffer, path, metadata={"format": "pt"})
-        self._shards.append((path, list(self._buffer)))
-        self._buffer, self._buffered = {}, 0
-
-    def close(self) -> list[Path]:
-        """Write the last shard, give the shards their final names (and the index); return the files."""
-        if self._buffer or not self._shards:
-            self._flush()
-        n = len(self._shards)
-        if n == 1:
-            final = self.out_dir / SINGLE_FILE
-            self._shards[0][0].rename(final)
-            return [final]
-        weight_map: dict[str, str] = {}
-        files = []
-        for i, (path, names) in enumerate(self._shards, start=1):
-            final = self.out_dir / f"model-{i:05d}-of-{n:05d}.safetensors"
-            path.rename(final)
-            files.append(final)
-            weight_map.update(dict.fromkeys(names, final.name))
-        index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(weight_map.items()))}
-        (self.out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-        return files
