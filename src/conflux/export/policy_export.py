@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from conflux.analysis.tensor_io import ShardedWriter, WeightFiles, copy_side_files
+from conflux.analysis.sharded_writer import ShardedWriter
+from conflux.analysis.tensor_io import WeightFiles, copy_side_files
 from conflux.atomic import atomic_path
 from conflux.errors import ConfigError
 from conflux.export.weights import check_weights, weight_tag
@@ -73,7 +74,8 @@ def write_merged(
         found = f"not in {base_dir}: {missing[:3]}"
         raise ConfigError("export", "adapted modules present in the base", found)
     out_dir.mkdir(parents=True, exist_ok=True)
-    writer = ShardedWriter(out_dir)
+    # every output tensor has the base's name, shape and dtype: the shards are planned, each tensor streamed
+    writer = ShardedWriter(out_dir, plan=[(n, base.shape(n), base.dtype(n)) for n in base.names])
     for name in base.names:
         theta = base.get(name)
         if name in deltas:
