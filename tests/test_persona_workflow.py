@@ -65,6 +65,7 @@ def persona_run(tmp_path_factory) -> Path:
     raw["analysis"]["revert"] = {"methods": ["dpo"], "layers": [0], "modules": "all", "cells": False,
                                  "generate": False}  # fmt: skip
     raw["tracking"] = {"backend": "none"}
+    raw.pop("export")  # the default exports synth_pku's policies; this run trains no curriculum study
     cfg = work / "config.yaml"
     cfg.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     snakemake(ROOT, "--cores", "2", "--configfile", str(cfg), workdir=work)

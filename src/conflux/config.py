@@ -309,7 +309,7 @@ def _export_config(raw: dict[str, Any], datasets: dict[str, DatasetSpec], study:
     weights = {}
     for dataset, vectors in raw.get("weights", {}).items():
         if dataset not in study.datasets:
-            known = f"known: {list(study.datasets)}"
+            known = f"studies.curriculum.datasets is {list(study.datasets)}; drop it or train the dataset"
             raise ConfigError(f"export.weights.{dataset}", "a dataset of the curriculum study", known)
         weights[dataset] = check_weights(vectors, datasets[dataset].k, f"export.weights.{dataset}")
     return ExportConfig(methods, weights)
