@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from conflux.modeling.logprobs import sequence_logps
 from conflux.modeling.lora import LoraSpec
@@ -21,30 +20,17 @@ from conflux.modeling.tokenize import PairBatch
 from conflux.training.adalora import RankSchedule
 from conflux.training.losses import per_dim_dpo_loss
 from conflux.training.objectives import StepContext, StepInputs, make_objective
+from weight_checkpoints import tiny_llama
 
 SPEC = LoraSpec(r=8, alpha=512, adapter="adalora", orth_reg_weight=0.5)  # the paper's Panacea
 STEPS = 3  # AdaLoRA's schedule over 3 steps: no masking at step 0, masking at steps 1 and 2
 BETA = 0.1
 
 
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=96,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
 def pair_batch(n: int = 4, length: int = 12, seed: int = 1) -> tuple[PairBatch, torch.Tensor]:
     """Random pairs: prompt tokens 0..4, responses after, a few pad positions on the b side."""
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 96, (2 * n, length), generator=gen)
+    ids = torch.randint(1, 40, (2 * n, length), generator=gen)
     attention = torch.ones_like(ids)
     attention[n:, -2:] = 0
     loss_mask = attention.clone()
@@ -133,7 +119,7 @@ def test_policy_at_w_is_the_weighted_sum_of_adalora_updates():
     policy = PreferencePolicy.create(tiny_llama(), 2, SPEC, shared=True, seed=0)
     random_adapters(policy, 3)
     w = [0.3, 0.7]
-    ids = torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(4))
+    ids = torch.randint(0, 40, (2, 10), generator=torch.Generator().manual_seed(4))
     with torch.no_grad(), policy.at(w) as m:
         got = m(input_ids=ids).logits
     merged = tiny_llama()
@@ -168,7 +154,7 @@ def test_pruned_adapters_save_and_load_as_the_same_policy(tmp_path):
     schedule.finalize()
     policy.save(tmp_path / "adapters")
     loaded = PreferencePolicy.load(tiny_llama(), {n: tmp_path / "adapters" / n for n in policy.adapter_names})
-    ids = torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(4))
+    ids = torch.randint(0, 40, (2, 10), generator=torch.Generator().manual_seed(4))
     for w in ([1.0, 0.0], [0.25, 0.75]):
         with torch.no_grad(), policy.at(w) as a, loaded.at(w) as b:
             torch.testing.assert_close(a(input_ids=ids).logits, b(input_ids=ids).logits, atol=1e-5, rtol=0)
