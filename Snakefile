@@ -3,7 +3,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded default, unless a config is given: `--configfile config/paper.yaml` replaces it rather than
+# being merged over it (Snakemake's default), so a paper run inherits none of the tiny model's settings.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "report/workflow.rst"

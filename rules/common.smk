@@ -60,7 +60,7 @@ wildcard_constraints:
     variant=_alternatives(variants("curriculum")),
     persona_variant=_alternatives([*variants("persona"), *CFG.analysis.merge_variants()]),
     analysis_variant=_alternatives(analysed_variants()),
-    revert_method=_alternatives(revertable_methods()),
+    revert_method=_alternatives([*revertable_methods(), *CFG.analysis.merge_variants()]),
     persona_method=_alternatives(variants("persona")),
     dataset=_alternatives(sorted(CFG.datasets)),
     seed=r"\d+",
@@ -324,13 +324,18 @@ def get_analysis_runs(wildcards):
 
 
 def revert_methods():
-    """Persona variants the revert sweep covers: those of analysis.revert that the study trains."""
-    return [m for m in CFG.analysis.revert.methods if m in CFG.study("persona").methods]
+    """Persona variants the revert sweep covers: those of analysis.revert that the study trains, and the
+    SFT+DPO merges it names when both are trained."""
+    merges = CFG.analysis.merge_variants() if sft_and_dpo_trained() else []
+    return [m for m in CFG.analysis.revert.methods if m in CFG.study("persona").methods or m in merges]
 
 
 def get_persona_run(wildcards):
-    """The training output of the persona method a job names (its revert_method or persona_method)."""
+    """The model directory a job names (its revert_method or persona_method): a training output, or an
+    SFT+DPO merge."""
     method = wildcards.get("revert_method") or wildcards.persona_method
+    if method in CFG.analysis.merge_variants():
+        return f"results/merges/{wildcards.model}/{wildcards.persona_dataset}/seed{wildcards.seed}/{method}"
     return stage_dirs(wildcards.persona_dataset, wildcards.model, wildcards.seed, method)[0]
 
 

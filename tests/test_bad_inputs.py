@@ -303,6 +303,12 @@ CONFIGS = [
         "a method of the curriculum study",
     ),
     _config_case(
+        "revert-unmerged-lambda",
+        lambda c: c["analysis"].update(revert={"methods": ["ties_lam0.3"]}),
+        "analysis.revert.methods.0",
+        "a trained variant or a configured merge",
+    ),
+    _config_case(
         "tiny-heads",
         lambda c: c["models"]["tiny"]["tiny"].update(num_heads=5),
         "models.tiny.tiny",

@@ -62,8 +62,9 @@ def persona_run(tmp_path_factory) -> Path:
     raw["methods"]["sft"]["max_steps"] = raw["methods"]["dpo"]["max_steps"] = 2
     raw["evaluation"]["generation"] = {"max_new_tokens": 8, "greedy": True, "batch_size": 16}
     raw["analysis"].update(lambdas=[1.0], dumps={"mode": "none"})
-    raw["analysis"]["revert"] = {"methods": ["dpo"], "layers": [0], "modules": "all", "cells": False,
-                                 "generate": False}  # fmt: skip
+    # the DPO model and the SFT+DPO merge at lambda 1, layer 0 only
+    raw["analysis"]["revert"] = {"methods": ["dpo", "ties_lam1"], "layers": [0], "modules": "all",
+                                 "cells": False, "generate": False}  # fmt: skip
     raw["tracking"] = {"backend": "none"}
     raw.pop("export")  # the default exports synth_pku's policies; this run trains no curriculum study
     cfg = work / "config.yaml"
@@ -109,6 +110,9 @@ def test_the_persona_dag_runs_through_sft_dpo_stats_conflict_norms_merges_and_ta
     assert (results / f"merges/tiny/{dataset}/seed0/ties_lam1/config.json").is_file()
     table = (results / f"tables/tiny/{dataset}/persona.md").read_text(encoding="utf-8")
     assert all(variant in table for variant in ("base", "sft", "dpo", "ties_lam1"))
-    assert (results / f"tables/tiny/{dataset}/key_layers_dpo.md").is_file()
+    for reverted in ("dpo", "ties_lam1"):  # a fine-tune and an SFT+DPO merge, each set back layer by layer
+        assert (results / f"tables/tiny/{dataset}/key_layers_{reverted}.md").is_file()
+        sweep = json.loads((analysis / f"revert_{reverted}.json").read_text(encoding="utf-8"))
+        assert sweep["method"] == reverted and len(sweep["targets"]) > 0
     dpo = json.loads((results / f"eval/tiny/{dataset}/seed0/persona_dpo.json").read_text(encoding="utf-8"))
     assert dpo["prompt_format"] == "auto" and dpo["metrics"]["persona_margin"]["n"] > 0

@@ -62,10 +62,11 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     assert jobs["sft"] == 2 and jobs["dpo"] == 2
 
 
-def test_paper_dry_run_plans_the_full_matrix(project_root, tmp_path):
-    proc = snakemake(
-        project_root, "-n", "--configfile", str(project_root / "config/paper.yaml"), workdir=tmp_path
-    )
+def test_paper_dry_run_plans_the_full_matrix(project_root):
+    """Run from the repository root, as the README says: the paper config replaces the embedded default
+    instead of being merged over it (no tiny settings, no synthetic datasets or default exports leak in)."""
+    proc = snakemake(project_root, "-n", "--configfile", "config/paper.yaml")
+    assert "is extended by" not in proc.stdout + proc.stderr
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert jobs["split_pairs"] == 2 and jobs["load_persona"] == 2
     assert jobs["persona_pairs"] == 2 * 2 and "generate_general" not in jobs  # datasets x persona models
@@ -76,7 +77,8 @@ def test_paper_dry_run_plans_the_full_matrix(project_root, tmp_path):
     assert jobs["dpo_soup"] == (2 + 5) * 2 * 3
     assert jobs["sft"] == jobs["dpo"] == jobs["merge_sft_dpo"] == runs
     assert jobs["persona_eval"] == runs * (2 + 4)  # sft, dpo and the merges at four λ
-    assert jobs["revert_sweep"] == 2 * runs and jobs["key_layers"] == 2 * 2 * 2  # sft, dpo; no seeds
+    # sft, dpo and the SFT+DPO merge at λ 1; key layers per (model, dataset), not per seed
+    assert jobs["revert_sweep"] == 3 * runs and jobs["key_layers"] == 2 * 2 * 3
     assert jobs["weight_figures_persona"] == runs and jobs["weight_figures_adapters"] == 2 * runs
     assert jobs["dump_task_vectors_persona"] == 2 * runs and jobs["dump_task_vectors_adapters"] == 2 * runs
 

@@ -323,7 +323,13 @@ def _analysis_config(raw: dict[str, Any]) -> AnalysisConfig:
         values["revert"] = RevertConfig.from_dict(values["revert"])
     if "dumps" in values:
         values["dumps"] = DumpConfig(**values["dumps"])
-    return AnalysisConfig(**values)
+    analysis = AnalysisConfig(**values)
+    merges = analysis.merge_variants()
+    for i, method in enumerate(analysis.revert.methods):
+        if method not in ("sft", "dpo") and method not in merges:
+            raise ConfigError(f"analysis.revert.methods.{i}", "a trained variant or a configured merge",
+                              f"'{method}' is not one of sft, dpo or the merges {merges}")  # fmt: skip
+    return analysis
 
 
 def _model_spec(name: str, spec: dict[str, Any]) -> BaseModelSpec:

@@ -152,7 +152,9 @@ def study_rules(cfg: WorkflowConfig, study: str) -> list[str]:
     rules.append("persona_eval")
     if both:
         rules += ["taskvec_stats_persona", "conflict_sft_dpo", "merge_sft_dpo"]
-    if any(m in revertable_methods() for m in cfg.analysis.revert.methods if m in methods):
+    revertable = [m for m in revertable_methods() if m in methods]
+    revertable += cfg.analysis.merge_variants() if both else []  # SFT+DPO merges revert like fine-tunes
+    if any(m in revertable for m in cfg.analysis.revert.methods):
         rules.append("revert_sweep")
     return rules + (["dump_task_vectors_persona"] if dumps else [])
 
