@@ -21,7 +21,7 @@ def test_default_config_parses_with_schema_defaults(project_root):
 def test_paper_config_lists_revert_modules_and_per_class_resources(project_root):
     cfg = load_config(project_root / "config" / "paper.yaml")
     assert cfg.analysis.revert.modules == ("q", "k", "v", "o", "gate", "up", "down")
-    assert not cfg.analysis.revert.cells and cfg.analysis.revert.methods == ("sft", "dpo")
+    assert not cfg.analysis.revert.cells and cfg.analysis.revert.methods == ("sft", "dpo", "ties_lam1")
     # the class overrides the default, the rule overrides the class
     assert cfg.resources_for("training", "dpo") == {
         "gpu": 8,
