@@ -296,12 +296,15 @@ def merge_grid_outputs():
     return [directory(f"{root}/{variant}") for variant in CFG.analysis.merge_variants()]
 
 
-def get_persona_model(wildcards):
+def persona_model_dir(wildcards, variant):
     """A persona variant's weights: a training output, or a merge of SFT and DPO."""
-    v = wildcards.persona_variant
-    if v in STAGES:
-        return stage_dirs(wildcards.persona_dataset, wildcards.model, wildcards.seed, v)[0]
-    return f"results/merges/{wildcards.model}/{wildcards.persona_dataset}/seed{wildcards.seed}/{v}"
+    if variant in STAGES:
+        return stage_dirs(wildcards.persona_dataset, wildcards.model, wildcards.seed, variant)[0]
+    return f"results/merges/{wildcards.model}/{wildcards.persona_dataset}/seed{wildcards.seed}/{variant}"
+
+
+def get_persona_model(wildcards):
+    return persona_model_dir(wildcards, wildcards.persona_variant)
 
 
 def get_persona_metrics(wildcards):
@@ -324,19 +327,14 @@ def get_analysis_runs(wildcards):
 
 
 def revert_methods():
-    """Persona variants the revert sweep covers: those of analysis.revert that the study trains, and the
-    SFT+DPO merges it names when both are trained."""
-    merges = CFG.analysis.merge_variants() if sft_and_dpo_trained() else []
-    return [m for m in CFG.analysis.revert.methods if m in CFG.study("persona").methods or m in merges]
+    """Persona variants the revert sweep covers (trained ones and named SFT+DPO merges)."""
+    return CFG.revert_variants()
 
 
 def get_persona_run(wildcards):
     """The model directory a job names (its revert_method or persona_method): a training output, or an
     SFT+DPO merge."""
-    method = wildcards.get("revert_method") or wildcards.persona_method
-    if method in CFG.analysis.merge_variants():
-        return f"results/merges/{wildcards.model}/{wildcards.persona_dataset}/seed{wildcards.seed}/{method}"
-    return stage_dirs(wildcards.persona_dataset, wildcards.model, wildcards.seed, method)[0]
+    return persona_model_dir(wildcards, wildcards.get("revert_method") or wildcards.persona_method)
 
 
 def get_revert_sweeps(wildcards):

@@ -19,7 +19,7 @@ from conflux.data.specs import DatasetSpec, PersonaSplitConfig
 from conflux.data.split import SplitConfig
 from conflux.errors import ConfigError
 from conflux.export.weights import check_weights
-from conflux.methods import METHODS, STAGES, method_of, methods_of
+from conflux.methods import METHODS, STAGES, method_of, methods_of, revertable_methods
 from conflux.modeling.base_model import BaseModelSpec
 from conflux.modeling.tiny_model import TinyModelConfig
 from conflux.training.config import TrainConfig, resolve_train_config
@@ -179,6 +179,13 @@ class WorkflowConfig:
     def study(self, name: str) -> Study:
         return self.studies.get(name, Study())
 
+    def revert_variants(self) -> list[str]:
+        """The persona variants the revert sweep covers: those of ``analysis.revert.methods`` the persona
+        study trains, and the SFT+DPO merges it names when both SFT and DPO are trained."""
+        trained = self.study("persona").methods
+        merges = self.analysis.merge_variants() if {"sft", "dpo"} <= set(trained) else []
+        return [m for m in self.analysis.revert.methods if m in trained or m in merges]
+
     def train(self, method: str, dataset: str) -> TrainConfig:
         """The resolved settings of one training rule on one dataset."""
         return resolve_train_config(self.training, method, dataset)
@@ -324,11 +331,11 @@ def _analysis_config(raw: dict[str, Any]) -> AnalysisConfig:
     if "dumps" in values:
         values["dumps"] = DumpConfig(**values["dumps"])
     analysis = AnalysisConfig(**values)
-    merges = analysis.merge_variants()
+    allowed = [*revertable_methods(), *analysis.merge_variants()]
     for i, method in enumerate(analysis.revert.methods):
-        if method not in ("sft", "dpo") and method not in merges:
+        if method not in allowed:
             raise ConfigError(f"analysis.revert.methods.{i}", "a trained variant or a configured merge",
-                              f"'{method}' is not one of sft, dpo or the merges {merges}")  # fmt: skip
+                              f"'{method}' is not one of {allowed}")  # fmt: skip
     return analysis
 
 

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from conflux.analysis.sharded_writer import ShardedWriter
 from conflux.analysis.tensor_io import WeightFiles, copy_side_files
-from conflux.atomic import atomic_path
+from conflux.atomic import atomic_path, write_json
 from conflux.errors import ConfigError
 from conflux.export.weights import check_weights, weight_tag
 from conflux.modeling.base_model import base_model_dir, load_base_model, read_manifest
@@ -86,9 +86,7 @@ def write_merged(
     copy_side_files(base_dir, out_dir)
     tokenizer.save_pretrained(str(out_dir))
     config_path = out_dir / "config.json"  # a served model caches keys and values
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["use_cache"] = True
-    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_json(config_path, {**json.loads(config_path.read_text(encoding="utf-8")), "use_cache": True})
 
 
 def export_policy(
@@ -110,7 +108,7 @@ def export_policy(
             write_merged(factors, base_dir, tmp / tag / "merged", tokenizer)
             record["weights"].append({"w": list(w), "dir": tag, "adapter_rank": rank})
             log.info("%s at w=%s: adapter rank %d, merged model written", label, list(w), rank)
-        (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / RECORD, record)
     return record
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from conflux.atomic import atomic_path
 from conflux.config import RULE_CLASSES, WorkflowConfig
 from conflux.errors import ConfigError
-from conflux.methods import METHODS, STAGES, revertable_methods
+from conflux.methods import METHODS, STAGES
 from conflux.plan.arch import Arch, model_arch
 from conflux.plan.memory import (
     GIB,
@@ -152,9 +152,7 @@ def study_rules(cfg: WorkflowConfig, study: str) -> list[str]:
     rules.append("persona_eval")
     if both:
         rules += ["taskvec_stats_persona", "conflict_sft_dpo", "merge_sft_dpo"]
-    revertable = [m for m in revertable_methods() if m in methods]
-    revertable += cfg.analysis.merge_variants() if both else []  # SFT+DPO merges revert like fine-tunes
-    if any(m in revertable for m in cfg.analysis.revert.methods):
+    if cfg.revert_variants():
         rules.append("revert_sweep")
     return rules + (["dump_task_vectors_persona"] if dumps else [])
 

@@ -21,7 +21,6 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
 from peft.tuners.adalora import RankAllocator
@@ -88,6 +87,16 @@ class RankSchedule(TrainerCallback):
         for name, pattern in self.patterns.items():
             self.policy.model.peft_config[name].rank_pattern = pattern
 
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Ranks kept per adapter by the last allocation (for summary.json): kept and initial, summed."""
+        return {
+            name: {
+                "kept_rank": sum(sum(v) for v in p.values()),
+                "initial_rank": sum(len(v) for v in p.values()),
+            }
+            for name, p in self.patterns.items()
+        }
+
     # checkpoints -------------------------------------------------------------------------------------------
 
     def save(self, checkpoint: str | Path) -> None:
@@ -125,12 +134,3 @@ def quiet_pruned_ranks() -> Iterator[None]:
 def rank_schedule(policy: PreferencePolicy, trained: list[str]) -> RankSchedule | None:
     """The schedule of a policy's trained AdaLoRA adapters; None for LoRA."""
     return RankSchedule(policy, trained) if policy.adalora else None
-
-
-def allocator_summary(schedule: Any) -> dict[str, Any]:
-    """Ranks kept per adapter after the schedule (for summary.json): kept / initial."""
-    out = {}
-    for name, pattern in schedule.patterns.items():
-        kept = sum(sum(v) for v in pattern.values())
-        out[name] = {"kept_rank": kept, "initial_rank": sum(len(v) for v in pattern.values())}
-    return out

@@ -34,7 +34,7 @@ from conflux.methods import method_of, stage
 from conflux.modeling.base_model import load_base_model, read_manifest
 from conflux.modeling.policy import PreferencePolicy, load_method_policy
 from conflux.modeling.tokenize import PairBatch, Row, TokenizeSettings, collate_rows, encode_pairs, pad_id_of
-from conflux.training.adalora import RankSchedule, allocator_summary, quiet_pruned_ranks, rank_schedule
+from conflux.training.adalora import RankSchedule, quiet_pruned_ranks, rank_schedule
 from conflux.training.config import TrainConfig
 from conflux.training.objectives import Objective, StepContext, StepInputs, make_objective
 from conflux.training.parallel import (
@@ -145,6 +145,8 @@ class PreferenceTrainer(CpuFsdpMixin, Trainer):
         self.objective = objective
         self.seed = seed
         self.rank_schedule = rank_schedule  # AdaLoRA's allocators, checkpointed with the optimizer
+        if rank_schedule is not None:
+            self.add_callback(rank_schedule)  # stepped after each optimizer step
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
@@ -332,7 +334,6 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
         callbacks=[
             MetricsFile(job.work_dir / "metrics.jsonl"),
             ledger,
-            *([schedule] if schedule is not None else []),
             *tracking_callbacks(job.tracking, job.work_dir, run_name(job.out_dir)),
         ],
     )
@@ -358,7 +359,7 @@ def run_preference_job(job: PreferenceJob) -> dict[str, Any]:
         "resumed_from": Path(resume).name if resume else None,
         "train_loss": ledger.train_loss(result.training_loss, trainer.state.global_step),
         "trained_adapters": objective.trained(policy),
-        "adalora_ranks": allocator_summary(schedule) if schedule is not None else None,
+        "adalora_ranks": schedule.summary() if schedule is not None else None,
         "seconds": round(time.time() - started, 2),
     }
     # A per-dimension job (a DPO-Soup member) owns only its own adapter; the others stayed at their init.
