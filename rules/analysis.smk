@@ -1,7 +1,6 @@
 rule taskvec_stats_persona:
     input:
-        sft=train_output("sft", "persona_dataset"),
-        dpo=train_output("dpo", "persona_dataset"),
+        runs=lambda wildcards: list(get_persona_method_runs(wildcards).values()),
         manifest="results/models/{model}/manifest.json",
     output:
         "results/analysis/{model}/{persona_dataset}/seed{seed}/taskvec_stats.parquet",
@@ -15,30 +14,52 @@ rule taskvec_stats_persona:
     resources:
         **job_resources("taskvec_stats_persona"),
     params:
-        runs=lambda wildcards, input: {"sft": input.sft, "dpo": input.dpo},
+        runs=get_persona_method_runs,
         density=CFG.analysis.density,
     script:
         "../workflow/scripts/taskvec_stats.py"
 
 
-rule conflict_sft_dpo:
+rule conflict_methods:
     input:
-        sft=train_output("sft", "persona_dataset"),
-        dpo=train_output("dpo", "persona_dataset"),
+        runs=lambda wildcards: list(get_persona_method_runs(wildcards).values()),
         manifest="results/models/{model}/manifest.json",
     output:
-        "results/analysis/{model}/{persona_dataset}/seed{seed}/conflict_sft_dpo.parquet",
+        "results/analysis/{model}/{persona_dataset}/seed{seed}/conflict_methods.parquet",
     log:
-        "logs/conflict_sft_dpo/{model}/{persona_dataset}/seed{seed}.log",
+        "logs/conflict_methods/{model}/{persona_dataset}/seed{seed}.log",
     benchmark:
-        "benchmarks/conflict_sft_dpo/{model}/{persona_dataset}/seed{seed}.tsv"
+        "benchmarks/conflict_methods/{model}/{persona_dataset}/seed{seed}.tsv"
     conda:
         "../envs/conflux.yaml"
-    threads: job_threads("conflict_sft_dpo")
+    threads: job_threads("conflict_methods")
     resources:
-        **job_resources("conflict_sft_dpo"),
+        **job_resources("conflict_methods"),
     params:
-        runs=lambda wildcards, input: {"sft": input.sft, "dpo": input.dpo},
+        runs=get_persona_method_runs,
+        density=CFG.analysis.density,
+    script:
+        "../workflow/scripts/conflict_table.py"
+
+
+# CL-L2 between the datasets of the persona study (general vs ojousama vs student), per trained method.
+rule conflict_datasets:
+    input:
+        runs=lambda wildcards: list(get_dataset_runs(wildcards).values()),
+        manifest="results/models/{model}/manifest.json",
+    output:
+        "results/analysis/{model}/persona_datasets/seed{seed}/conflict_{persona_method}.parquet",
+    log:
+        "logs/conflict_datasets/{model}/seed{seed}/{persona_method}.log",
+    benchmark:
+        "benchmarks/conflict_datasets/{model}/seed{seed}/{persona_method}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("conflict_datasets")
+    resources:
+        **job_resources("conflict_datasets"),
+    params:
+        runs=get_dataset_runs,
         density=CFG.analysis.density,
     script:
         "../workflow/scripts/conflict_table.py"
@@ -178,7 +199,7 @@ rule key_layers:
 rule weight_figures_persona:
     input:
         stats="results/analysis/{model}/{persona_dataset}/seed{seed}/taskvec_stats.parquet",
-        conflict="results/analysis/{model}/{persona_dataset}/seed{seed}/conflict_sft_dpo.parquet",
+        conflict="results/analysis/{model}/{persona_dataset}/seed{seed}/conflict_methods.parquet",
     output:
         heatmap_png=report(
             "results/tables/{model}/{persona_dataset}/seed{seed}/weight_heatmaps.png",
@@ -293,3 +314,77 @@ rule dump_task_vectors_adapters:
         density=CFG.analysis.density,
     script:
         "../workflow/scripts/dump_task_vectors.py"
+
+
+rule conflict_summary_methods:
+    input:
+        unpack(get_method_conflicts),
+    output:
+        csv="results/tables/{model}/{persona_dataset}/conflict_methods.csv",
+        md="results/tables/{model}/{persona_dataset}/conflict_methods.md",
+        html=report(
+            "results/tables/{model}/{persona_dataset}/conflict_methods.html",
+            caption="../report/conflict_summary.rst",
+            category="Weight analysis",
+            subcategory="{persona_dataset} / {model}",
+            labels={"table": "CL-L2 between methods"},
+        ),
+        png=report(
+            "results/tables/{model}/{persona_dataset}/conflict_methods.png",
+            caption="../report/conflict_summary.rst",
+            category="Weight analysis",
+            subcategory="{persona_dataset} / {model}",
+            labels={"figure": "CL-L2 share between methods"},
+        ),
+        svg="results/tables/{model}/{persona_dataset}/conflict_methods.svg",
+    log:
+        "logs/conflict_summary_methods/{model}/{persona_dataset}.log",
+    benchmark:
+        "benchmarks/conflict_summary_methods/{model}/{persona_dataset}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("conflict_summary_methods")
+    resources:
+        **job_resources("conflict_summary_methods"),
+    params:
+        title="CL-L2 between training methods",
+        label=lambda wildcards: f"{wildcards.persona_dataset} / {wildcards.model}",
+    script:
+        "../workflow/scripts/conflict_summary.py"
+
+
+rule conflict_summary_datasets:
+    input:
+        unpack(get_dataset_conflicts),
+    output:
+        csv="results/tables/{model}/persona_datasets/conflict_{persona_method}.csv",
+        md="results/tables/{model}/persona_datasets/conflict_{persona_method}.md",
+        html=report(
+            "results/tables/{model}/persona_datasets/conflict_{persona_method}.html",
+            caption="../report/conflict_summary.rst",
+            category="Weight analysis",
+            subcategory="datasets / {model}",
+            labels={"table": "CL-L2 between datasets ({persona_method})"},
+        ),
+        png=report(
+            "results/tables/{model}/persona_datasets/conflict_{persona_method}.png",
+            caption="../report/conflict_summary.rst",
+            category="Weight analysis",
+            subcategory="datasets / {model}",
+            labels={"figure": "CL-L2 share between datasets ({persona_method})"},
+        ),
+        svg="results/tables/{model}/persona_datasets/conflict_{persona_method}.svg",
+    log:
+        "logs/conflict_summary_datasets/{model}/{persona_method}.log",
+    benchmark:
+        "benchmarks/conflict_summary_datasets/{model}/{persona_method}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("conflict_summary_datasets")
+    resources:
+        **job_resources("conflict_summary_datasets"),
+    params:
+        title=lambda wildcards: f"CL-L2 between datasets: {wildcards.persona_method}",
+        label=lambda wildcards: f"{', '.join(PERSONA_DATASETS_TRAINED)} / {wildcards.model}",
+    script:
+        "../workflow/scripts/conflict_summary.py"

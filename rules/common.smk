@@ -41,7 +41,7 @@ PAIR_DATASETS = sorted(n for n, d in CFG.datasets.items() if not d.is_persona)
 PERSONA_DATASETS = sorted(n for n, d in CFG.datasets.items() if d.is_persona)
 EMBEDDED_MODELS = sorted(n for n, m in CFG.models.items() if m.source == "embedded")
 SPLIT_PARTS = ["agree", "conflict", "agree_sub", "eval_conflict", "eval_agree"]
-# The two persona models that conflict_sft_dpo, taskvec_stats_persona and merge_sft_dpo compare.
+# The two persona models that merge_sft_dpo combines.
 SFT_DPO = ("sft", "dpo")
 PERSONA_PARTS = ["sft_train", "sft_eval"]
 
@@ -283,6 +283,48 @@ def sft_and_dpo_trained():
     return set(SFT_DPO) <= set(CFG.study("persona").methods)
 
 
+def persona_trained():
+    """The persona study's trained variants (sft, dpo, sft_dpo as configured), in registry order."""
+    return variants("persona", CFG.study("persona").methods)
+
+
+def compares_methods():
+    """Whether the persona study trains two or more methods, which its stats and CL-L2 tables compare."""
+    return len(persona_trained()) >= 2
+
+
+def compares_datasets():
+    """Whether the persona study has two or more datasets, which the dataset-vs-dataset CL-L2 compares."""
+    return len(CFG.study("persona").datasets) >= 2
+
+
+PERSONA_DATASETS_TRAINED = list(CFG.study("persona").datasets)
+
+
+def get_persona_method_runs(wildcards):
+    """The trained persona runs of one (model, dataset, seed), by method: what the stats and CL-L2 compare."""
+    ds, model, seed = wildcards.persona_dataset, wildcards.model, wildcards.seed
+    return {v: stage_dirs(ds, model, seed, v)[0] for v in persona_trained()}
+
+
+def get_dataset_runs(wildcards):
+    """One persona method's runs on every dataset of the persona study, by dataset (dataset-vs-dataset CL-L2)."""
+    return {
+        ds: stage_dirs(ds, wildcards.model, wildcards.seed, wildcards.persona_method)[0]
+        for ds in PERSONA_DATASETS_TRAINED
+    }
+
+
+def get_method_conflicts(wildcards):
+    root = f"results/analysis/{wildcards.model}/{wildcards.persona_dataset}"
+    return {f"seed{seed}": f"{root}/seed{seed}/conflict_methods.parquet" for seed in CFG.seeds}
+
+
+def get_dataset_conflicts(wildcards):
+    root = f"results/analysis/{wildcards.model}/persona_datasets"
+    return {f"seed{s}": f"{root}/seed{s}/conflict_{wildcards.persona_method}.parquet" for s in CFG.seeds}
+
+
 def persona_variants():
     """Trained persona variants, and the SFT+DPO merges when both are trained."""
     trained = variants("persona", CFG.study("persona").methods)
@@ -361,12 +403,12 @@ def analysis_outputs(study_name, dataset, model, seed):
     root = f"results/analysis/{model}/{dataset}/seed{seed}"
     figures = f"results/tables/{model}/{dataset}/seed{seed}"
     if study_name == "persona":
-        dumps = dump_outputs(variants("persona", CFG.study("persona").methods), dataset, model, seed)
-        if not sft_and_dpo_trained():
+        dumps = dump_outputs(persona_trained(), dataset, model, seed)
+        if not compares_methods():
             return dumps
         return [
             f"{root}/taskvec_stats.parquet",
-            f"{root}/conflict_sft_dpo.parquet",
+            f"{root}/conflict_methods.parquet",
             *_figures(figures),
             *dumps,
         ]
@@ -400,7 +442,8 @@ def evaluation_outputs(study_name, dataset, model):
     kinds = ("csv", "md", "html", "png", "svg")  # every file a table rule writes is a target of the run
     if study_name == "persona":
         key_layers = [f"{tables}/key_layers_{m}.{ext}" for m in revert_methods() for ext in kinds]
-        return [*(f"{tables}/persona.{ext}" for ext in kinds[:3]), *key_layers, *curves]
+        conflicts = [f"{tables}/conflict_methods.{ext}" for ext in kinds] if compares_methods() else []
+        return [*(f"{tables}/persona.{ext}" for ext in kinds[:3]), *key_layers, *conflicts, *curves]
     if not eval_variants():
         return []
     methods = CFG.study("curriculum").methods
@@ -436,4 +479,19 @@ def get_final_output():
                     if study_name == "curriculum":
                         targets += export_outputs(dataset, model, seed)
                 targets += evaluation_outputs(study_name, dataset, model)
+    targets += dataset_conflict_outputs()
     return sorted(set(targets))
+
+
+def dataset_conflict_outputs():
+    """CL-L2 between the persona study's datasets, per trained method: per seed, and the tables over seeds."""
+    if not compares_datasets():
+        return []
+    targets = []
+    for model in CFG.study("persona").models:
+        for method in persona_trained():
+            targets += [f"results/tables/{model}/persona_datasets/conflict_{method}.{ext}"
+                        for ext in ("csv", "md", "html", "png", "svg")]  # fmt: skip
+            targets += [f"results/analysis/{model}/persona_datasets/seed{seed}/conflict_{method}.parquet"
+                        for seed in CFG.seeds]  # fmt: skip
+    return targets

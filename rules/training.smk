@@ -309,3 +309,52 @@ rule dpo:
         keep_checkpoints=CFG.keep_checkpoints,
     script:
         "../workflow/scripts/train_trl.py"
+
+
+# SFT→DPO (registry: sft_dpo): DPO from the SFT model of the same seed, whose log-probs are its reference.
+rule reference_logps_sft_dpo:
+    input:
+        data=pairs_part("train"),
+        manifest="results/models/{model}/manifest.json",
+        init=train_output("sft", "persona_dataset"),
+    output:
+        "results/reference/{model}/{persona_dataset}/seed{seed}/sft_dpo_train.parquet",
+    log:
+        "logs/reference_logps_sft_dpo/{model}/{persona_dataset}/seed{seed}.log",
+    benchmark:
+        "benchmarks/reference_logps_sft_dpo/{model}/{persona_dataset}/seed{seed}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("reference_logps_sft_dpo")
+    resources:
+        **job_resources("reference_logps_sft_dpo"),
+    params:
+        train=train_params("sft_dpo"),
+        batch_size=CFG.reference_batch_size,
+    script:
+        "../workflow/scripts/reference_logps_dpo.py"
+
+
+rule sft_dpo:
+    input:
+        data=pairs_part("train"),
+        manifest="results/models/{model}/manifest.json",
+        init=train_output("sft", "persona_dataset"),
+        reference="results/reference/{model}/{persona_dataset}/seed{seed}/sft_dpo_train.parquet",
+    output:
+        directory(train_output("sft_dpo", "persona_dataset")),
+    log:
+        "logs/sft_dpo/{model}/{persona_dataset}/seed{seed}.log",
+    benchmark:
+        "benchmarks/sft_dpo/{model}/{persona_dataset}/seed{seed}.tsv"
+    conda:
+        "../envs/conflux.yaml"
+    threads: job_threads("sft_dpo")
+    resources:
+        **job_resources("sft_dpo"),
+    params:
+        train=train_params("sft_dpo"),
+        work_dir=checkpoint_dir,
+        keep_checkpoints=CFG.keep_checkpoints,
+    script:
+        "../workflow/scripts/train_trl.py"

@@ -112,3 +112,33 @@ def test_conflict_tables_reject_bad_input() -> None:
         pairwise_conflict_table(sources(), pairs=[("t1", "t9")], density=0.2)
     with pytest.raises(ConfluxError, match="weights"):
         elected_conflict_table(sources(), weights=[1.0], density=0.2)
+
+
+def test_conflict_summary_equals_the_norms_of_the_concatenated_task_vectors() -> None:
+    """The summary's 'all' row of a pair is CL-L2 of the whole (concatenated, per-parameter trimmed) task
+    vectors; per module the same over that module's parameters; the mean row averages the seeds."""
+    from conflux.analysis.conflict_tables import conflict_summary
+
+    params = ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.q_proj.weight",
+              "model.layers.0.mlp.up_proj.weight")  # fmt: skip
+    frames, taus = {}, {}
+    for seed in (0, 1):
+        gen = torch.Generator().manual_seed(seed)
+        taus[seed] = {s: {p: torch.randn(4, 6, generator=gen) for p in params} for s in "xy"}
+        named = {s: TensorTaskVectors(s, t) for s, t in taus[seed].items()}
+        frames[seed] = pairwise_conflict_table(named, density=0.5)
+    table = conflict_summary(frames)
+    for seed in (0, 1):
+        for module, chosen in (("all", params), ("q", params[:2]), ("up", params[2:])):
+            row = table[(table["seed"] == seed) & (table["module"] == module)].iloc[0]
+            parts = [pairwise_conflict(taus[seed]["x"][p], taus[seed]["y"][p], density=0.5) for p in chosen]
+            l2_x = math.sqrt(sum(p["l2_a"] ** 2 for p in parts))
+            cl_x = math.sqrt(sum(p["cl_l2_a"] ** 2 for p in parts))
+            assert row["l2_a"] == pytest.approx(l2_x, rel=1e-6)
+            assert row["cl_l2_a"] == pytest.approx(cl_x, rel=1e-6)
+            assert row["share_a"] == pytest.approx(cl_x / l2_x, rel=1e-6)
+            fraction = sum(p["conflict_fraction"] for p in parts) / len(parts)  # equal sizes: plain mean
+            assert row["conflict_fraction"] == pytest.approx(fraction, rel=1e-6)
+    mean = table[(table["seed"] == "mean") & (table["module"] == "all")].iloc[0]
+    per_seed = table[(table["seed"] != "mean") & (table["module"] == "all")]
+    assert mean["share_b"] == pytest.approx(per_seed["share_b"].mean(), rel=1e-9)

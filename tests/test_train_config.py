@@ -45,6 +45,42 @@ def test_panacea_is_adalora_and_its_lora_variant_is_not():
         resolve_train_config({"methods": {"panacea": {"distributed": "fsdp"}}}, "panacea", "x")
 
 
+def test_sft_dpo_trains_with_dpos_settings_unless_told_otherwise():
+    raw = {
+        "training": {"beta": 0.1},
+        "methods": {"dpo": {"finetune": "full", "learning_rate": 1e-3, "beta": 0.2}},
+    }
+    sft_dpo = resolve_train_config(raw, "sft_dpo", "x")
+    assert (sft_dpo.finetune, sft_dpo.learning_rate, sft_dpo.beta) == ("full", 1e-3, 0.2)
+    raw["methods"]["sft_dpo"] = {"learning_rate": 5e-4}
+    assert resolve_train_config(raw, "sft_dpo", "x").learning_rate == 5e-4  # its own word is last
+    assert resolve_train_config(raw, "dpo", "x").learning_rate == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("sft", "sft_dpo", "ok"),
+    [
+        ({"finetune": "lora"}, {"finetune": "lora"}, True),
+        ({"finetune": "full"}, {"finetune": "full"}, True),
+        ({"finetune": "lora"}, {"finetune": "full"}, True),  # the SFT adapter merged, then full DPO
+        ({"finetune": "full"}, {"finetune": "lora"}, False),  # no adapter to continue
+        ({"finetune": "lora", "lora": {"r": 4}}, {"finetune": "lora", "lora": {"r": 8}}, False),
+    ],
+)
+def test_sft_dpo_with_lora_continues_an_sft_adapter_of_the_same_shape(
+    project_root, tmp_path, sft, sft_dpo, ok
+):
+    raw = yaml.safe_load((project_root / "config/config.yaml").read_text())
+    raw["methods"].update(sft=sft, sft_dpo=sft_dpo)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    if ok:
+        load_config(path)
+        return
+    with pytest.raises(ConfigError, match=r"methods\.sft_dpo\.finetune.*continues the sft adapter"):
+        load_config(path)
+
+
 def test_global_batch_becomes_gradient_accumulation():
     cfg = resolve_train_config(RAW, "panacea", "pku")
     assert cfg.gradient_accumulation(1) == 4 and cfg.gradient_accumulation(4) == 1
@@ -71,6 +107,12 @@ def test_full_fine_tuning_is_refused_for_the_adapter_methods():
         (lambda c: c["training"].update(learning_rate=0), "training", "exclusiveMinimum"),
         (lambda c: c["methods"].update(dpo_soup={"lora": {"r": 0}}), "methods.dpo_soup", "minimum"),
         (lambda c: c["methods"].update(grpo={}), "methods", "additionalProperties"),
+        (lambda c: c["datasets"]["general"].update(general="g.csv"), "datasets.general.general", "const"),
+        (
+            lambda c: c["datasets"].update(persona_datasets=c["datasets"]["general"]),
+            "datasets.persona_datasets",
+            "reserved",
+        ),
         (
             lambda c: c["studies"]["curriculum"].update(methods=["sft"]),
             "studies.curriculum.methods.0",

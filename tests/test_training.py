@@ -394,6 +394,39 @@ def test_trl_job_resumes_and_says_so(ws):
     assert again["train_loss"] == pytest.approx(first["train_loss"], rel=1e-6)
 
 
+def test_sft_dpo_with_lora_continues_the_sft_adapter_against_the_sft_model(ws):
+    """SFT→DPO on LoRA: the DPO job loads the SFT adapter trainable and its cached reference is the SFT
+    model's (TRL's pass over the same PeftModel). With a learning rate too small to move a weight, policy =
+    reference at every step, so the DPO loss is exactly log 2 and the saved adapter is the SFT adapter;
+    a real run moves it, and saves only its own adapter (not TRL's frozen "ref" copy)."""
+    from conflux.training.trl_jobs import TrlJob, run_trl_job
+    from conflux.training.trl_reference import trl_reference_job
+
+    lora = replace(CFG, finetune="lora", max_steps=2, batch_size=8, per_device_batch_size=8, logging_steps=1)
+    common = {"manifest": ws / "manifest.json", "seed": 0}
+    sft = TrlJob(method="sft", data=ws / "sft_rows.parquet", out_dir=ws / "out/lora_sft",
+                 work_dir=ws / "ckpt/lora_sft", cfg=lora, **common)  # fmt: skip
+    run_trl_job(sft)
+    reference = ws / "ref_sft_dpo.parquet"
+    trl_reference_job(ws / "dpo_pairs.parquet", ws / "manifest.json", reference, lora, batch_size=16,
+                      init=sft.out_dir)  # fmt: skip
+    sft_adapter = load_file(sft.out_dir / "model/adapter_model.safetensors")
+    outputs = {}
+    for name, lr in (("still", 1e-30), ("moved", lora.learning_rate)):
+        job = TrlJob(method="sft_dpo", data=ws / "dpo_pairs.parquet", out_dir=ws / f"out/sft_dpo_{name}",
+                     work_dir=ws / f"ckpt/sft_dpo_{name}", cfg=replace(lora, learning_rate=lr),
+                     reference=reference, init=sft.out_dir, **common)  # fmt: skip
+        outputs[name] = (run_trl_job(job), job.out_dir / "model")
+    summary, still = outputs["still"]
+    assert summary["train_loss"] == pytest.approx(np.log(2), abs=1e-5)
+    assert sorted(p.name for p in still.iterdir() if p.is_dir()) == []  # no "ref" adapter saved
+    assert same(load_file(still / "adapter_model.safetensors"), sft_adapter)
+    moved = load_file(outputs["moved"][1] / "adapter_model.safetensors")
+    assert moved.keys() == sft_adapter.keys() and not same(moved, sft_adapter)
+    base, _ = load_base_model(ws / "manifest.json", dtype="float32")
+    assert PeftModel.from_pretrained(base, str(outputs["moved"][1])).active_adapter == "default"
+
+
 # ---- several processes ----------------------------------------------------------------------------------
 
 

@@ -28,9 +28,10 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     )
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert jobs["load_pairs"] == 2 and jobs["split_pairs"] == 2
-    assert jobs["load_persona"] == 2
-    # persona DPO pairs per (model, dataset); the bundled general file holds the rejected replies
-    assert jobs["persona_pairs"] == 2 and "generate_general" not in jobs
+    assert jobs["load_persona"] == 3  # the general set and the two persona sets
+    # persona DPO pairs per (model, dataset); the bundled general file holds the persona sets' rejected
+    # replies, the base model generates the general set's (its own greedy replies)
+    assert jobs["persona_pairs"] == 3 and jobs["generate_general"] == 1
     assert jobs["build_tiny_model"] == 1 and jobs["base_model_manifest"] == 1
     # Reference log-probs once per (model, split part): 1 model x 2 datasets x 3 parts (agree, conflict,
     # eval_conflict),
@@ -47,19 +48,24 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     assert jobs["ablation"] == 2  # the curriculum's stages, per dataset
     assert jobs["figure3"] == 1  # helpfulness against each dimension, synth_hs2
     assert jobs["length_bias"] == 2  # Appendix C, per pair dataset
-    # persona variants per dataset: sft, dpo and the TIES merges at lambda 0.5 and 1
-    assert jobs["persona_eval_base"] == 2 and jobs["persona_eval"] == 2 * 4 and jobs["persona_table"] == 2
+    # persona variants per dataset: sft, dpo, sft_dpo and the TIES merges at lambda 0.5 and 1
+    assert jobs["persona_eval_base"] == 3 and jobs["persona_eval"] == 3 * 5 and jobs["persona_table"] == 3
     # one merge job per (dataset, seed): SFT and DPO are merged once and scaled to each λ of the grid
-    assert jobs["merge_sft_dpo"] == 2 and jobs["taskvec_stats_persona"] == jobs["conflict_sft_dpo"] == 2
+    assert jobs["merge_sft_dpo"] == 3 and jobs["taskvec_stats_persona"] == jobs["conflict_methods"] == 3
+    assert jobs["conflict_summary_methods"] == 3  # per dataset, over seeds
+    # CL-L2 between the three datasets: per (model, seed, method), and its table per (model, method)
+    assert jobs["conflict_datasets"] == jobs["conflict_summary_datasets"] == 3
     assert jobs["taskvec_stats_adapters"] == jobs["conflict_dims"] == 2 * 2  # stage 3 and DPO-Soup
-    assert jobs["weight_figures_persona"] == 2 and jobs["weight_figures_adapters"] == 2 * 2
-    # task-vector dumps: SFT and DPO of each persona set; stage 3 and DPO-Soup adapters of each pair set
-    assert jobs["dump_task_vectors_persona"] == 2 * 2 and jobs["dump_task_vectors_adapters"] == 2 * 2
-    assert jobs["revert_sweep"] == jobs["key_layers"] == 2  # analysis.revert.methods: [dpo]
+    assert jobs["weight_figures_persona"] == 3 and jobs["weight_figures_adapters"] == 2 * 2
+    # task-vector dumps: SFT, DPO and SFT→DPO of each persona study dataset; stage 3 and DPO-Soup adapters
+    assert jobs["dump_task_vectors_persona"] == 3 * 3 and jobs["dump_task_vectors_adapters"] == 2 * 2
+    assert jobs["revert_sweep"] == jobs["key_layers"] == 3  # analysis.revert.methods: [dpo]
     for rule in ("curriculum_stage1", "curriculum_stage2", "curriculum_stage3", "panacea"):
         assert jobs[rule] == 2
     assert jobs["dpo_soup"] == 2 + 5  # one job per dimension: k=2 and k=5
-    assert jobs["sft"] == 2 and jobs["dpo"] == 2
+    assert jobs["sft"] == jobs["dpo"] == jobs["sft_dpo"] == 3
+    # DPO's reference: the base model's, once per (model, dataset); SFT→DPO's: its SFT model's, per seed
+    assert jobs["reference_logps_dpo"] == jobs["reference_logps_sft_dpo"] == 3
 
 
 def test_paper_dry_run_plans_the_full_matrix(project_root):
@@ -68,19 +74,26 @@ def test_paper_dry_run_plans_the_full_matrix(project_root):
     proc = snakemake(project_root, "-n", "--configfile", "config/paper.yaml")
     assert "is extended by" not in proc.stdout + proc.stderr
     jobs = planned_jobs(proc.stdout + proc.stderr)
-    assert jobs["split_pairs"] == 2 and jobs["load_persona"] == 2
-    assert jobs["persona_pairs"] == 2 * 2 and "generate_general" not in jobs  # datasets x persona models
+    assert jobs["split_pairs"] == 2 and jobs["load_persona"] == 3
+    assert jobs["persona_pairs"] == 3 * 2  # datasets x persona models
+    assert jobs["generate_general"] == 2  # the general set's rejected replies, per persona model
     assert jobs["base_model_manifest"] == 4 and "build_tiny_model" not in jobs
     runs = 2 * 2 * 3  # datasets x models x seeds
+    persona_runs = 3 * 2 * 3  # general, ojousama, student x models x seeds
     assert jobs["reference_logps"] == 2 * 2 * 3  # models x datasets x parts, not per seed
     assert jobs["curriculum_stage1"] == jobs["curriculum_stage3"] == jobs["panacea"] == runs
     assert jobs["dpo_soup"] == (2 + 5) * 2 * 3
-    assert jobs["sft"] == jobs["dpo"] == jobs["merge_sft_dpo"] == runs
-    assert jobs["persona_eval"] == runs * (2 + 4)  # sft, dpo and the merges at four λ
+    assert jobs["sft"] == jobs["dpo"] == jobs["sft_dpo"] == jobs["merge_sft_dpo"] == persona_runs
+    assert jobs["persona_eval"] == persona_runs * (3 + 4)  # sft, dpo, sft_dpo and the merges at four λ
     # sft, dpo and the SFT+DPO merge at λ 1; key layers per (model, dataset), not per seed
-    assert jobs["revert_sweep"] == 3 * runs and jobs["key_layers"] == 2 * 2 * 3
-    assert jobs["weight_figures_persona"] == runs and jobs["weight_figures_adapters"] == 2 * runs
-    assert jobs["dump_task_vectors_persona"] == 2 * runs and jobs["dump_task_vectors_adapters"] == 2 * runs
+    assert jobs["revert_sweep"] == 3 * persona_runs and jobs["key_layers"] == 3 * 2 * 3
+    assert jobs["weight_figures_persona"] == persona_runs and jobs["weight_figures_adapters"] == 2 * runs
+    assert (
+        jobs["dump_task_vectors_persona"] == 3 * persona_runs
+        and jobs["dump_task_vectors_adapters"] == 2 * runs
+    )
+    assert jobs["conflict_datasets"] == 2 * 3 * 3  # models x seeds x methods
+    assert jobs["conflict_summary_datasets"] == 2 * 3  # models x methods
 
 
 def test_lint_is_clean(project_root):
@@ -405,9 +418,10 @@ def test_run_writes_task_vector_stats_conflict_tables_and_merges(small_run):
 
     persona = small_run / "results/analysis/tiny/persona_ojousama/seed0"
     stats = pd.read_parquet(persona / "taskvec_stats.parquet")
-    assert set(stats["model"]) == {"sft", "dpo"} and (stats["l2"] > 0).any()
-    conflict = pd.read_parquet(persona / "conflict_sft_dpo.parquet")
-    assert ((conflict["a"] == "sft") & (conflict["b"] == "dpo")).all()
+    assert set(stats["model"]) == {"sft", "dpo", "sft_dpo"} and (stats["l2"] > 0).any()
+    conflict = pd.read_parquet(persona / "conflict_methods.parquet")
+    pairs = {("sft", "dpo"), ("sft", "sft_dpo"), ("dpo", "sft_dpo")}
+    assert set(zip(conflict["a"], conflict["b"], strict=True)) == pairs
     assert ((conflict["share_a"] >= 0) & (conflict["share_a"] <= 1)).all()
     dims = pd.read_parquet(small_run / "results/analysis/tiny/synth_hs2/seed0/conflict_dims_dpo_soup.parquet")
     assert len({(a, b) for a, b in zip(dims["a"], dims["b"], strict=True)}) == 10  # every dim pair of k=5
@@ -445,7 +459,7 @@ def test_run_dumps_the_task_vectors_that_duckdb_reads_back_as_the_stats(small_ru
     import pandas as pd
 
     persona = small_run / "results/dumps/tiny/persona_ojousama/seed0"
-    assert sorted(p.name for p in persona.iterdir()) == ["dpo", "sft"]
+    assert sorted(p.name for p in persona.iterdir()) == ["dpo", "sft", "sft_dpo"]
     adapters = small_run / "results/dumps/tiny/synth_hs2/seed0"
     assert sorted(p.name for p in adapters.iterdir()) == ["curriculum_stage3", "dpo_soup"]
     assert json.loads((adapters / "dpo_soup/_dump.json").read_text())["sources"] == [

@@ -35,7 +35,9 @@ class Stage:
     method column of the evaluation records. ``objective`` is the objective the preference trainer runs
     (:data:`conflux.training.objectives.OBJECTIVES`) or, for TRL, its trainer (``sft`` or ``dpo``).
     ``output`` is the directory under ``results/train/<model>/<dataset>/seed<seed>/``; ``{dim}`` in it makes
-    one job per preference dimension.
+    one job per preference dimension. ``init``: the training rule of another method whose trained model this
+    stage starts from and, for DPO, takes as its reference (SFT→DPO starts from SFT); a method's later stages
+    start from its earlier ones without saying so.
     """
 
     rule: str
@@ -43,6 +45,7 @@ class Stage:
     output: str
     trains: str
     trainer: str = PREFERENCE
+    init: str | None = None
 
     @property
     def per_dimension(self) -> bool:
@@ -60,6 +63,8 @@ class Method:
     length-controlled curriculum) appears in the analyses that are about it.
     ``settings``: training settings of the method, under the config's ``methods.<rule>`` (a variant's point).
     ``varies``: the compared method a variant changes one thing of; the ablation table sets them side by side.
+    ``settings_from``: a training rule whose ``methods.<rule>`` settings apply before the method's own
+    (SFT→DPO trains as DPO does unless the config says otherwise).
     Every stage is evaluated: a curriculum stage, Panacea or DPO-Soup as a policy at w (the soup's k jobs
     together), a persona model with the persona metrics.
     """
@@ -74,6 +79,7 @@ class Method:
     compared: bool = True
     settings: tuple[tuple[str, object], ...] = ()
     varies: str | None = None
+    settings_from: str | None = None
 
     @property
     def rules(self) -> tuple[str, ...]:
@@ -139,6 +145,14 @@ METHODS: dict[str, Method] = {
         # The persona study's fine-tunes through TRL (full fine-tuning or LoRA by config).
         Method("sft", "persona", (Stage("sft", "sft", "sft", trains="model", trainer=TRL),), revertable=True),
         Method("dpo", "persona", (Stage("dpo", "dpo", "dpo", trains="model", trainer=TRL),), revertable=True),
+        # SFT→DPO (the thesis's sequential combination): DPO from the SFT model, which is also its reference.
+        Method(
+            "sft_dpo",
+            "persona",
+            (Stage("sft_dpo", "dpo", "sft_dpo", trains="model", trainer=TRL, init="sft"),),
+            revertable=True,
+            settings_from="dpo",
+        ),
     )
 }
 STAGES: dict[str, Stage] = {s.rule: s for m in METHODS.values() for s in m.stages}

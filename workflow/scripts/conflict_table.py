@@ -1,4 +1,5 @@
-# Shared by conflict_sft_dpo (SFT vs DPO) and conflict_dims (dim_i vs dim_j adapters).
+# Shared by conflict_methods (SFT vs DPO vs SFT→DPO), conflict_datasets (dataset vs dataset, one method) and
+# conflict_dims (dim_i vs dim_j adapters).
 from _bootstrap import start
 
 start(snakemake)

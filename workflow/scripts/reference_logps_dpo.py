@@ -1,3 +1,4 @@
+# Shared by reference_logps_dpo (the base model) and reference_logps_sft_dpo (the SFT model: init).
 from _bootstrap import start
 
 start(snakemake)
@@ -11,4 +12,5 @@ trl_reference_job(
     snakemake.output[0],
     train_config_from_dict(snakemake.params.train),
     batch_size=snakemake.params.batch_size,
+    init=snakemake.input.get("init"),
 )

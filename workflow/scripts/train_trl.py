@@ -1,4 +1,4 @@
-# Shared by the sft and dpo rules of the persona study; the rule names the stage (and so the TRL trainer).
+# Shared by the sft, dpo and sft_dpo rules of the persona study; the rule names the stage (its TRL trainer).
 from pathlib import Path
 
 from _bootstrap import start
@@ -23,6 +23,7 @@ train_job(
         # from the config, not params, like resume: turning tracking on reruns nothing
         tracking=tracking_for(snakemake.config["tracking"], snakemake.rule),
         reference=Path(snakemake.input.reference) if snakemake.input.get("reference") else None,
+        init=Path(snakemake.input.init) if snakemake.input.get("init") else None,  # sft_dpo: the SFT run
     ),
     gpus=snakemake.resources.get("gpus_per_node", snakemake.resources.get("gpu", 0)),
     nodes=snakemake.resources.get("nodes", 1),

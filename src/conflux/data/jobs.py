@@ -92,7 +92,7 @@ def load_persona_job(
     stats and a file that matches nothing fails at once.
     """
     source = resolve_path(spec.path)
-    sft, persona_file = read_persona(source, persona=spec.persona, offline=offline)
+    sft, persona_file = read_persona(source, persona=spec.persona_name, offline=offline)
     files: dict[str, dict] = {"persona": persona_file}
     if spec.generates_general:
         files["general"] = {"generate": True}
@@ -108,7 +108,7 @@ def load_persona_job(
         write_sft(outputs[name], parts[name])
     for role, info in files.items():
         log.info("%s: %s file %s", spec.name, role, info)
-    write_json(stats_out, {"dataset": spec.name, "persona": spec.persona, "files": files, **stats})
+    write_json(stats_out, {"dataset": spec.name, "persona": spec.persona_name, "files": files, **stats})
 
 
 def persona_pairs_job(

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PERSONA_KINDS = ("persona",)
+# The persona study's kinds: a persona set (persona replies preferred over general ones) and a general set
+# (its own replies preferred over the base model's greedy ones, SPIN's pairing: Chen et al., 2024).
+PERSONA_KINDS = ("persona", "general")
 GENERATE = "generate"  # general: generate
+GENERAL_PERSONA = "general"  # the persona column of a general set's rows; it has no marker lexicon
 
 
 @dataclass(frozen=True)
@@ -34,12 +37,18 @@ class DatasetSpec:
     def generates_general(self) -> bool:
         """A persona dataset whose general (rejected) replies the base model generates: ``general: generate``,
         also the default when no general file is given (real persona data, like OjousamaTalkScriptDataset,
-        has none)."""
+        has none), and always for the general set (its rejected replies are the base model's own)."""
         return self.is_persona and self.general in (None, GENERATE)
 
     @property
     def is_persona(self) -> bool:
+        """A dataset of the persona study (a persona set or the general set)."""
         return self.kind in PERSONA_KINDS
+
+    @property
+    def persona_name(self) -> str:
+        """The persona of the rows: the configured one, or ``general`` for the general set."""
+        return GENERAL_PERSONA if self.kind == "general" else str(self.persona)
 
     @property
     def k(self) -> int:

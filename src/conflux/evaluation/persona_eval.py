@@ -34,6 +34,7 @@ import numpy as np
 from conflux.atomic import write_json
 from conflux.data.pairs import read_pairs, read_sft
 from conflux.data.persona_text import PERSONA_MARKERS
+from conflux.data.specs import GENERAL_PERSONA
 from conflux.errors import ConfluxError, DataError
 from conflux.evaluation.persona_markers import count_markers, style_summary
 from conflux.modeling.base_model import read_manifest, to_work_device, working_dtype
@@ -123,7 +124,7 @@ def evaluate_variant(
 
     No prompts: no generation (the style metrics then have n = 0), e.g. for a sweep that scores pairs only.
     """
-    if persona not in lexicon:
+    if persona not in lexicon and persona != GENERAL_PERSONA:  # the general set has no markers of its own
         raise ConfluxError(f"no marker lexicon for persona {persona!r}; known: {sorted(lexicon)}")
     answers = generate(model, tokenizer, prompts, gen, max_length=settings.max_length) if prompts else []
     counts = {

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from conflux.data.specs import GENERAL_PERSONA
 from conflux.errors import ConfluxError, DataError
 from conflux.evaluation.bootstrap import (
     Estimate,
@@ -189,6 +190,12 @@ def persona_table_job(
         "Perplexity: exp(total NLL / total tokens) of the held-out replies given their prompt.",
         interval_note(resamples, level, seed, over="held-out prompts and pairs", rows="variant"),
     ]
+    if persona == GENERAL_PERSONA:
+        general = (
+            "The general set: its 'persona' reply is the data's own reply and its 'general' reply the base "
+            "model's greedy one (SPIN's pairing); the style columns check that no persona markers appear."
+        )
+        notes.insert(1, general)
     mean_rows = (table["seed"] == MEAN) | (table["seeds"] == 0)  # seeds = 0: the data's own replies
     sections = [
         ("Mean over seeds", _view(table[mean_rows], persona)),
@@ -213,7 +220,7 @@ def _view(table: pd.DataFrame, persona: str, with_seed: bool = False) -> pd.Data
         return [fmt_estimate(*v) for v in table[[col, f"{col}_ci_low", f"{col}_ci_high"]].to_numpy()]
 
     styles = [c.removesuffix("_share") for c in table.columns if c.endswith("_share")]
-    for style in [persona, *(s for s in styles if s != persona)]:
+    for style in [*(s for s in styles if s == persona), *(s for s in styles if s != persona)]:
         out[f"{style} share"] = est(f"{style}_share")
         out[f"{style} markers"] = est(f"{style}_markers")
     for col, name in (

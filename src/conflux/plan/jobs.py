@@ -55,6 +55,7 @@ GPU_MEMORY_GB = {
 SCORING = (
     "reference_logps",
     "reference_logps_dpo",
+    "reference_logps_sft_dpo",
     "evaluate_method",
     "persona_eval_base",
     "persona_eval",
@@ -145,16 +146,27 @@ def study_rules(cfg: WorkflowConfig, study: str) -> list[str]:
         if cfg.export.weights and cfg.export.methods:
             rules.append("export_policy")
         return rules
-    both = {"sft", "dpo"} <= set(methods)
     rules = ["persona_eval_base"]
-    for m in methods:
-        rules += ["reference_logps_dpo", "dpo"] if m == "dpo" else list(METHODS[m].rules)
+    for m in methods:  # a DPO's cached reference: the base model's, or (SFT→DPO) its SFT model's
+        reference = {"dpo": "reference_logps_dpo", "sft_dpo": "reference_logps_sft_dpo"}.get(m)
+        rules += [*([reference] if reference else []), *METHODS[m].rules]
     rules.append("persona_eval")
-    if both:
-        rules += ["taskvec_stats_persona", "conflict_sft_dpo", "merge_sft_dpo"]
+    if len(methods) >= 2:
+        rules += ["taskvec_stats_persona", "conflict_methods"]
+    if {"sft", "dpo"} <= set(methods):
+        rules.append("merge_sft_dpo")
     if cfg.revert_variants():
         rules.append("revert_sweep")
     return rules + (["dump_task_vectors_persona"] if dumps else [])
+
+
+def across_datasets(cfg: WorkflowConfig, study: str, dataset: str) -> list[str]:
+    """Rules over all datasets of a study (CL-L2 between the persona datasets, per method), planned once:
+    listed with the study's first dataset."""
+    datasets = cfg.study(study).datasets
+    if study != "persona" or len(datasets) < 2 or dataset != datasets[0]:
+        return []
+    return ["conflict_datasets"]
 
 
 def _estimate(
@@ -166,13 +178,18 @@ def _estimate(
     if rule in ("taskvec_stats_adapters", "conflict_dims", "dump_task_vectors_adapters"):
         return analysis_estimate(arch, rule, adapters=True)
     if RULE_CLASSES.get(rule) == "analysis":
-        return analysis_estimate(arch, rule, adapters=False, lambdas=len(cfg.analysis.lambdas))
+        sources = len(
+            cfg.study("persona").datasets if rule == "conflict_datasets" else cfg.study("persona").methods
+        )
+        return analysis_estimate(
+            arch, rule, adapters=False, lambdas=len(cfg.analysis.lambdas), sources=sources
+        )
     if rule not in SCORING:
         method = next(m for m in METHODS.values() if rule in m.rules)
         return training_estimate(arch, cfg.train(rule, dataset), rule, spec.k, method.shared, devices, gpu)
     # scoring: the tokenization of the training it serves (the persona DPO's, the preference methods')
     settings = cfg.train("dpo" if spec.is_persona else "curriculum_stage1", dataset)
-    if rule in ("reference_logps", "reference_logps_dpo"):
+    if rule in ("reference_logps", "reference_logps_dpo", "reference_logps_sft_dpo"):
         return scoring_estimate(
             arch, dtype, pairs=cfg.reference_batch_size, max_length=settings.max_length, gpu=gpu
         )
@@ -215,7 +232,8 @@ def plan_rows(cfg: WorkflowConfig, results: str | Path = "results") -> list[Plan
             arch, arch_from = arches[model]
             for dataset in cfg.study(study).datasets:
                 generates = cfg.datasets[dataset].generates_general  # its general replies: a GPU job
-                for rule in (["generate_general"] if generates else []) + study_rules(cfg, study):
+                across = across_datasets(cfg, study, dataset)
+                for rule in (["generate_general"] if generates else []) + study_rules(cfg, study) + across:
                     if rule == "export_policy" and dataset not in cfg.export.weights:
                         continue
                     device, devices, limit, limit_from = device_limit(

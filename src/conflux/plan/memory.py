@@ -29,11 +29,13 @@ LOGIT_SCORE_EXTRA, LOGIT_TRAIN_EXTRA = 8, 12
 # Host memory of the streamed analyses, in float32 copies of the largest tensor they see (measured and
 # documented in their modules: stats hold two τ (one read while the other is analysed) and the two tensors
 # each τ is read from; the CL-L2 tables ~5.5; the merge 1.25n + 6 for n = 2 sources plus half a copy per
-# extra λ; a dump two τ buffers and the trimmed indices and values).
+# extra λ; a dump two τ buffers and the trimmed indices and values). A CL-L2 table of n sources holds all n
+# trimmed τ of a parameter at once: one copy more per source beyond two.
 ANALYSIS_COPIES = {
     "taskvec_stats_persona": 4.0,
     "taskvec_stats_adapters": 4.0,
-    "conflict_sft_dpo": 5.5,
+    "conflict_methods": 5.5,
+    "conflict_datasets": 5.5,
     "conflict_dims": 5.5,
     "merge_sft_dpo": 8.5,
     "dump_task_vectors_persona": 3.0,
@@ -146,11 +148,15 @@ def scoring_estimate(
     return Estimate(parts)
 
 
-def analysis_estimate(arch: Arch, rule: str, *, adapters: bool, lambdas: int = 1) -> Estimate:
+def analysis_estimate(
+    arch: Arch, rule: str, *, adapters: bool, lambdas: int = 1, sources: int = 2
+) -> Estimate:
     """A streamed weight analysis on the host: a few float32 copies of the largest tensor it sees (an
     adapter's dense ΔW is at most the largest projection; a full model's, its embedding)."""
     largest = max(a * b for a, b in arch.linears().values()) if adapters else arch.largest_numel()
     copies = ANALYSIS_COPIES[rule] + (0.5 * (lambdas - 1) if rule == "merge_sft_dpo" else 0.0)
+    if rule.startswith("conflict_"):
+        copies += max(sources - 2, 0)
     parts = {"tensor buffers": int(copies * largest * 4), "overhead": HOST_BASELINE}
     if rule == "merge_sft_dpo":  # one output shard buffered per λ (a small model's shard is all of it)
         parts["output shards"] = lambdas * min(MERGE_SHARD_BYTES, arch.numel() * 4)

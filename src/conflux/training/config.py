@@ -103,13 +103,17 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_train_config(raw: dict[str, Any], method: str, dataset: str) -> TrainConfig:
     """defaults ← ``training`` ← the registry's settings of the method (e.g. the length-controlled variant's)
-    ← ``methods.<method>`` ← ``training.per_dataset.<dataset>``."""
+    ← ``methods.<settings_from>`` (SFT→DPO: dpo's) ← ``methods.<method>`` ←
+    ``training.per_dataset.<dataset>``."""
     if method not in STAGES:
         known = list(STAGES)
         raise ConfigError("methods", "known method", f"unknown method '{method}'; known: {known}")
     training = dict(raw.get("training", {}))
     per_dataset = training.pop("per_dataset", {})
-    merged = _merge(training, dict(method_of(method).settings))
+    registry = method_of(method)
+    merged = _merge(training, dict(registry.settings))
+    if registry.settings_from is not None:
+        merged = _merge(merged, raw.get("methods", {}).get(registry.settings_from, {}))
     merged = _merge(merged, raw.get("methods", {}).get(method, {}))
     merged = _merge(merged, per_dataset.get(dataset, {}))
     cfg = train_config_from_dict(merged)

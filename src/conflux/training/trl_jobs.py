@@ -54,6 +54,7 @@ class TrlJob:
     keep_checkpoints: bool = False
     tracking: Tracking = field(default_factory=Tracking)
     reference: Path | None = None  # dpo: TRL's cached reference log-probs (reference_logps_dpo)
+    init: Path | None = None  # sft_dpo: the SFT run it starts from (the registry stage's init)
 
 
 # Prompt tokens. TRL tokenizes text rows itself: plain prompts as ``tokenizer(prompt + completion)``, cut
@@ -114,6 +115,32 @@ class TokenizedDPOMixin:
         return dataset
 
 
+def load_start(manifest: dict[str, Any], init: Path | None, cfg: TrainConfig) -> tuple[Any, Any]:
+    """(model, tokenizer) a TRL job starts from: the base model, or the trained model of ``init`` (SFT→DPO).
+
+    A LoRA run continues the init's adapter (loaded trainable): the saved adapter is then still a task vector
+    against the base, as every analysis reads it, and TRL's DPOTrainer, given a PeftModel, keeps a frozen
+    copy of it as the reference (the SFT model). A full run starts from the init's full weights (a LoRA init
+    merged into the base first).
+    """
+    if init is None:
+        return load_base_model(manifest, dtype=load_dtype(cfg))
+    from peft import PeftModel
+
+    from conflux.modeling.variants import load_variant, resolve_model_dir
+
+    model_dir = resolve_model_dir(init)
+    if cfg.finetune == "lora":
+        if not (model_dir / "adapter_config.json").is_file():
+            raise ConfluxError(
+                f"{init}: a LoRA run continues its init's adapter, but the init is a full model"
+            )
+        base, tokenizer = load_base_model(manifest, dtype=load_dtype(cfg))
+        return PeftModel.from_pretrained(base, str(model_dir), is_trainable=True), tokenizer
+    model, tokenizer = load_variant(manifest, model_dir, dtype=load_dtype(cfg))
+    return model.train(), tokenizer
+
+
 def save_trained(trainer: Any, state: dict[str, Any] | None, out: Path, dtype: str | None) -> None:
     """The trained model as a Hugging Face directory: full weights in ``dtype`` (safetensors) or, for LoRA,
     the PEFT adapter; ``state`` is the gathered state dict of an FSDP run (None: the model holds it).
@@ -122,6 +149,9 @@ def save_trained(trainer: Any, state: dict[str, Any] | None, out: Path, dtype: s
     ``training_args.json`` beside the model), and ``config.json`` says ``use_cache: true``, which training
     (gradient checkpointing) had switched off but generation with the saved model wants."""
     model = trainer.accelerator.unwrap_model(trainer.model)
+    if "ref" in getattr(model, "peft_config", {}):  # TRL's frozen reference copy of a continued adapter
+        model.delete_adapter("ref")
+        state = None if state is None else {k: v for k, v in state.items() if ".ref." not in k}
     if dtype is not None:  # a full fine-tune: written in save_dtype
         state = cast_state_dict(state if state is not None else model.state_dict(), dtype)
     model.save_pretrained(str(out), state_dict=state)
@@ -131,8 +161,11 @@ def save_trained(trainer: Any, state: dict[str, Any] | None, out: Path, dtype: s
         write_json(out / "config.json", {**config, "use_cache": True, **({"dtype": dtype} if dtype else {})})
 
 
-def _peft_config(cfg: TrainConfig) -> Any:
-    return cfg.lora.spec().to_peft() if cfg.finetune == "lora" else None
+def _peft_config(cfg: TrainConfig, model: Any) -> Any:
+    """A new LoRA adapter for a LoRA run from the base; none for a full run or a continued adapter."""
+    if cfg.finetune != "lora" or hasattr(model, "peft_config"):
+        return None
+    return cfg.lora.spec().to_peft()
 
 
 def make_trainer(
@@ -181,7 +214,7 @@ def make_trainer(
         args=args,
         train_dataset=data,
         processing_class=tokenizer,
-        peft_config=_peft_config(cfg),
+        peft_config=_peft_config(cfg, model),
         callbacks=callbacks or [],
     )
 
@@ -203,14 +236,15 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
 
     started = time.time()
     manifest = read_manifest(job.manifest)
-    model, tokenizer = load_base_model(manifest, dtype=load_dtype(job.cfg))
+    model, tokenizer = load_start(manifest, job.init, job.cfg)
     job.work_dir.mkdir(parents=True, exist_ok=True)
     kind = stage(job.method).objective if job.method in STAGES else None
     if kind not in ("sft", "dpo"):
         raise ConfluxError(f"unknown TRL method '{job.method}'")
     data = sft_dataset(job.data, tokenizer) if kind == "sft" else dpo_dataset(job.data, tokenizer)
     if job.reference is not None:
-        data = with_cached_reference(data, job.reference, reference_settings(job.cfg, manifest["name"]))
+        settings = reference_settings(job.cfg, manifest["name"], job.init)
+        data = with_cached_reference(data, job.reference, settings)
     resume = resume_point(job.work_dir)
     ledger = LossLedger(resume)
     callbacks = [
@@ -242,6 +276,7 @@ def run_trl_job(job: TrlJob) -> dict[str, Any]:
     summary = {
         "method": job.method,
         "seed": job.seed,
+        "init": str(job.init) if job.init else None,
         "finetune": job.cfg.finetune,
         "precision": resolve_precision(job.cfg.precision),
         "distributed": distributed_mode(job.cfg, world_size()),

@@ -39,12 +39,14 @@ SCHEMA = pa.schema(
 )
 
 
-def reference_settings(cfg: TrainConfig, model_name: str) -> dict[str, Any]:
-    """What the cached numbers depend on besides the data: a DPO job with other values must not use them."""
+def reference_settings(cfg: TrainConfig, model_name: str, init: str | Path | None = None) -> dict[str, Any]:
+    """What the cached numbers depend on besides the data: a DPO job with other values must not use them
+    (``init``: the trained run that is the reference of SFT→DPO; None: the base model)."""
     from conflux.training.parallel import load_dtype, resolve_precision
 
     return {
         "model": model_name,
+        "init": str(init) if init is not None else None,
         "max_length": cfg.max_length,
         "dtype": load_dtype(cfg),
         "precision": resolve_precision(cfg.precision),
@@ -95,15 +97,21 @@ def with_cached_reference(dataset: Any, path: str | Path, settings: dict[str, An
 
 
 def trl_reference_job(
-    data: str | Path, manifest_path: str | Path, out: str | Path, cfg: TrainConfig, *, batch_size: int
+    data: str | Path,
+    manifest_path: str | Path,
+    out: str | Path,
+    cfg: TrainConfig,
+    *,
+    batch_size: int,
+    init: str | Path | None = None,
 ) -> None:
-    """The ``reference_logps_dpo`` rule: TRL's reference pass over the base model, for every DPO row."""
-    from conflux.modeling.base_model import load_base_model, read_manifest
-    from conflux.training.parallel import load_dtype
-    from conflux.training.trl_jobs import dpo_dataset, make_trainer
+    """Rules ``reference_logps_dpo`` (the base model) and ``reference_logps_sft_dpo`` (``init``, the SFT run
+    that SFT→DPO starts from): TRL's reference pass over the reference model, for every DPO row."""
+    from conflux.modeling.base_model import read_manifest
+    from conflux.training.trl_jobs import dpo_dataset, load_start, make_trainer
 
     manifest = read_manifest(manifest_path)
-    model, tokenizer = load_base_model(manifest, dtype=load_dtype(cfg))
+    model, tokenizer = load_start(manifest, Path(init) if init is not None else None, cfg)
     dataset = dpo_dataset(Path(data), tokenizer)
     with tempfile.TemporaryDirectory(prefix="conflux-trl-reference-") as work:
         trainer = make_trainer("dpo", model, tokenizer, dataset, cfg, Path(work), seed=0, precompute=True,
@@ -119,7 +127,7 @@ def trl_reference_job(
         },
         schema=SCHEMA,
     )
-    meta = json.dumps(reference_settings(cfg, manifest["name"])).encode()
+    meta = json.dumps(reference_settings(cfg, manifest["name"], init)).encode()
     table = table.replace_schema_metadata({_META_KEY: meta})
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
