@@ -7,6 +7,7 @@ import csv
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -16,12 +17,11 @@ import pytest
 from conflux.data.loaders import (
     load_canonical,
     load_helpsteer2,
-    load_persona,
     load_pku_saferlhf,
     read_dialogue,
     read_records,
 )
-from conflux.data.loaders.persona import pair_id
+from conflux.data.loaders.persona import pair_id, persona_pairs, read_general, read_persona
 from conflux.data.pairs import SFT_SCHEMA
 from conflux.errors import DataError
 
@@ -229,11 +229,24 @@ def test_persona_chat_takes_first_assistant_after_first_user(tmp_path):
     assert read_dialogue(str(path)) == [("こんにちは", "ごきげんよう。")]
 
 
+def compose_persona(persona: str, general: str, *, name: str) -> SimpleNamespace:
+    """The persona pieces as the jobs compose them (load_persona_job, persona_pairs_job): the persona file's
+    SFT rows, the general file's reply per persona prompt, the pairs; with each file's counts."""
+    sft, persona_info = read_persona(persona, persona="ojousama")
+    replies, general_info = read_general(general, sft.column("prompt").to_pylist())
+    pairs, drops = persona_pairs(sft, replies, name=name, source=persona)
+    files = {"persona": persona_info, "general": general_info}
+    matched, rows_read = general_info["matched"], persona_info["rows_read"]
+    return SimpleNamespace(
+        sft=sft, pairs=pairs, drops=drops, files=files, general_matched=matched, rows_read=rows_read
+    )
+
+
 @pytest.mark.parametrize("persona_name", ["ojousama.csv", "ojousama_legacy.jsonl", "ojousama_chat.jsonl"])
 def test_persona_sft_rows_and_pairs_chosen_is_persona_reply(tmp_path, persona_name):
     persona = persona_file(tmp_path / persona_name, OJOUSAMA)
     general = persona_file(tmp_path / "general.csv", list(GENERAL.items()))
-    data = load_persona(persona, general, persona="ojousama", name="oj")
+    data = compose_persona(persona, general, name="oj")
     assert data.sft.schema.equals(SFT_SCHEMA)
     prompt, reply = OJOUSAMA[1]
     assert data.sft.to_pylist()[1] == {"prompt": prompt, "response": reply, "persona": "ojousama"}
@@ -255,7 +268,7 @@ def test_persona_duplicate_prompt_keeps_first_and_prompts_match_stripped(tmp_pat
     turns = [*OJOUSAMA[:2], ("ごきげんよう", "二度目のごあいさつですわ。")]
     persona = persona_file(tmp_path / "oj.csv", turns)
     general = persona_file(tmp_path / "general.jsonl", [("  ごきげんよう \n", "こんにちは。")])
-    data = load_persona(persona, general, persona="ojousama")
+    data = compose_persona(persona, general, name="ojousama")
     assert data.drops == {"no_general_response": 1}  # one persona prompt has no general reply
     assert data.files["persona"]["dropped"] == {"duplicate_prompt": 1}  # in the file it is in, once
     assert data.files["general"]["dropped"] == {}

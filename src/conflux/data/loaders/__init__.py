@@ -7,17 +7,15 @@ Every problem with the input is a :class:`conflux.errors.DataError` naming the f
 
 from conflux.data.loaders.canonical import load_canonical
 from conflux.data.loaders.helpsteer import load_helpsteer2
-from conflux.data.loaders.persona import PersonaData, load_persona, read_dialogue
+from conflux.data.loaders.persona import read_dialogue
 from conflux.data.loaders.pku import load_pku_saferlhf
 from conflux.data.loaders.records import read_records
 from conflux.data.loaders.result import LoadResult
 
 __all__ = [
     "LoadResult",
-    "PersonaData",
     "load_canonical",
     "load_helpsteer2",
-    "load_persona",
     "load_pku_saferlhf",
     "read_dialogue",
     "read_records",

@@ -27,7 +27,6 @@ import numpy as np
 import pyarrow as pa
 
 from conflux.data.loaders.records import open_records
-from conflux.data.loaders.result import log_drops
 from conflux.data.loaders.values import require_text
 from conflux.data.pairs import SFT_SCHEMA, PairTable, make_pair_table
 from conflux.errors import DataError
@@ -35,27 +34,6 @@ from conflux.errors import DataError
 log = logging.getLogger(__name__)
 
 PERSONA_DIMS = ("persona",)
-
-
-@dataclass(frozen=True)
-class PersonaData:
-    """SFT rows (prompt, response, persona), persona-vs-general DPO pairs, and what was dropped.
-
-    ``drops``: persona prompts that formed no pair (no general reply, identical replies). ``files``: per input
-    file (``persona``, ``general``) its path, records read and rows dropped (duplicate prompts), so counts
-    never add the two files up. ``general_matched``: persona prompts the general file has a reply for.
-    """
-
-    sft: pa.Table
-    pairs: PairTable
-    drops: dict[str, int]
-    files: dict[str, dict[str, Any]]
-    general_matched: int
-
-    @property
-    def rows_read(self) -> int:
-        """Records read from the persona file."""
-        return int(self.files["persona"]["rows_read"])
 
 
 @dataclass(frozen=True)
@@ -141,32 +119,6 @@ def persona_pairs(
         allow_empty=True,  # a part may form none; the callers check that some part does
     )
     return pairs, dict(drops)
-
-
-def load_persona(
-    persona_source: str,
-    general_source: str,
-    *,
-    persona: str,
-    offline: bool = True,
-    name: str | None = None,
-) -> PersonaData:
-    """Persona SFT rows and persona-vs-general pairs, matched by prompt text (whitespace stripped)."""
-    name = name or persona
-    sft, persona_file = read_persona(persona_source, persona=persona, offline=offline)
-    general, general_file = read_general(general_source, sft.column("prompt").to_pylist(), offline=offline)
-    pairs, drops = persona_pairs(sft, general, name=name, source=persona_source)
-    if not len(pairs):
-        raise no_pairs_error(persona_source, general_file, sft.num_rows)
-    files = {"persona": persona_file, "general": general_file}
-    for role, info in files.items():
-        log_drops(f"{name} ({role} file)", Counter(info["dropped"]))
-    log_drops(name, Counter(drops))
-    log.info("%s: %d SFT rows, %d persona-vs-general pairs (%d of %d persona prompts have a general reply)",
-             name, sft.num_rows, len(pairs), general_file["matched"], sft.num_rows)  # fmt: skip
-    return PersonaData(
-        sft=sft, pairs=pairs, drops=drops, files=files, general_matched=general_file["matched"]
-    )
 
 
 def no_pairs_error(persona_source: str, general_file: Mapping[str, Any], n_prompts: int) -> DataError:
