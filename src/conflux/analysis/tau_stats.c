@@ -49,6 +49,15 @@ typedef struct {
 } tau_sums;
 
 enum { KIND_NONE = 0, KIND_F32 = 1, KIND_BF16 = 2 };
+/* The (a, b) dtype pairs every pass is specialised for, listed once for both dispatchers (an X-macro):
+ * b = KIND_NONE when a is already tau. */
+#define DTYPE_PAIRS(X)                                                                                  \
+    X(KIND_F32, KIND_NONE)                                                                              \
+    X(KIND_F32, KIND_F32)                                                                               \
+    X(KIND_BF16, KIND_BF16)                                                                             \
+    X(KIND_BF16, KIND_F32)                                                                              \
+    X(KIND_F32, KIND_BF16)                                                                              \
+    X(KIND_BF16, KIND_NONE)
 
 #if X86 /* pack_order[m]: the lanes set in the 8-bit mask m first; pack_count[m]: how many */
 static int32_t pack_order[256][8];
@@ -168,12 +177,7 @@ static A512 int dispatch_avx512(const void *a, int a_kind, const void *b, int b_
         pass512(a, ka, b, kb, n, lo, hi, band, capacity, tau_out, out);                                 \
         return 0;                                                                                       \
     }
-    CASE(KIND_F32, KIND_NONE)
-    CASE(KIND_F32, KIND_F32)
-    CASE(KIND_BF16, KIND_BF16)
-    CASE(KIND_BF16, KIND_F32)
-    CASE(KIND_F32, KIND_BF16)
-    CASE(KIND_BF16, KIND_NONE)
+    DTYPE_PAIRS(CASE)
 #undef CASE
     return -1;
 }
@@ -328,12 +332,7 @@ static PASS_TARGET int DISPATCH_NAME(const void *a, int a_kind, const void *b, i
             PASS_NAME(a, ka, b, kb, 1, n, shift, lo, hi, band, capacity, tau_out, out);                 \
         return 0;                                                                                       \
     }
-    CASE(KIND_F32, KIND_NONE)
-    CASE(KIND_F32, KIND_F32)
-    CASE(KIND_BF16, KIND_BF16)
-    CASE(KIND_BF16, KIND_F32)
-    CASE(KIND_F32, KIND_BF16)
-    CASE(KIND_BF16, KIND_NONE)
+    DTYPE_PAIRS(CASE)
 #undef CASE
     return -1;
 }
