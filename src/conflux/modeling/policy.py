@@ -32,6 +32,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel, PeftType, get_peft_model, get_peft_model_state_dict
@@ -106,11 +107,10 @@ class PreferencePolicy:
         if not adapter_dirs:
             raise ConfluxError("no adapter directories given")
         items = list(adapter_dirs.items())
-        for _, path in items:
-            check_adapter_dir(path)
+        configs = [check_adapter_dir(path) for _, path in items]
         first, first_dir = items[0]
         # PEFT's trainable flag only where PEFT allows several (AdaLoRA allows one); train_only decides.
-        trainable = not is_adalora_dir(first_dir)
+        trainable = configs[0].get("peft_type") != PeftType.ADALORA.value
         with warnings.catch_warnings():
             # AdaLoRA's rank_pattern (triplets kept per matrix) is read by LoRA's code as per-module ranks
             # too, which warns that its keys match no module: true and harmless (PEFT 0.21).
@@ -270,20 +270,15 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-def is_adalora_dir(path: str | Path) -> bool:
-    """Whether a (checked) adapter directory holds an AdaLoRA adapter."""
-    config = json.loads((Path(path) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    return config.get("peft_type") == PeftType.ADALORA.value
-
-
-def check_adapter_dir(path: str | Path) -> None:
-    """Raise :class:`DataError` unless ``path`` is a PEFT adapter conflux will load: a readable
-    ``adapter_config.json`` and complete safetensors weights. Pickled weights (``adapter_model.bin``) are
-    refused here, with conflux's reason, before PEFT or torch would open them."""
+def check_adapter_dir(path: str | Path) -> dict[str, Any]:
+    """The adapter config of ``path``; :class:`DataError` unless it is a PEFT adapter conflux will load: a
+    readable ``adapter_config.json`` and complete safetensors weights. Pickled weights
+    (``adapter_model.bin``) are refused here, with conflux's reason, before PEFT or torch would open them."""
     d = Path(path)
     config = d / ADAPTER_CONFIG
     try:
-        if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
+        parsed = json.loads(config.read_text(encoding="utf-8"))
+        if not isinstance(parsed, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
         raise DataError(
@@ -301,6 +296,7 @@ def check_adapter_dir(path: str | Path) -> None:
         file = d / ("adapter_model.bin" if pickled else ADAPTER_WEIGHTS)
         raise DataError(reason, file=file, row="all", field="weights")
     check_safetensors(weights)
+    return parsed
 
 
 def adapter_dirs(run_dirs: Sequence[str | Path]) -> dict[str, Path]:
