@@ -35,7 +35,7 @@ from conflux.analysis.param_names import MODULE_TYPES, parse_param_name
 from conflux.analysis.tensor_io import WeightFiles
 from conflux.atomic import write_json
 from conflux.errors import ConfluxError, DataError
-from conflux.evaluation.persona_eval import evaluate_variant, held_out_inputs, prompt_format_of
+from conflux.evaluation.persona_eval import evaluate_inputs, held_out_inputs, persona_inputs, prompt_format_of
 from conflux.evaluation.report_files import MEAN, write_csv, write_figure, write_table_files
 from conflux.modeling.base_model import base_model_dir, to_work_device, working_dtype
 from conflux.modeling.generation import GenerationSettings
@@ -128,16 +128,28 @@ class BaseSwap:
             raise ConfluxError(
                 f"{base.path}: {len(unknown)} base tensor(s) are not model parameters: {unknown[:3]}"
             )
+        # ||θ_ft − θ_base||² per parameter: a property of the fine-tune, not of a target, so each is computed
+        # once per sweep (a parameter is in a layer, a module and a cell target) and summed per target.
+        self._squared: dict[str, float] = {}
 
     def _base(self, name: str) -> torch.Tensor:
         """The base's tensor of a parameter, on the parameter's device and in its dtype."""
         p = self.params[name]
         return self.base.get(name).to(p.device, p.dtype)
 
+    def _squared_tau(self, name: str, base: torch.Tensor | None = None) -> float:
+        """Σ (θ_ft − θ_base)² of one parameter (float64), cached; valid while the fine-tune's values are in
+        place, which :meth:`reverted` restores exactly on exit."""
+        if name not in self._squared:
+            with torch.no_grad():
+                self._squared[name] = _squared_distance(
+                    self.params[name], self._base(name) if base is None else base
+                )
+        return self._squared[name]
+
     def tau_l2(self, names: Sequence[str]) -> float:
         """‖θ_ft − θ_base‖₂ over the named parameters, accumulated in float64 one tensor at a time."""
-        with torch.no_grad():
-            return math.sqrt(sum(_squared_distance(self.params[n], self._base(n)) for n in names))
+        return math.sqrt(sum(self._squared_tau(n) for n in names))
 
     @contextmanager
     def reverted(self, names: Sequence[str]) -> Iterator[float]:
@@ -148,8 +160,8 @@ class BaseSwap:
             with torch.no_grad():
                 for name in names:
                     base = self._base(name)
+                    total += self._squared_tau(name, base)
                     saved[name] = self.params[name].detach().clone()
-                    total += _squared_distance(saved[name], base)
                     self.params[name].copy_(base)
             yield math.sqrt(total)
         finally:
@@ -185,18 +197,11 @@ def revert_sweep_job(
     base = WeightFiles(base_model_dir(manifest))
     swap = BaseSwap(model, base)
     targets = revert_targets(base.names, layers=layers, modules=modules, cells=cells)
+    # Prompts and pairs are tokenized once: a target changes weights, not the texts put to the model.
+    inputs = persona_inputs(tokenizer, prompts if generate else [], pairs, persona, settings, generation)
 
     def evaluate() -> dict[str, Any]:
-        result = evaluate_variant(
-            model,
-            tokenizer,
-            prompts if generate else [],
-            pairs,
-            persona,
-            settings,
-            generation,
-        )
-        return result["metrics"]
+        return evaluate_inputs(model, tokenizer, inputs, generation)["metrics"]
 
     finetuned = evaluate()
     total_l2 = swap.tau_l2(base.names)
