@@ -6,7 +6,9 @@ of ``layers.<i>``), one module type (every ``q_proj``, or every MLP ``down_proj`
 tensors into the chosen parameters in place, evaluates with the persona metrics, and copies the fine-tuned
 tensors back: a model is read once per sweep, not once per target, and no reverted copy is written (at 8B,
 one per layer would be 16 GB each). :func:`conflux.analysis.merge.revert_to_base` writes such a copy when one
-is wanted on disk; both choose parameters with :func:`conflux.analysis.merge.revert_selection`.
+is wanted on disk; both choose parameters with :func:`conflux.analysis.merge.revert_selection`. What does
+not depend on the target is done once per sweep too: the prompts and pairs are tokenized once, and each
+parameter's ‖τ‖² is computed once; a target costs its generation and scoring (``bench/revert.py``).
 
 The effect of a target is read off the persona margin (mean log π(y_persona|x) − log π(y_general|x) on the
 held-out pairs): ``effect_removed = (m_ft − m_revert) / (m_ft − m_base)`` is the share of the fine-tune's
