@@ -24,6 +24,9 @@ the ratios TRL/conflux. The machine this runs on is shared, so the sides are int
 and each side's best run counts; the load average is printed beside the figures. With ``--threads 1`` the
 CPU-time ratio hardly moves with other jobs' load (one thread's CPU time is the work done).
 
+``--src DIR/src`` times another checkout's package (``git archive <commit> src | tar -x -C DIR``) against
+the same TRL, so a change is measured against its parent the same way.
+
 Goal (issue 21): TRL/conflux >= 1.5 in both modes, at equal loss.
 """
 
@@ -40,7 +43,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# --src times another checkout's package (e.g. the commit before a change) with this bench.
+_SRC = (
+    sys.argv[sys.argv.index("--src") + 1]
+    if "--src" in sys.argv
+    else Path(__file__).resolve().parents[1] / "src"
+)
+sys.path.insert(0, str(_SRC))
 
 ADAPTER_SEED = 0
 
@@ -289,6 +298,7 @@ def main() -> None:
         "--loss-tol", type=float, default=1e-4, help="largest allowed |loss_conflux − loss_TRL|"
     )
     parser.add_argument("--modes", default="online,cached")
+    parser.add_argument("--src", help="the conflux package directory to time (default: this checkout's src/)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
