@@ -53,6 +53,10 @@ def straightforward(ws: dict, targets, generate: bool) -> tuple[float, list[dict
     model, tokenizer = load_variant(ws["manifest"], ws["model_dir"], dtype=working_dtype())
     base = WeightFiles(base_model_dir(ws["manifest"]))
     swap = BaseSwap(model, base)
+    # The unreverted model first, untimed, as the sweep evaluates it before its targets (and warms up).
+    evaluate_variant(
+        model, tokenizer, prompts if generate else [], pairs, persona, ws["settings"], ws["generation"]
+    )
     started = time.perf_counter()
     rows = []
     for target in targets:
