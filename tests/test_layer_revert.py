@@ -107,6 +107,29 @@ def test_swap_restores_the_fine_tune_when_evaluation_fails(checkpoints: Path) ->
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+def test_swap_restores_tied_embeddings_listed_under_both_names(tmp_path: Path) -> None:
+    """A checkpoint may store tied embeddings and head under both names; reverting both and restoring must
+    leave the fine-tune, not the base (the second name's saved copy is taken after the first was reverted)."""
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    embed = model.model.embed_tokens.weight
+    assert embed.data_ptr() == model.lm_head.weight.data_ptr()
+    (tmp_path / "base").mkdir()
+    base = torch.zeros_like(embed)
+    save_file({"model.embed_tokens.weight": base, "lm_head.weight": base.clone()},
+              tmp_path / "base" / "model.safetensors")  # fmt: skip
+    before = embed.detach().clone()
+    swap = BaseSwap(model, WeightFiles(tmp_path / "base"))
+    with swap.reverted(["model.embed_tokens.weight", "lm_head.weight"]):
+        assert torch.equal(embed, base)
+    assert torch.equal(embed, before) and torch.equal(model.lm_head.weight, before)
+
+
 def metrics(margin: float, accuracy: float = 0.9, ppl: float = 10.0, style: float = 0.5) -> dict:
     return {
         "persona_margin": {"mean": margin, "accuracy": accuracy, "n": 4},

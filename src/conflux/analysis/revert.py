@@ -168,7 +168,9 @@ class BaseSwap:
             yield math.sqrt(total)
         finally:
             with torch.no_grad():
-                for name, value in saved.items():
+                # Last in, first out: a tied pair (embeddings and head share storage) saved the second name
+                # after the first was reverted, so restoring in order would leave the base in both.
+                for name, value in reversed(saved.items()):
                     self.params[name].copy_(value)
 
 
