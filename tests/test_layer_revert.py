@@ -130,6 +130,40 @@ def test_swap_restores_tied_embeddings_listed_under_both_names(tmp_path: Path) -
     assert torch.equal(embed, before) and torch.equal(model.lm_head.weight, before)
 
 
+def test_layer_prefix_resumes_at_a_layer_from_the_kept_inputs_and_skips_the_layers_before() -> None:
+    """Resuming at layer 1 from the recorded inputs gives bit-identical logits without running layer 0, also
+    after layer 1 changed (as a revert changes it); over budget, nothing is kept and the whole model runs."""
+    from conflux.analysis.layer_prefix import LayerPrefix, first_layer
+
+    model = tiny_llama()
+    batches = [torch.tensor([[1, 5, 7, 2, 9, 11]]), torch.tensor([[3, 4, 5], [6, 7, 8]])]
+    prefix = LayerPrefix(model)
+    with torch.no_grad(), prefix.recording():
+        before = [model(ids).logits for ids in batches]
+    calls: list[int] = []
+    hook = model.model.layers[0].register_forward_hook(lambda *_: calls.append(0))
+    with torch.no_grad():
+        with prefix.starting_at(1):
+            resumed = [model(ids).logits for ids in batches]
+        assert calls == [] and all(torch.equal(a, b) for a, b in zip(resumed, before, strict=True))
+        model.model.layers[1].mlp.up_proj.weight.mul_(2.0)
+        with prefix.starting_at(1):
+            resumed = [model(ids).logits for ids in batches]
+        assert calls == []
+        full = [model(ids).logits for ids in batches]
+    hook.remove()
+    assert len(calls) == 2 and len(model.model.layers) == 2
+    assert all(torch.equal(a, b) for a, b in zip(resumed, full, strict=True))
+    assert not torch.equal(full[0], before[0])
+    small = LayerPrefix(model, budget_bytes=100)
+    with torch.no_grad(), small.recording():
+        model(batches[0])
+    assert not small.ready
+    assert first_layer(["model.layers.1.mlp.up_proj.weight", "model.layers.0.self_attn.q_proj.weight"]) == 0
+    assert first_layer(["model.layers.1.mlp.up_proj.weight", "model.layers.3.mlp.up_proj.weight"]) == 1
+    assert first_layer(["model.embed_tokens.weight", "model.layers.1.mlp.up_proj.weight"]) == 0
+
+
 def metrics(margin: float, accuracy: float = 0.9, ppl: float = 10.0, style: float = 0.5) -> dict:
     return {
         "persona_margin": {"mean": margin, "accuracy": accuracy, "n": 4},

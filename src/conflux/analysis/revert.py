@@ -8,7 +8,8 @@ tensors back: a model is read once per sweep, not once per target, and no revert
 one per layer would be 16 GB each). :func:`conflux.analysis.merge.revert_to_base` writes such a copy when one
 is wanted on disk; both choose parameters with :func:`conflux.analysis.merge.revert_selection`. What does
 not depend on the target is done once per sweep too: the prompts and pairs are tokenized once, and each
-parameter's ‖τ‖² is computed once; a target costs its generation and scoring (``bench/revert.py``).
+parameter's ‖τ‖² is computed once, and a target's scoring starts at the first layer it changes from the
+fine-tune's hidden states (:mod:`conflux.analysis.layer_prefix`); ``bench/revert.py`` times it.
 
 The effect of a target is read off the persona margin (mean log π(y_persona|x) − log π(y_general|x) on the
 held-out pairs): ``effect_removed = (m_ft − m_revert) / (m_ft − m_base)`` is the share of the fine-tune's
@@ -24,7 +25,7 @@ import json
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from conflux.analysis.layer_prefix import LayerPrefix, first_layer
 from conflux.analysis.merge import revert_selection
 from conflux.analysis.param_names import MODULE_TYPES, parse_param_name
 from conflux.analysis.tensor_io import WeightFiles
@@ -204,16 +206,18 @@ def revert_sweep_job(
     # Prompts and pairs are tokenized once: a target changes weights, not the texts put to the model.
     inputs = persona_inputs(tokenizer, prompts if generate else [], pairs, persona, settings, generation)
 
-    def evaluate() -> dict[str, Any]:
-        return evaluate_inputs(model, tokenizer, inputs, generation)["metrics"]
+    prefix = LayerPrefix(model)
 
-    finetuned = evaluate()
+    def evaluate(scoring: AbstractContextManager) -> dict[str, Any]:
+        return evaluate_inputs(model, tokenizer, inputs, generation, scoring=scoring)["metrics"]
+
+    finetuned = evaluate(prefix.recording())  # keeps every layer's input for the targets' scoring
     total_l2 = swap.tau_l2(base.names)
     rows = []
     for target in with_progress(targets, desc=f"revert sweep of {method}", unit="target"):
         names = target.select(base.names)
         with swap.reverted(names) as l2:
-            metrics = evaluate() if l2 > 0 else finetuned
+            metrics = evaluate(prefix.starting_at(first_layer(names))) if l2 > 0 else finetuned
         rows.append(
             {
                 **asdict(target),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -189,13 +190,16 @@ def evaluate_inputs(
     gen: GenerationSettings,
     *,
     lexicon: Mapping[str, Sequence[str]] = PERSONA_MARKERS,
+    scoring: AbstractContextManager | None = None,
 ) -> dict[str, Any]:
-    """:func:`evaluate_variant` on inputs tokenized beforehand: only the model's work (generate, score)."""
+    """:func:`evaluate_variant` on inputs tokenized beforehand: only the model's work (generate, score).
+    ``scoring`` is entered around the scoring passes only (the revert sweep's layer reuse)."""
     answers = generate_ids(model, tokenizer, inputs.prompt_tokens, gen) if inputs.prompts else []
     counts = {
         style: [count_markers(text, markers) for text, _ in answers] for style, markers in lexicon.items()
     }
-    lp = score_pairs(model, inputs.rows, inputs.cut, inputs.pad_id, batch_size=gen.batch_size)
+    with scoring if scoring is not None else nullcontext():
+        lp = score_pairs(model, inputs.rows, inputs.cut, inputs.pad_id, batch_size=gen.batch_size)
     margin = lp["logp_a"] - lp["logp_b"]
     metrics = {
         "style": {style: style_summary(np.asarray(c)) for style, c in counts.items()},
