@@ -6,12 +6,14 @@
 The workspace is the persona study's revert input at a chosen size: a tiny Llama built on the bundled corpus
 (the base), a full "fine-tune" (base + Gaussian noise on every tensor, as a full DPO fine-tune writes one),
 ``--pairs`` held-out persona-vs-general pairs and as many prompts to generate from (the default config holds
-out 76 of each). Both sides evaluate the same first ``--targets`` layer, module and cell targets:
+out 76 of each). Both sides evaluate the same ``--targets`` layer, module and cell targets each (evenly
+spaced, so late layers are in the sample):
 
 - straightforward: per target, swap the base tensors in and run the persona metrics from text
   (``evaluate_variant``: tokenize prompts and pairs, generate, score), then swap back, as the sweep did
   before issue 21;
-- conflux: :func:`conflux.analysis.revert.revert_sweep_job` itself.
+- conflux: :func:`conflux.analysis.revert.revert_sweep_job` itself (inputs tokenized once, τ once per
+  parameter, each target's scoring resumed at the first layer it changes).
 
 ``--src DIR/src`` runs both sides on another checkout's package (``git archive <commit> src | tar -x -C
 DIR``), so a change is timed against its parent the same way. Printed: seconds per target of each (best of
@@ -116,7 +118,9 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--pairs", type=int, default=76)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--targets", type=int, default=2, help="first N layer, module and cell targets each")
+    parser.add_argument(
+        "--targets", type=int, default=2, help="N layer, module and cell targets each, evenly spaced"
+    )
     parser.add_argument("--no-generate", action="store_true")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
@@ -132,11 +136,11 @@ def main() -> None:
     every = revert_targets(
         WeightFiles(base_model_dir(ws["manifest"])).names, layers=None, modules=None, cells=True
     )
-    targets = [
-        t
-        for kind in ("layer", "module", "cell")
-        for t in [t for t in every if t.kind == kind][: args.targets]
-    ]
+    targets = []
+    for kind in ("layer", "module", "cell"):  # evenly spaced, so that late layers are in the sample too
+        of_kind = [t for t in every if t.kind == kind]
+        n = min(args.targets, len(of_kind))
+        targets += [of_kind[i * len(of_kind) // n] for i in range(n)]
     times: dict[str, list[float]] = {"straightforward": [], "conflux": []}
     loads = []
     for _ in range(args.repeat):
