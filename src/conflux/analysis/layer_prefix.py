@@ -12,7 +12,8 @@ Why by hand: transformers runs a decoder's layers in one loop with no entry poin
 layer list is swapped for its tail and a pre-hook hands layer i the kept hidden states, so the decoder's own
 forward still builds the attention mask and rotary embeddings. Only decoders known to run their layers this
 way (one positional ``hidden_states``, nothing per layer but the layer itself) are supported; any other model
-is scored whole, as are sweeps whose kept states would pass ``budget_bytes``.
+is scored whole, as are sweeps whose kept states would pass ``budget_bytes``. The states are kept in host
+memory (a GPU job's memory plan does not change) and moved to the device one layer's batch at a time.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class LayerPrefix:
             if used > self.budget:
                 self.kept = []
                 return
-            self.kept[i].append(args[0].detach())
+            self.kept[i].append(args[0].detach().to("cpu"))  # host memory: the GPU plan is unchanged
 
         handles = [
             layer.register_forward_pre_hook(lambda _m, args, i=i: keep(i, args))
@@ -101,7 +102,7 @@ class LayerPrefix:
             hidden = next(batches, None)
             if hidden is None or hidden.shape[:2] != args[0].shape[:2]:
                 raise ConfluxError("scoring batches differ from the recorded ones; cannot resume a layer")
-            return (hidden, *args[1:])
+            return (hidden.to(args[0].device), *args[1:])
 
         handle = self.layers[layer].register_forward_pre_hook(kept_input)
         self.decoder.layers = torch.nn.ModuleList(self.layers[layer:])
