@@ -6,7 +6,10 @@ of ``layers.<i>``), one module type (every ``q_proj``, or every MLP ``down_proj`
 tensors into the chosen parameters in place, evaluates with the persona metrics, and copies the fine-tuned
 tensors back: a model is read once per sweep, not once per target, and no reverted copy is written (at 8B,
 one per layer would be 16 GB each). :func:`conflux.analysis.merge.revert_to_base` writes such a copy when one
-is wanted on disk; both choose parameters with :func:`conflux.analysis.merge.revert_selection`.
+is wanted on disk; both choose parameters with :func:`conflux.analysis.merge.revert_selection`. What does
+not depend on the target is done once per sweep too: the prompts and pairs are tokenized once, and each
+parameter's ‖τ‖² is computed once, and a target's scoring starts at the first layer it changes from the
+fine-tune's hidden states (:mod:`conflux.analysis.layer_prefix`); ``bench/revert.py`` times it.
 
 The effect of a target is read off the persona margin (mean log π(y_persona|x) − log π(y_general|x) on the
 held-out pairs): ``effect_removed = (m_ft − m_revert) / (m_ft − m_base)`` is the share of the fine-tune's
@@ -22,7 +25,7 @@ import json
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +33,13 @@ from typing import Any
 import pandas as pd
 import torch
 
+from conflux.analysis.layer_prefix import LayerPrefix, first_layer
 from conflux.analysis.merge import revert_selection
 from conflux.analysis.param_names import MODULE_TYPES, parse_param_name
 from conflux.analysis.tensor_io import WeightFiles
 from conflux.atomic import write_json
 from conflux.errors import ConfluxError, DataError
-from conflux.evaluation.persona_eval import evaluate_variant, held_out_inputs, prompt_format_of
+from conflux.evaluation.persona_eval import evaluate_inputs, held_out_inputs, persona_inputs, prompt_format_of
 from conflux.evaluation.report_files import MEAN, write_csv, write_figure, write_table_files
 from conflux.modeling.base_model import base_model_dir, to_work_device, working_dtype
 from conflux.modeling.generation import GenerationSettings
@@ -128,16 +132,28 @@ class BaseSwap:
             raise ConfluxError(
                 f"{base.path}: {len(unknown)} base tensor(s) are not model parameters: {unknown[:3]}"
             )
+        # ||θ_ft − θ_base||² per parameter: a property of the fine-tune, not of a target, so each is computed
+        # once per sweep (a parameter is in a layer, a module and a cell target) and summed per target.
+        self._squared: dict[str, float] = {}
 
     def _base(self, name: str) -> torch.Tensor:
         """The base's tensor of a parameter, on the parameter's device and in its dtype."""
         p = self.params[name]
         return self.base.get(name).to(p.device, p.dtype)
 
+    def _squared_tau(self, name: str, base: torch.Tensor | None = None) -> float:
+        """Σ (θ_ft − θ_base)² of one parameter (float64), cached; valid while the fine-tune's values are in
+        place, which :meth:`reverted` restores exactly on exit."""
+        if name not in self._squared:
+            with torch.no_grad():
+                self._squared[name] = _squared_distance(
+                    self.params[name], self._base(name) if base is None else base
+                )
+        return self._squared[name]
+
     def tau_l2(self, names: Sequence[str]) -> float:
         """‖θ_ft − θ_base‖₂ over the named parameters, accumulated in float64 one tensor at a time."""
-        with torch.no_grad():
-            return math.sqrt(sum(_squared_distance(self.params[n], self._base(n)) for n in names))
+        return math.sqrt(sum(self._squared_tau(n) for n in names))
 
     @contextmanager
     def reverted(self, names: Sequence[str]) -> Iterator[float]:
@@ -148,13 +164,15 @@ class BaseSwap:
             with torch.no_grad():
                 for name in names:
                     base = self._base(name)
+                    total += self._squared_tau(name, base)
                     saved[name] = self.params[name].detach().clone()
-                    total += _squared_distance(saved[name], base)
                     self.params[name].copy_(base)
             yield math.sqrt(total)
         finally:
             with torch.no_grad():
-                for name, value in saved.items():
+                # Last in, first out: a tied pair (embeddings and head share storage) saved the second name
+                # after the first was reverted, so restoring in order would leave the base in both.
+                for name, value in reversed(saved.items()):
                     self.params[name].copy_(value)
 
 
@@ -185,26 +203,21 @@ def revert_sweep_job(
     base = WeightFiles(base_model_dir(manifest))
     swap = BaseSwap(model, base)
     targets = revert_targets(base.names, layers=layers, modules=modules, cells=cells)
+    # Prompts and pairs are tokenized once: a target changes weights, not the texts put to the model.
+    inputs = persona_inputs(tokenizer, prompts if generate else [], pairs, persona, settings, generation)
 
-    def evaluate() -> dict[str, Any]:
-        result = evaluate_variant(
-            model,
-            tokenizer,
-            prompts if generate else [],
-            pairs,
-            persona,
-            settings,
-            generation,
-        )
-        return result["metrics"]
+    prefix = LayerPrefix(model)
 
-    finetuned = evaluate()
+    def evaluate(scoring: AbstractContextManager) -> dict[str, Any]:
+        return evaluate_inputs(model, tokenizer, inputs, generation, scoring=scoring)["metrics"]
+
+    finetuned = evaluate(prefix.recording())  # keeps every layer's input for the targets' scoring
     total_l2 = swap.tau_l2(base.names)
     rows = []
     for target in with_progress(targets, desc=f"revert sweep of {method}", unit="target"):
         names = target.select(base.names)
         with swap.reverted(names) as l2:
-            metrics = evaluate() if l2 > 0 else finetuned
+            metrics = evaluate(prefix.starting_at(first_layer(names))) if l2 > 0 else finetuned
         rows.append(
             {
                 **asdict(target),

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,54 @@ from conflux.data.specs import GENERAL_PERSONA
 from conflux.errors import ConfluxError, DataError
 from conflux.evaluation.persona_markers import count_markers, style_summary
 from conflux.modeling.base_model import read_manifest, to_work_device, working_dtype
-from conflux.modeling.generation import GenerationSettings, generate
+from conflux.modeling.generation import GenerationSettings, encode_prompts, generate_ids
 from conflux.modeling.logprobs import score_rows
-from conflux.modeling.tokenize import TokenizeSettings, fit_pair, pad_id_of, prompt_ids, response_ids
+from conflux.modeling.tokenize import Row, TokenizeSettings, fit_pair, pad_id_of, prompt_ids, response_ids
 from conflux.modeling.variants import load_variant
 
 log = logging.getLogger(__name__)
 
 # ---- log-probs of held-out pairs ---------------------------------------------------------------------------
+
+
+def pair_rows(
+    tokenizer,
+    prompts: Sequence[str],
+    responses_a: Sequence[str],
+    responses_b: Sequence[str],
+    settings: TokenizeSettings,
+) -> tuple[list[tuple[Row, Row]], list[bool]]:
+    """Token rows of each pair, cut as :func:`conflux.modeling.tokenize.encode_pair` cuts them (both responses
+    of a pair share one prompt cut, so their margin compares them under the same context), and whether each
+    pair was cut."""
+    rows, cut = [], []
+    for prompt, a, b in zip(prompts, responses_a, responses_b, strict=True):
+        pair, n_cut = fit_pair(
+            prompt_ids(tokenizer, prompt),
+            (response_ids(tokenizer, a), response_ids(tokenizer, b)),
+            settings.max_length,
+            settings.truncation,
+        )
+        rows.append((pair[0], pair[1]))
+        cut.append(n_cut > 0)
+    return rows, cut
+
+
+def score_pairs(
+    model, rows: Sequence[tuple[Row, Row]], cut: Sequence[bool], pad_id: int, *, batch_size: int
+) -> dict[str, np.ndarray]:
+    """log π(y_a|x), log π(y_b|x), their response token counts and the truncation flag, per pair."""
+    model.eval()
+    logp_a, logp_b = score_rows(
+        model, [a for a, _ in rows], [b for _, b in rows], pad_id, batch_size=batch_size
+    )
+    return {
+        "logp_a": logp_a,
+        "logp_b": logp_b,
+        "tokens_a": np.array([len(ra[1]) for ra, _ in rows]),
+        "tokens_b": np.array([len(rb[1]) for _, rb in rows]),
+        "truncated": np.array(cut, dtype=bool),
+    }
 
 
 def response_logps(
@@ -58,33 +99,9 @@ def response_logps(
     *,
     batch_size: int = 16,
 ) -> dict[str, np.ndarray]:
-    """log π(y_a|x), log π(y_b|x), their response token counts and a truncation flag, per pair.
-
-    Both responses of a pair share one prompt cut (conflux's pair truncation), so their margin compares
-    them under the same context.
-    """
-    rows, cut = [], []
-    for prompt, a, b in zip(prompts, responses_a, responses_b, strict=True):
-        # The same tokens and cut as conflux.modeling.tokenize.encode_pair.
-        pair_rows, n_cut = fit_pair(
-            prompt_ids(tokenizer, prompt),
-            (response_ids(tokenizer, a), response_ids(tokenizer, b)),
-            settings.max_length,
-            settings.truncation,
-        )
-        rows.append(pair_rows)
-        cut.append(n_cut > 0)
-    model.eval()
-    logp_a, logp_b = score_rows(
-        model, [a for a, _ in rows], [b for _, b in rows], pad_id_of(tokenizer), batch_size=batch_size
-    )
-    return {
-        "logp_a": logp_a,
-        "logp_b": logp_b,
-        "tokens_a": np.array([len(ra[1]) for ra, _ in rows]),
-        "tokens_b": np.array([len(rb[1]) for _, rb in rows]),
-        "truncated": np.array(cut, dtype=bool),
-    }
+    """log π(y_a|x), log π(y_b|x), their response token counts and a truncation flag, per pair."""
+    rows, cut = pair_rows(tokenizer, prompts, responses_a, responses_b, settings)
+    return score_pairs(model, rows, cut, pad_id_of(tokenizer), batch_size=batch_size)
 
 
 def perplexity(logps: np.ndarray, tokens: np.ndarray) -> float:
@@ -109,6 +126,45 @@ def persona_of(sft_eval: str | Path) -> str:
     return personas[0]
 
 
+@dataclass
+class PersonaInputs:
+    """What a persona evaluation puts to a model, as tokens: everything that depends on the texts, not on the
+    weights. A revert sweep evaluates one model at hundreds of weight settings and tokenizes once."""
+
+    persona: str
+    prompts: list[str]
+    prompt_tokens: list[list[int]]  # cut to leave room for the generation (encode_prompts)
+    pair_ids: list[str]
+    rows: list[tuple[Row, Row]]  # (persona row, general row) per pair
+    cut: list[bool]
+    pad_id: int
+
+
+def persona_inputs(
+    tokenizer,
+    prompts: Sequence[str],
+    pairs: Mapping[str, Sequence[Any]],
+    persona: str,
+    settings: TokenizeSettings,
+    gen: GenerationSettings,
+    *,
+    lexicon: Mapping[str, Sequence[str]] = PERSONA_MARKERS,
+) -> PersonaInputs:
+    """Tokenize the prompts and pairs of :func:`evaluate_variant` (no prompts: no generation)."""
+    if persona not in lexicon and persona != GENERAL_PERSONA:  # the general set has no markers of its own
+        raise ConfluxError(f"no marker lexicon for persona {persona!r}; known: {sorted(lexicon)}")
+    rows, cut = pair_rows(tokenizer, pairs["prompt"], pairs["persona"], pairs["general"], settings)
+    return PersonaInputs(
+        persona=persona,
+        prompts=list(prompts),
+        prompt_tokens=encode_prompts(tokenizer, prompts, gen, max_length=settings.max_length),
+        pair_ids=list(pairs["pair_id"]),
+        rows=rows,
+        cut=cut,
+        pad_id=pad_id_of(tokenizer),
+    )
+
+
 def evaluate_variant(
     model,
     tokenizer,
@@ -124,21 +180,27 @@ def evaluate_variant(
 
     No prompts: no generation (the style metrics then have n = 0), e.g. for a sweep that scores pairs only.
     """
-    if persona not in lexicon and persona != GENERAL_PERSONA:  # the general set has no markers of its own
-        raise ConfluxError(f"no marker lexicon for persona {persona!r}; known: {sorted(lexicon)}")
-    answers = generate(model, tokenizer, prompts, gen, max_length=settings.max_length) if prompts else []
+    inputs = persona_inputs(tokenizer, prompts, pairs, persona, settings, gen, lexicon=lexicon)
+    return evaluate_inputs(model, tokenizer, inputs, gen, lexicon=lexicon)
+
+
+def evaluate_inputs(
+    model,
+    tokenizer,
+    inputs: PersonaInputs,
+    gen: GenerationSettings,
+    *,
+    lexicon: Mapping[str, Sequence[str]] = PERSONA_MARKERS,
+    scoring: AbstractContextManager | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate_variant` on inputs tokenized beforehand: only the model's work (generate, score).
+    ``scoring`` is entered around the scoring passes only (the revert sweep's layer reuse)."""
+    answers = generate_ids(model, tokenizer, inputs.prompt_tokens, gen) if inputs.prompts else []
     counts = {
         style: [count_markers(text, markers) for text, _ in answers] for style, markers in lexicon.items()
     }
-    lp = response_logps(
-        model,
-        tokenizer,
-        pairs["prompt"],
-        pairs["persona"],
-        pairs["general"],
-        settings,
-        batch_size=gen.batch_size,
-    )
+    with scoring if scoring is not None else nullcontext():
+        lp = score_pairs(model, inputs.rows, inputs.cut, inputs.pad_id, batch_size=gen.batch_size)
     margin = lp["logp_a"] - lp["logp_b"]
     metrics = {
         "style": {style: style_summary(np.asarray(c)) for style, c in counts.items()},
@@ -154,7 +216,7 @@ def evaluate_variant(
     }
     generations = [
         {"prompt": p, "text": text, "new_tokens": n, "markers": {s: counts[s][i] for s in counts}}
-        for i, (p, (text, n)) in enumerate(zip(prompts, answers, strict=True))
+        for i, (p, (text, n)) in enumerate(zip(inputs.prompts, answers, strict=True))
     ]
     pair_items = [
         {
@@ -165,7 +227,7 @@ def evaluate_variant(
             "tokens_general": int(lp["tokens_b"][i]),
             "truncated": bool(lp["truncated"][i]),
         }
-        for i, pid in enumerate(pairs["pair_id"])
+        for i, pid in enumerate(inputs.pair_ids)
     ]
     return {"metrics": metrics, "generations": generations, "pairs": pair_items}
 

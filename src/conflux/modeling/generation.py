@@ -31,19 +31,33 @@ class GenerationSettings:
 # ---- generation --------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
+def encode_prompts(
+    tokenizer, prompts: Sequence[str], gen: GenerationSettings, *, max_length: int
+) -> list[list[int]]:
+    """Prompt tokens as :func:`generate_ids` takes them: cut from the start to leave room for
+    ``max_new_tokens`` within ``max_length``. Kept apart so a caller that generates from the same prompts
+    with many weight settings (the revert sweep) encodes them once."""
+    keep = max(max_length - gen.max_new_tokens, 1)
+    return [prompt_ids(tokenizer, p)[-keep:] for p in prompts]
+
+
 def generate(
     model, tokenizer, prompts: Sequence[str], gen: GenerationSettings, *, max_length: int
 ) -> list[tuple[str, int]]:
-    """(decoded answer, number of new tokens) per prompt, answers cut at the first eos.
+    """(decoded answer, number of new tokens) per prompt, answers cut at the first eos."""
+    return generate_ids(model, tokenizer, encode_prompts(tokenizer, prompts, gen, max_length=max_length), gen)
 
-    Prompts are left-padded in length-sorted batches (a decoder continues from the last position) and cut
-    from the start to leave room for ``max_new_tokens`` within ``max_length``.
+
+@torch.no_grad()
+def generate_ids(
+    model, tokenizer, encoded: Sequence[Sequence[int]], gen: GenerationSettings
+) -> list[tuple[str, int]]:
+    """(decoded answer, number of new tokens) per encoded prompt (:func:`encode_prompts`), cut at eos.
+
+    Prompts are left-padded in length-sorted batches (a decoder continues from the last position).
     """
     from transformers import GenerationConfig
 
-    keep = max(max_length - gen.max_new_tokens, 1)
-    encoded = [prompt_ids(tokenizer, p)[-keep:] for p in prompts]
     pad, eos = pad_id_of(tokenizer), tokenizer.eos_token_id
     config = GenerationConfig(
         max_new_tokens=gen.max_new_tokens,
@@ -57,11 +71,11 @@ def generate(
     )
     device = next(model.parameters()).device
     model.eval()
-    out: list[tuple[str, int]] = [("", 0)] * len(prompts)
+    out: list[tuple[str, int]] = [("", 0)] * len(encoded)
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(gen.seed)
         batches = length_sorted_batches([len(e) for e in encoded], gen.batch_size)
-        for idx in with_progress(batches, desc=f"generate {len(prompts)} answers", unit="batch"):
+        for idx in with_progress(batches, desc=f"generate {len(encoded)} answers", unit="batch"):
             width = max(len(encoded[i]) for i in idx)
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)

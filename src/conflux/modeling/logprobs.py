@@ -7,7 +7,8 @@ rejected: one pass is cheaper than two, and the two halves see identical numeric
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -33,23 +34,39 @@ def sequence_logps(model: PreTrainedModel, batch: PairBatch) -> tuple[torch.Tens
     Position t's logits predict token t+1, so labels are the inputs shifted left and the mask is the loss mask
     shifted the same way: the first response token is scored from the last prompt position.
 
-    Only positions from the earliest response start on get logits (``logits_to_keep``): the LM head and
-    log-softmax over the vocabulary dominate a small model's step, and prompt positions are never scored.
+    Only the scored positions (response tokens, not prompt or padding) go through the LM head
+    (:func:`scored_positions`): the head and the log-softmax over the vocabulary dominate a small model's
+    step, and in a padded pair batch a third or more of the positions are never scored.
     """
     device = next(model.parameters()).device
     batch = batch.to(device)
-    width = batch.input_ids.shape[1]
-    has_response = batch.loss_mask.any(dim=1)
-    first = int(batch.loss_mask.float().argmax(dim=1)[has_response].min()) if bool(has_response.any()) else 1
-    keep = width - max(first, 1) + 1  # logits of positions first-1 .. width-1
-    logits = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, logits_to_keep=keep
-    ).logits
-    start = width - keep
-    per_token = token_logps(logits[:, :-1], batch.input_ids[:, start + 1 :])
-    # masked_fill, not a product: a pad position's logits may be non-finite and NaN·0 is still NaN.
-    logps = per_token.masked_fill(batch.loss_mask[:, start + 1 :] == 0, 0.0).sum(dim=-1)
+    scored = batch.loss_mask[:, 1:].bool()  # hidden state t is scored when token t+1 is a response token
+    with scored_positions(model, scored):
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    if logits.dim() == 3:  # a model that computes its logits without calling its output-embedding module
+        logits = logits[:, :-1][scored]
+    per_token = token_logps(logits, batch.input_ids[:, 1:][scored])
+    rows = scored.nonzero()[:, 0]  # row-major, as boolean indexing orders the scored positions
+    logps = per_token.new_zeros(scored.shape[0]).index_add(0, rows, per_token)
     return logps[: batch.n_pairs], logps[batch.n_pairs :]
+
+
+@contextmanager
+def scored_positions(model: torch.nn.Module, scored: torch.Tensor) -> Iterator[None]:
+    """Inside the block the model's LM head sees only the hidden states of the ``scored`` positions.
+
+    ``scored`` [N, T-1] marks the positions whose next token is scored. A forward pre-hook on the output
+    embeddings replaces the head's [N, T, H] input by its scored rows [M, H], so the forward returns logits
+    [M, V]: the LM head projects only what is scored, as TRL's fused head does on GPUs (on a CPU TRL projects
+    every position). A hook rather than calling the backbone and the head ourselves, so the forward still goes
+    through DDP/FSDP wrappers and PEFT; the decoder layers and gradient checkpointing are untouched.
+    """
+    head = getattr(model, "module", model).get_output_embeddings()  # DDP keeps the model in .module
+    handle = head.register_forward_pre_hook(lambda _head, args: (args[0][:, :-1][scored], *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @torch.no_grad()
