@@ -17,6 +17,7 @@ import yaml
 
 from conflux.data.specs import DatasetSpec, PersonaSplitConfig
 from conflux.data.split import SplitConfig
+from conflux.data.synthetic import HELPSTEER_DIMS, PKU_DIMS
 from conflux.errors import ConfigError
 from conflux.export.weights import check_weights
 from conflux.methods import METHODS, STAGES, method_of, methods_of, revertable_methods
@@ -363,8 +364,22 @@ def _model_spec(name: str, spec: dict[str, Any]) -> BaseModelSpec:
     )
 
 
+SYNTHETIC_DIMS = {"synthetic_pku": PKU_DIMS, "synthetic_helpsteer": HELPSTEER_DIMS}
+
+
 def _dataset_spec(name: str, spec: dict[str, Any]) -> DatasetSpec:
     values = dict(spec)
     if "dims" in values:
         values["dims"] = tuple(values["dims"])
+    if "signal" in values:
+        dims = SYNTHETIC_DIMS.get(values["kind"])
+        if dims is None:
+            raise ConfigError(
+                f"datasets.{name}.signal", "synthetic only", "'signal' applies to synthetic kinds"
+            )
+        for dim in values["signal"]:
+            if dim not in dims:
+                raise ConfigError(f"datasets.{name}.signal.{dim}", "a dimension of the generator",
+                                  f"'{dim}' is not one of {list(dims)}")  # fmt: skip
+        values["signal"] = tuple(values["signal"].items())
     return DatasetSpec(name=name, **values)
