@@ -54,8 +54,9 @@ def records_of(pairs, margin_of, method: str) -> pd.DataFrame:
 
 def test_a_length_following_reward_shows_the_synthetic_sets_length_confound(pairs):
     """Complexity and verbosity are built from length (technical terms, filler sentences), and on conflict
-    pairs length often opposes quality (each dimension picks its side independently there). A reward that only counts length: margin ≡ length difference (ρ = 1),
-    right wherever the longer response is preferred, wrong wherever the shorter one is."""
+    pairs length often opposes quality (each dimension picks its side independently there). A reward that
+    only counts length: margin ≡ length difference (ρ = 1), right wherever the longer response is preferred,
+    wrong wherever the shorter one is."""
     length = records_of(pairs, lambda la, lb, sa, sb: 0.1 * (la - lb), "length_reward")
     table = length_bias(length, HELPSTEER_DIMS).set_index(["method", "seed", "w"])
     for dim in HELPSTEER_DIMS:
