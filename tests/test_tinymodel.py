@@ -220,3 +220,45 @@ def test_hub_id_offline_fails_fast_with_local_path_hint(tmp_path, monkeypatch, h
 def test_embedded_without_built_dir_is_refused(tmp_path):
     with pytest.raises(ConfluxError, match="built directory"):
         base_model_manifest_job(_spec("embedded"), tmp_path / "m.json")
+
+
+# The bound of the pretrained model's held-out reply perplexity: uniform guessing scores the vocabulary size
+# (~1,000 here, ~2,000 in the default) and the random initialisation about that; 40 means the model puts on
+# average 1/40 of its mass on the next token of a reply it never saw. The default build (200 steps, vocab
+# 2,048) reaches ~2 (conflux_tiny.json of a run); this smaller build stays under 40 with margin.
+PRETRAINED_PPL_BOUND = 40.0
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conflux.data.jobs import bundled_corpus, pretrain_documents
+    from conflux.modeling.pretrain import PretrainConfig
+
+    cfg = TinyModelConfig(vocab_size=1024, pretrain=PretrainConfig(steps=80, batch_size=16, warmup_steps=8))
+    out = tmp_path_factory.mktemp("pretrained") / "hf"
+    return build_tiny_model(bundled_corpus(seed=0), cfg, out, documents=pretrain_documents(seed=0))
+
+
+def test_pretraining_brings_held_out_perplexity_far_below_uniform(pretrained):
+    record = json.loads((pretrained / "conflux_tiny.json").read_text())["pretrain"]
+    vocab = json.loads((pretrained / "conflux_tiny.json").read_text())["vocab_size"]
+    assert record["initial_held_out_reply_perplexity"] > vocab / 3  # random init: about uniform
+    assert record["held_out_reply_perplexity"] < PRETRAINED_PPL_BOUND
+    assert record["documents"]["held_out"] > 50 and record["steps"] == 80
+
+
+def test_pretraining_is_deterministic_and_reaches_the_manifest(tmp_path):
+    from conflux.data.jobs import pretrain_documents
+    from conflux.modeling.pretrain import PretrainConfig
+
+    cfg = TinyModelConfig(vocab_size=512, pretrain=PretrainConfig(steps=3, batch_size=4, warmup_steps=1))
+    docs = pretrain_documents(seed=0)[:200]
+    first, second = (build_tiny_model(TEXTS, cfg, tmp_path / n, documents=docs) for n in ("a", "b"))
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    init = load_file(build_tiny_model(TEXTS, cfg, tmp_path / "init") / "model.safetensors")  # no documents
+    assert not torch.equal(a["model.layers.0.mlp.up_proj.weight"], init["model.layers.0.mlp.up_proj.weight"])
+    manifest = base_model_manifest_job(
+        BaseModelSpec(name="tiny", source="embedded"), tmp_path / "manifest.json", built_dir=first
+    )
+    assert manifest["pretrain"]["steps"] == 3 and manifest["pretrain"]["held_out_reply_perplexity"] > 1

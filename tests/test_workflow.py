@@ -36,30 +36,34 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     # eval_conflict),
     # shared by the three curriculum stages, Panacea, every DPO-Soup member and every evaluation.
     assert jobs["reference_logps"] == 2 * 3
-    # datasets x (3 curriculum stages, Panacea, DPO-Soup, the length-controlled curriculum after stage 3,
-    # Panacea on LoRA)
-    assert jobs["evaluate_method"] == 2 * 7
-    assert jobs["panacea"] == jobs["panacea_lora"] == 2
-    assert jobs["export_policy"] == 3  # the three compared methods, on synth_pku (config: export)
-    for stage in (1, 2, 3):
-        assert jobs[f"curriculum_rdpo_stage{stage}"] == 2
+    seeds = 3  # config seeds: every training run, evaluation and analysis is per seed
+    # datasets x seeds x (3 curriculum stages, Panacea, DPO-Soup); the variants are not in the default
+    assert jobs["evaluate_method"] == 2 * seeds * 5
+    assert (
+        jobs["panacea"] == 2 * seeds and "panacea_lora" not in jobs and "curriculum_rdpo_stage1" not in jobs
+    )
+    assert jobs["export_policy"] == 3 * seeds  # the three compared methods, on synth_pku (config: export)
     assert jobs["table1"] == jobs["table2"] == jobs["figure2"] == 1  # synth_pku k=2; synth_hs2 k=5
     assert jobs["ablation"] == 2  # the curriculum's stages, per dataset
     assert jobs["figure3"] == 1  # helpfulness against each dimension, synth_hs2
     assert jobs["length_bias"] == 2  # Appendix C, per pair dataset
     # persona variants per dataset: sft, dpo and the TIES merges at lambda 0.5 and 1
-    assert jobs["persona_eval_base"] == 2 and jobs["persona_eval"] == 2 * 4 and jobs["persona_table"] == 2
+    assert (
+        jobs["persona_eval_base"] == 2
+        and jobs["persona_eval"] == 2 * 4 * seeds
+        and jobs["persona_table"] == 2
+    )
     # one merge job per (dataset, seed): SFT and DPO are merged once and scaled to each λ of the grid
-    assert jobs["merge_sft_dpo"] == 2 and jobs["taskvec_stats_persona"] == jobs["conflict_sft_dpo"] == 2
-    assert jobs["taskvec_stats_adapters"] == jobs["conflict_dims"] == 2 * 2  # stage 3 and DPO-Soup
-    assert jobs["weight_figures_persona"] == 2 and jobs["weight_figures_adapters"] == 2 * 2
-    # task-vector dumps: SFT and DPO of each persona set; stage 3 and DPO-Soup adapters of each pair set
-    assert jobs["dump_task_vectors_persona"] == 2 * 2 and jobs["dump_task_vectors_adapters"] == 2 * 2
-    assert jobs["revert_sweep"] == jobs["key_layers"] == 2  # analysis.revert.methods: [dpo]
+    assert jobs["merge_sft_dpo"] == jobs["taskvec_stats_persona"] == jobs["conflict_sft_dpo"] == 2 * seeds
+    assert jobs["taskvec_stats_adapters"] == jobs["conflict_dims"] == 2 * 2 * seeds  # stage 3 and DPO-Soup
+    assert jobs["weight_figures_persona"] == 2 * seeds and jobs["weight_figures_adapters"] == 2 * 2 * seeds
+    # task-vector dumps are off in the default (analysis.dumps.mode: none); the small run turns them on
+    assert "dump_task_vectors_persona" not in jobs and "dump_task_vectors_adapters" not in jobs
+    assert jobs["revert_sweep"] == 2 * seeds and jobs["key_layers"] == 2  # analysis.revert.methods: [dpo]
     for rule in ("curriculum_stage1", "curriculum_stage2", "curriculum_stage3", "panacea"):
-        assert jobs[rule] == 2
-    assert jobs["dpo_soup"] == 2 + 5  # one job per dimension: k=2 and k=5
-    assert jobs["sft"] == 2 and jobs["dpo"] == 2
+        assert jobs[rule] == 2 * seeds
+    assert jobs["dpo_soup"] == (2 + 5) * seeds  # one job per dimension: k=2 and k=5
+    assert jobs["sft"] == jobs["dpo"] == 2 * seeds
 
 
 def test_paper_dry_run_plans_the_full_matrix(project_root):
@@ -145,9 +149,14 @@ def small_run(tmp_path_factory):
     root = Path(__file__).resolve().parents[1]
     work = tmp_path_factory.mktemp("run")
     raw = yaml.safe_load((root / "config/config.yaml").read_text())
+    raw["seeds"] = [0]  # the plumbing of one seed; the tables over several: tests/test_eval_tables.py
     raw["datasets"]["synth_pku"]["n_pairs"] = 400
     raw["datasets"]["synth_hs2"]["n_prompts"] = 200
     raw["models"]["tiny"]["tiny"]["vocab_size"] = 600
+    raw["models"]["tiny"]["tiny"]["pretrain"]["steps"] = 20  # the rule pretrains; how well: test_tinymodel.py
+    # the variants and the dumps the default leaves out for time, so their plumbing is still run
+    raw["studies"]["curriculum"]["methods"] += ["curriculum_rdpo", "panacea_lora"]
+    raw["analysis"]["dumps"]["mode"] = "full"
     raw["training"]["max_steps"] = 2  # the plumbing, not the learning: tests/test_training.py checks that
     raw["methods"]["sft"]["max_steps"] = raw["methods"]["dpo"]["max_steps"] = 2
     cfg = work / "config.yaml"
@@ -180,6 +189,12 @@ def test_run_writes_splits_stats_and_a_loadable_tiny_model(small_run):
     sft = small_run / "results/train/tiny/persona_student/seed0/sft/model"
     assert (sft / "model.safetensors").exists()
     manifest = json.loads((small_run / "results/models/tiny/manifest.json").read_text())
+    # the pretraining record travels into the manifest: 20 steps already leave the uniform ~vocab perplexity
+    pretrain = manifest["pretrain"]
+    assert (
+        pretrain["steps"] == 20
+        and pretrain["held_out_reply_perplexity"] < pretrain["initial_held_out_reply_perplexity"] / 4
+    )
     # An embedded model's load_path is relative to the workflow directory, so results/ can move as a whole.
     assert not Path(manifest["load_path"]).is_absolute()
     model = AutoModelForCausalLM.from_pretrained(small_run / manifest["load_path"])
@@ -440,7 +455,8 @@ def test_run_writes_the_key_layers_table_and_the_weight_figures(small_run):
 
 
 def test_run_dumps_the_task_vectors_that_duckdb_reads_back_as_the_stats(small_run):
-    """The default config dumps every entry of τ; DuckDB's per-parameter L2 of a dump is the stats table's."""
+    """The small run (analysis.dumps.mode: full) dumps every entry of τ; DuckDB's per-parameter L2 of a dump
+    is the stats table's."""
     import duckdb
     import pandas as pd
 

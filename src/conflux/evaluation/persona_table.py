@@ -189,6 +189,9 @@ def persona_table_job(
         "Perplexity: exp(total NLL / total tokens) of the held-out replies given their prompt.",
         interval_note(resamples, level, seed, over="held-out prompts and pairs", rows="variant"),
     ]
+    pretrain = first.get("base_pretrain")
+    if pretrain:
+        notes.insert(1, _pretrain_note(pretrain))
     mean_rows = (table["seed"] == MEAN) | (table["seeds"] == 0)  # seeds = 0: the data's own replies
     sections = [
         ("Mean over seeds", _view(table[mean_rows], persona)),
@@ -197,6 +200,16 @@ def persona_table_job(
     title = f"Persona study: {persona}" + (f" ({label})" if label else "")
     write_table_files(md, html, title, notes, sections)
     return table
+
+
+def _pretrain_note(pretrain: dict[str, Any]) -> str:
+    """The base model's pretraining in one line, so a reader sees that the variants start from a real LM."""
+    return (
+        f"Base model: the embedded tiny Llama, pretrained {pretrain['steps']} steps on the bundled general "
+        "replies and synthetic text (not the persona replies); held-out reply perplexity "
+        f"{pretrain['held_out_reply_perplexity']:.2f} (at initialisation "
+        f"{pretrain['initial_held_out_reply_perplexity']:.0f})."
+    )
 
 
 def _seed_lists(records: list[dict[str, Any]]) -> str:
