@@ -339,7 +339,7 @@ def get_persona_run(wildcards):
 
 def get_revert_sweeps(wildcards):
     root = f"results/analysis/{wildcards.model}/{wildcards.persona_dataset}"
-    return [f"{root}/seed{seed}/revert_{wildcards.revert_method}.json" for seed in CFG.seeds]
+    return [f"{root}/seed{seed}/revert_{wildcards.revert_method}.json" for seed in CFG.analysis_seeds()]
 
 
 def _figures(root, suffix=""):
@@ -432,6 +432,8 @@ def get_final_output():
                 for seed in CFG.seeds:
                     for method in study.methods:
                         targets += training_outputs(dataset, model, seed, method)
+                    if seed not in CFG.analysis_seeds():
+                        continue  # analysis.seeds: the weight analysis and exports of some seeds only
                     targets += analysis_outputs(study_name, dataset, model, seed)
                     if study_name == "curriculum":
                         targets += export_outputs(dataset, model, seed)

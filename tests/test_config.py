@@ -85,3 +85,13 @@ def test_synthetic_signal_keys_are_checked_naming_the_key(project_root, kind, si
     raw["datasets"]["s"] = {"kind": kind, "n_pairs": 50, "n_prompts": 50, "path": "x.jsonl", "signal": signal}
     with pytest.raises(ConfigError, match=re.escape(key)):
         parse_config(raw)
+
+
+def test_analysis_seeds_must_be_run_seeds_and_default_to_all(project_root):
+    raw = yaml.safe_load((project_root / "config" / "config.yaml").read_text())
+    assert parse_config(raw).analysis_seeds() == (0,)  # the default analyses its first seed
+    raw["analysis"].pop("seeds")
+    assert parse_config(raw).analysis_seeds() == (0, 1, 2)
+    raw["analysis"]["seeds"] = [0, 7]
+    with pytest.raises(ConfigError, match=re.escape("analysis.seeds.1")):
+        parse_config(raw)
