@@ -317,12 +317,13 @@ def get_dataset_runs(wildcards):
 
 def get_method_conflicts(wildcards):
     root = f"results/analysis/{wildcards.model}/{wildcards.persona_dataset}"
-    return {f"seed{seed}": f"{root}/seed{seed}/conflict_methods.parquet" for seed in CFG.seeds}
+    return {f"seed{seed}": f"{root}/seed{seed}/conflict_methods.parquet" for seed in CFG.analysis_seeds()}
 
 
 def get_dataset_conflicts(wildcards):
     root = f"results/analysis/{wildcards.model}/persona_datasets"
-    return {f"seed{s}": f"{root}/seed{s}/conflict_{wildcards.persona_method}.parquet" for s in CFG.seeds}
+    method = wildcards.persona_method
+    return {f"seed{s}": f"{root}/seed{s}/conflict_{method}.parquet" for s in CFG.analysis_seeds()}
 
 
 def persona_variants():
@@ -381,7 +382,7 @@ def get_persona_run(wildcards):
 
 def get_revert_sweeps(wildcards):
     root = f"results/analysis/{wildcards.model}/{wildcards.persona_dataset}"
-    return [f"{root}/seed{seed}/revert_{wildcards.revert_method}.json" for seed in CFG.seeds]
+    return [f"{root}/seed{seed}/revert_{wildcards.revert_method}.json" for seed in CFG.analysis_seeds()]
 
 
 def _figures(root, suffix=""):
@@ -475,6 +476,8 @@ def get_final_output():
                 for seed in CFG.seeds:
                     for method in study.methods:
                         targets += training_outputs(dataset, model, seed, method)
+                    if seed not in CFG.analysis_seeds():
+                        continue  # analysis.seeds: the weight analysis and exports of some seeds only
                     targets += analysis_outputs(study_name, dataset, model, seed)
                     if study_name == "curriculum":
                         targets += export_outputs(dataset, model, seed)
@@ -493,5 +496,5 @@ def dataset_conflict_outputs():
             targets += [f"results/tables/{model}/persona_datasets/conflict_{method}.{ext}"
                         for ext in ("csv", "md", "html", "png", "svg")]  # fmt: skip
             targets += [f"results/analysis/{model}/persona_datasets/seed{seed}/conflict_{method}.parquet"
-                        for seed in CFG.seeds]  # fmt: skip
+                        for seed in CFG.analysis_seeds()]  # fmt: skip
     return targets

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import yaml
 
-from conflux.config import load_config
+from conflux.config import load_config, parse_config
+from conflux.errors import ConfigError
 
 
 def test_default_config_parses_with_schema_defaults(project_root):
     cfg = load_config(project_root / "config" / "config.yaml")
-    assert cfg.split.eval_fraction == 0.2 and cfg.split.require_conflict
+    assert cfg.split.eval_fraction == 0.4 and cfg.split.require_conflict and cfg.seeds == (0, 1, 2)
+    assert cfg.models["tiny"].tiny.pretrain.steps > 0  # the embedded base is pretrained (tiny_model.pretrain)
+    assert dict(cfg.datasets["synth_pku"].signal) == {"helpful": 0.5, "harmless": 0.9}
     assert cfg.models["tiny"].source == "embedded" and cfg.models["tiny"].tiny.hidden_size == 64
     assert cfg.study("curriculum").datasets == ("synth_pku", "synth_hs2")
     assert cfg.datasets["synth_hs2"].hub_split == "train"  # filled from the schema's default
@@ -64,3 +70,28 @@ def test_a_persona_dataset_without_a_general_file_generates_its_general_replies(
     cfg = load_config(tmp_path / "c.yaml")
     assert all(cfg.datasets[name].generates_general for name in ("persona_ojousama", "persona_student"))
     assert not cfg.datasets["synth_pku"].generates_general  # pair datasets have no general replies
+
+
+@pytest.mark.parametrize(
+    ("kind", "signal", "key"),
+    [
+        ("synthetic_pku", {"honesty": 0.5}, "datasets.s.signal.honesty"),
+        ("synthetic_helpsteer", {"helpful": 0.5}, "datasets.s.signal.helpful"),
+        ("pku_saferlhf", {"helpful": 0.5}, "datasets.s.signal"),
+    ],
+)
+def test_synthetic_signal_keys_are_checked_naming_the_key(project_root, kind, signal, key):
+    raw = yaml.safe_load((project_root / "config" / "config.yaml").read_text())
+    raw["datasets"]["s"] = {"kind": kind, "n_pairs": 50, "n_prompts": 50, "path": "x.jsonl", "signal": signal}
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        parse_config(raw)
+
+
+def test_analysis_seeds_must_be_run_seeds_and_default_to_all(project_root):
+    raw = yaml.safe_load((project_root / "config" / "config.yaml").read_text())
+    assert parse_config(raw).analysis_seeds() == (0,)  # the default analyses its first seed
+    raw["analysis"].pop("seeds")
+    assert parse_config(raw).analysis_seeds() == (0, 1, 2)
+    raw["analysis"]["seeds"] = [0, 7]
+    with pytest.raises(ConfigError, match=re.escape("analysis.seeds.1")):
+        parse_config(raw)

@@ -12,6 +12,7 @@ from conflux.errors import ConfluxError
 from conflux.evaluation.accuracy import table1, table1_wide, table2, win_shares
 from conflux.evaluation.records import WEIGHT_GRID, evaluation_plan, records_frame, weighted_labels
 from conflux.evaluation.report_files import MEAN
+from conflux.evaluation.tables import seed_spread
 
 DIMS2 = ("helpful", "harmless")
 # Three k=2 pairs. d = s_a - s_b: p0 (2, -1), p1 (-1, 2), p2 (1, -1); at (.5, .5) p2 is a tie.
@@ -156,6 +157,9 @@ def test_table1_values_per_seed_and_mean_over_seeds():
     assert (long.loc[long["seed"] == MEAN, "seeds"] == 2).all()
     inside = (long["ci_low"] <= long["accuracy"] + 1e-12) & (long["accuracy"] <= long["ci_high"] + 1e-12)
     assert inside.all()
+    # the spread over seeds: A's harmless is 1/3 on seed 0 and 1 on seed 1; B is the same on both seeds
+    spread = seed_spread(wide.reset_index(), "method", "harmless")
+    assert spread == {"A": "0.333–1.000", "B": "1.000–1.000"}
 
 
 def test_methods_with_other_seeds_or_other_pairs_are_refused():

@@ -54,8 +54,9 @@ def records_of(pairs, margin_of, method: str) -> pd.DataFrame:
 
 def test_a_length_following_reward_shows_the_synthetic_sets_length_confound(pairs):
     """Complexity and verbosity are built from length (technical terms, filler sentences), and on conflict
-    prompts length opposes quality. A reward that only counts length: margin ≡ length difference (ρ = 1),
-    right wherever the longer response is preferred, wrong wherever the shorter one is."""
+    pairs length often opposes quality (each dimension picks its side independently there). A reward that
+    only counts length: margin ≡ length difference (ρ = 1), right wherever the longer response is preferred,
+    wrong wherever the shorter one is."""
     length = records_of(pairs, lambda la, lb, sa, sb: 0.1 * (la - lb), "length_reward")
     table = length_bias(length, HELPSTEER_DIMS).set_index(["method", "seed", "w"])
     for dim in HELPSTEER_DIMS:
@@ -65,7 +66,7 @@ def test_a_length_following_reward_shows_the_synthetic_sets_length_confound(pair
     verbosity = table.loc[("length_reward", MEAN, "verbosity")]
     assert verbosity["n_longer"] > 0.9 * verbosity["n"]  # the preferred verbosity is the longer response
     helpful = table.loc[("length_reward", MEAN, "helpfulness")]
-    assert helpful["n_shorter"] > 0.3 * helpful["n"]  # conflict prompts: the better answer is the shorter
+    assert helpful["n_shorter"] > 0.2 * helpful["n"]  # conflict pairs: the better answer is often the shorter
     assert table.loc[("length_reward", "0", "verbosity"), "n"] * 2 == verbosity["n"]  # counts over 2 seeds
 
 

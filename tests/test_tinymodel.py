@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -220,3 +221,87 @@ def test_hub_id_offline_fails_fast_with_local_path_hint(tmp_path, monkeypatch, h
 def test_embedded_without_built_dir_is_refused(tmp_path):
     with pytest.raises(ConfluxError, match="built directory"):
         base_model_manifest_job(_spec("embedded"), tmp_path / "m.json")
+
+
+# The bound of the pretrained model's held-out reply perplexity: uniform guessing scores the vocabulary size
+# (~1,000 here, ~2,000 in the default) and the random initialisation about that; 40 means the model puts on
+# average 1/40 of its mass on the next token of a reply it never saw. The default build (200 steps, vocab
+# 2,048) reaches ~2 (conflux_tiny.json of a run); this smaller build stays under 40 with margin.
+PRETRAINED_PPL_BOUND = 40.0
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conflux.data.jobs import bundled_corpus, pretrain_documents
+    from conflux.modeling.pretrain import PretrainConfig
+
+    cfg = TinyModelConfig(vocab_size=1024, pretrain=PretrainConfig(steps=80, batch_size=16, warmup_steps=8))
+    out = tmp_path_factory.mktemp("pretrained") / "hf"
+    return build_tiny_model(bundled_corpus(seed=0), cfg, out, documents=pretrain_documents(seed=0))
+
+
+def test_pretraining_brings_held_out_perplexity_far_below_uniform(pretrained):
+    record = json.loads((pretrained / "conflux_tiny.json").read_text())["pretrain"]
+    vocab = json.loads((pretrained / "conflux_tiny.json").read_text())["vocab_size"]
+    assert record["initial_held_out_reply_perplexity"] > vocab / 3  # random init: about uniform
+    assert record["held_out_reply_perplexity"] < PRETRAINED_PPL_BOUND
+    assert record["documents"]["held_out"] > 50 and record["steps"] == 80
+
+
+def test_pretraining_is_deterministic_and_reaches_the_manifest(tmp_path):
+    from conflux.data.jobs import pretrain_documents
+    from conflux.modeling.pretrain import PretrainConfig
+
+    cfg = TinyModelConfig(vocab_size=512, pretrain=PretrainConfig(steps=3, batch_size=4, warmup_steps=1))
+    docs = pretrain_documents(seed=0)[:200]
+    first, second = (build_tiny_model(TEXTS, cfg, tmp_path / n, documents=docs) for n in ("a", "b"))
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    init = load_file(build_tiny_model(TEXTS, cfg, tmp_path / "init") / "model.safetensors")  # no documents
+    assert not torch.equal(a["model.layers.0.mlp.up_proj.weight"], init["model.layers.0.mlp.up_proj.weight"])
+    manifest = base_model_manifest_job(
+        BaseModelSpec(name="tiny", source="embedded"), tmp_path / "manifest.json", built_dir=first
+    )
+    assert manifest["pretrain"]["steps"] == 3 and manifest["pretrain"]["held_out_reply_perplexity"] > 1
+
+
+# Persona SFT on the pretrained base must make the persona speak on prompts it never trained on. 0.5: half of
+# the held-out prompts answered with at least one お嬢様言葉 marker. A random-init base reached ~0.3 for the
+# student persona by chance (single-character markers in byte soup), and the pretrained base, which never read
+# a persona reply, must stay near 0; the held-out persona replies themselves score 1.
+PERSONA_SHARE_BOUND = 0.5
+
+
+def test_persona_sft_on_the_pretrained_base_speaks_the_persona_on_held_out_prompts(pretrained, tmp_path):
+    from conflux.data.loaders.persona import read_persona
+    from conflux.data.pairs import write_sft
+    from conflux.data.persona_split import split_persona
+    from conflux.data.persona_text import PERSONA_MARKERS, bundled_persona_path
+    from conflux.data.specs import PersonaSplitConfig
+    from conflux.evaluation.persona_markers import count_markers
+    from conflux.modeling.generation import GenerationSettings, generate
+    from conflux.training.config import TrainConfig
+    from conflux.training.trl_jobs import make_trainer, sft_dataset
+
+    rows, _ = read_persona(str(bundled_persona_path("ojousama")), persona="ojousama")
+    parts, _ = split_persona(rows, PersonaSplitConfig())
+    write_sft(tmp_path / "train.parquet", parts["sft_train"])
+    held_out = parts["sft_eval"].column("prompt").to_pylist()
+    gen = GenerationSettings(max_new_tokens=32, batch_size=32)
+
+    def share(model, tokenizer) -> float:
+        answers = generate(model.eval(), tokenizer, held_out, gen, max_length=128)
+        return float(np.mean([count_markers(a, PERSONA_MARKERS["ojousama"]) > 0 for a, _ in answers]))
+
+    model, tokenizer = (
+        AutoModelForCausalLM.from_pretrained(pretrained),
+        AutoTokenizer.from_pretrained(pretrained),
+    )
+    assert share(model, tokenizer) < 0.1  # the base speaks the general replies' plain polite Japanese
+    # the default config's SFT settings (config/config.yaml methods.sft), one seed
+    cfg = TrainConfig(finetune="full", learning_rate=0.002, epochs=3, max_length=128, batch_size=16,
+                      per_device_batch_size=16, warmup_ratio=0.03)  # fmt: skip
+    trainer = make_trainer("sft", model, tokenizer, sft_dataset(tmp_path / "train.parquet", tokenizer), cfg,
+                           tmp_path / "sft", seed=0)  # fmt: skip
+    trainer.train()
+    assert len(held_out) > 50 and share(trainer.model, tokenizer) >= PERSONA_SHARE_BOUND

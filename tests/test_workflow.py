@@ -37,35 +37,38 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     # eval_conflict),
     # shared by the three curriculum stages, Panacea, every DPO-Soup member and every evaluation.
     assert jobs["reference_logps"] == 2 * 3
-    # datasets x (3 curriculum stages, Panacea, DPO-Soup, the length-controlled curriculum after stage 3,
-    # Panacea on LoRA)
-    assert jobs["evaluate_method"] == 2 * 7
-    assert jobs["panacea"] == jobs["panacea_lora"] == 2
+    seeds = 3  # config seeds: every training run, evaluation and analysis is per seed
+    # datasets x seeds x (3 curriculum stages, Panacea, DPO-Soup); the variants are not in the default
+    assert jobs["evaluate_method"] == 2 * seeds * 5
+    assert (
+        jobs["panacea"] == 2 * seeds and "panacea_lora" not in jobs and "curriculum_rdpo_stage1" not in jobs
+    )
+    # the weight analysis and the exports cover analysis.seeds: [0] only, the evaluation every seed
     assert jobs["export_policy"] == 3  # the three compared methods, on synth_pku (config: export)
-    for stage in (1, 2, 3):
-        assert jobs[f"curriculum_rdpo_stage{stage}"] == 2
     assert jobs["table1"] == jobs["table2"] == jobs["figure2"] == 1  # synth_pku k=2; synth_hs2 k=5
     assert jobs["ablation"] == 2  # the curriculum's stages, per dataset
     assert jobs["figure3"] == 1  # helpfulness against each dimension, synth_hs2
     assert jobs["length_bias"] == 2  # Appendix C, per pair dataset
-    # persona variants per dataset: sft, dpo, sft_dpo and the TIES merges at lambda 0.5 and 1
-    assert jobs["persona_eval_base"] == 3 and jobs["persona_eval"] == 3 * 5 and jobs["persona_table"] == 3
-    # one merge job per (dataset, seed): SFT and DPO are merged once and scaled to each λ of the grid
-    assert jobs["merge_sft_dpo"] == 3 and jobs["taskvec_stats_persona"] == jobs["conflict_methods"] == 3
-    assert jobs["conflict_summary_methods"] == 3  # per dataset, over seeds
-    # CL-L2 between the three datasets: per (model, seed, method), and its table per (model, method)
+    # persona variants per dataset: sft, dpo, sft_dpo and the TIES merges at lambda 0.5 and 1, every seed
+    assert jobs["persona_eval_base"] == 3 and jobs["persona_eval"] == 3 * 5 * seeds
+    assert jobs["persona_table"] == 3
+    # one merge job per (dataset, seed): SFT and DPO are merged once and scaled to each λ of the grid (the
+    # merges are persona-table variants, so every seed); the weight analysis of seed 0 (analysis.seeds)
+    assert jobs["merge_sft_dpo"] == 3 * seeds
+    assert jobs["taskvec_stats_persona"] == jobs["conflict_methods"] == jobs["conflict_summary_methods"] == 3
+    # CL-L2 between the three datasets: per (model, analysed seed, method), and its table per (model, method)
     assert jobs["conflict_datasets"] == jobs["conflict_summary_datasets"] == 3
     assert jobs["taskvec_stats_adapters"] == jobs["conflict_dims"] == 2 * 2  # stage 3 and DPO-Soup
     assert jobs["weight_figures_persona"] == 3 and jobs["weight_figures_adapters"] == 2 * 2
-    # task-vector dumps: SFT, DPO and SFT→DPO of each persona study dataset; stage 3 and DPO-Soup adapters
-    assert jobs["dump_task_vectors_persona"] == 3 * 3 and jobs["dump_task_vectors_adapters"] == 2 * 2
+    # task-vector dumps are off in the default (analysis.dumps.mode: none); the small run turns them on
+    assert "dump_task_vectors_persona" not in jobs and "dump_task_vectors_adapters" not in jobs
     assert jobs["revert_sweep"] == jobs["key_layers"] == 3  # analysis.revert.methods: [dpo]
     for rule in ("curriculum_stage1", "curriculum_stage2", "curriculum_stage3", "panacea"):
-        assert jobs[rule] == 2
-    assert jobs["dpo_soup"] == 2 + 5  # one job per dimension: k=2 and k=5
-    assert jobs["sft"] == jobs["dpo"] == jobs["sft_dpo"] == 3
+        assert jobs[rule] == 2 * seeds
+    assert jobs["dpo_soup"] == (2 + 5) * seeds  # one job per dimension: k=2 and k=5
+    assert jobs["sft"] == jobs["dpo"] == jobs["sft_dpo"] == 3 * seeds
     # DPO's reference: the base model's, once per (model, dataset); SFT→DPO's: its SFT model's, per seed
-    assert jobs["reference_logps_dpo"] == jobs["reference_logps_sft_dpo"] == 3
+    assert jobs["reference_logps_dpo"] == 3 and jobs["reference_logps_sft_dpo"] == 3 * seeds
 
 
 def test_paper_dry_run_plans_the_full_matrix(project_root):
@@ -158,9 +161,14 @@ def small_run(tmp_path_factory):
     root = Path(__file__).resolve().parents[1]
     work = tmp_path_factory.mktemp("run")
     raw = yaml.safe_load((root / "config/config.yaml").read_text())
+    raw["seeds"] = [0]  # the plumbing of one seed; the tables over several: tests/test_eval_tables.py
     raw["datasets"]["synth_pku"]["n_pairs"] = 400
     raw["datasets"]["synth_hs2"]["n_prompts"] = 200
     raw["models"]["tiny"]["tiny"]["vocab_size"] = 600
+    raw["models"]["tiny"]["tiny"]["pretrain"]["steps"] = 20  # the rule pretrains; how well: test_tinymodel.py
+    # the variants and the dumps the default leaves out for time, so their plumbing is still run
+    raw["studies"]["curriculum"]["methods"] += ["curriculum_rdpo", "panacea_lora"]
+    raw["analysis"]["dumps"]["mode"] = "full"
     raw["training"]["max_steps"] = 2  # the plumbing, not the learning: tests/test_training.py checks that
     raw["methods"]["sft"]["max_steps"] = raw["methods"]["dpo"]["max_steps"] = 2
     cfg = work / "config.yaml"
@@ -193,6 +201,12 @@ def test_run_writes_splits_stats_and_a_loadable_tiny_model(small_run):
     sft = small_run / "results/train/tiny/persona_student/seed0/sft/model"
     assert (sft / "model.safetensors").exists()
     manifest = json.loads((small_run / "results/models/tiny/manifest.json").read_text())
+    # the pretraining record travels into the manifest: 20 steps already leave the uniform ~vocab perplexity
+    pretrain = manifest["pretrain"]
+    assert (
+        pretrain["steps"] == 20
+        and pretrain["held_out_reply_perplexity"] < pretrain["initial_held_out_reply_perplexity"] / 4
+    )
     # An embedded model's load_path is relative to the workflow directory, so results/ can move as a whole.
     assert not Path(manifest["load_path"]).is_absolute()
     model = AutoModelForCausalLM.from_pretrained(small_run / manifest["load_path"])
@@ -409,7 +423,8 @@ def test_naming_a_table_plans_only_its_ancestors(project_root, tmp_path):
     out = proc.stdout + proc.stderr
     jobs = planned_jobs(out)
     assert "synth_hs2" not in out and "persona" not in out
-    assert jobs["load_pairs"] == 1 and jobs["dpo_soup"] == 2 and jobs["evaluate_method"] == 3
+    seeds = 3  # the default's
+    assert jobs["load_pairs"] == 1 and jobs["dpo_soup"] == 2 * seeds and jobs["evaluate_method"] == 3 * seeds
     assert "sft" not in jobs and "table2" not in jobs and "all" not in jobs
 
 
@@ -454,7 +469,8 @@ def test_run_writes_the_key_layers_table_and_the_weight_figures(small_run):
 
 
 def test_run_dumps_the_task_vectors_that_duckdb_reads_back_as_the_stats(small_run):
-    """The default config dumps every entry of τ; DuckDB's per-parameter L2 of a dump is the stats table's."""
+    """The small run (analysis.dumps.mode: full) dumps every entry of τ; DuckDB's per-parameter L2 of a dump
+    is the stats table's."""
     import duckdb
     import pandas as pd
 

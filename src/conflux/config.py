@@ -17,6 +17,7 @@ import yaml
 
 from conflux.data.specs import DatasetSpec, PersonaSplitConfig
 from conflux.data.split import SplitConfig
+from conflux.data.synthetic import HELPSTEER_DIMS, PKU_DIMS
 from conflux.errors import ConfigError
 from conflux.export.weights import check_weights
 from conflux.methods import METHODS, STAGES, method_of, methods_of, revertable_methods
@@ -126,6 +127,7 @@ class AnalysisConfig:
     lambdas: tuple[float, ...] = (0.5, 1.0)
     revert: RevertConfig = field(default_factory=RevertConfig)
     dumps: DumpConfig = field(default_factory=DumpConfig)
+    seeds: tuple[int, ...] | None = None  # seeds whose weights are analysed and exported; None: every seed
 
     def merge_variants(self) -> list[str]:
         """Names of the merged models, e.g. ``ties_lam0.5``: persona-evaluation variants like sft and dpo."""
@@ -183,6 +185,11 @@ class WorkflowConfig:
 
     def study(self, name: str) -> Study:
         return self.studies.get(name, Study())
+
+    def analysis_seeds(self) -> tuple[int, ...]:
+        """Seeds whose trained weights the default target analyses and exports (``analysis.seeds``, default
+        every seed); the evaluation tables always cover every seed."""
+        return self.seeds if self.analysis.seeds is None else self.analysis.seeds
 
     def revert_variants(self) -> list[str]:
         """The persona variants the revert sweep covers: those of ``analysis.revert.methods`` the persona
@@ -324,7 +331,7 @@ def parse_config(raw: dict[str, Any]) -> WorkflowConfig:
         keep_checkpoints=bool(raw.get("keep_checkpoints", False)),
         evaluation=EvaluationConfig(**raw.get("evaluation", {})),
         resources=dict(raw.get("resources", {})),
-        analysis=_analysis_config(raw.get("analysis", {})),
+        analysis=_analysis_config(raw.get("analysis", {}), list(raw.get("seeds", [0]))),
         model_arch={name: dict(spec["arch"]) for name, spec in raw["models"].items() if "arch" in spec},
         export=_export_config(raw.get("export", {}), datasets, studies.get("curriculum", Study())),
     )
@@ -346,7 +353,7 @@ def _export_config(raw: dict[str, Any], datasets: dict[str, DatasetSpec], study:
     return ExportConfig(methods, weights)
 
 
-def _analysis_config(raw: dict[str, Any]) -> AnalysisConfig:
+def _analysis_config(raw: dict[str, Any], seeds: list[int]) -> AnalysisConfig:
     values = dict(raw)
     if "lambdas" in values:
         values["lambdas"] = tuple(values["lambdas"])
@@ -354,6 +361,13 @@ def _analysis_config(raw: dict[str, Any]) -> AnalysisConfig:
         values["revert"] = RevertConfig.from_dict(values["revert"])
     if "dumps" in values:
         values["dumps"] = DumpConfig(**values["dumps"])
+    if "seeds" in values:
+        values["seeds"] = tuple(values["seeds"])
+        for i, s in enumerate(values["seeds"]):
+            if s not in seeds:
+                raise ConfigError(
+                    f"analysis.seeds.{i}", "one of the run's seeds", f"{s} is not in seeds {seeds}"
+                )
     analysis = AnalysisConfig(**values)
     allowed = [*revertable_methods(), *analysis.merge_variants()]
     for i, method in enumerate(analysis.revert.methods):
@@ -387,8 +401,22 @@ def _model_spec(name: str, spec: dict[str, Any]) -> BaseModelSpec:
     )
 
 
+SYNTHETIC_DIMS = {"synthetic_pku": PKU_DIMS, "synthetic_helpsteer": HELPSTEER_DIMS}
+
+
 def _dataset_spec(name: str, spec: dict[str, Any]) -> DatasetSpec:
     values = dict(spec)
     if "dims" in values:
         values["dims"] = tuple(values["dims"])
+    if "signal" in values:
+        dims = SYNTHETIC_DIMS.get(values["kind"])
+        if dims is None:
+            raise ConfigError(
+                f"datasets.{name}.signal", "synthetic only", "'signal' applies to synthetic kinds"
+            )
+        for dim in values["signal"]:
+            if dim not in dims:
+                raise ConfigError(f"datasets.{name}.signal.{dim}", "a dimension of the generator",
+                                  f"'{dim}' is not one of {list(dims)}")  # fmt: skip
+        values["signal"] = tuple(values["signal"].items())
     return DatasetSpec(name=name, **values)

@@ -35,11 +35,21 @@ __all__ = ["BUNDLED_PREFIX", "resolve_path", "source_fingerprint"]  # re-exporte
 def load_pair_dataset(spec: DatasetSpec, *, offline: bool) -> LoadResult:
     """Load or generate the canonical pairs of a multi-dimensional preference dataset."""
     if spec.kind == "synthetic_pku":
-        pairs = synthetic_pku(spec.n_pairs, conflict_rate=spec.conflict_rate, seed=spec.seed, name=spec.name)
+        pairs = synthetic_pku(
+            spec.n_pairs,
+            conflict_rate=spec.conflict_rate,
+            signal=dict(spec.signal),
+            seed=spec.seed,
+            name=spec.name,
+        )
         return LoadResult(pairs=pairs, drops={}, rows_read=len(pairs))
     if spec.kind == "synthetic_helpsteer":
         pairs = synthetic_helpsteer(
-            spec.n_prompts, conflict_rate=spec.conflict_rate, seed=spec.seed, name=spec.name
+            spec.n_prompts,
+            conflict_rate=spec.conflict_rate,
+            signal=dict(spec.signal),
+            seed=spec.seed,
+            name=spec.name,
         )
         return LoadResult(pairs=pairs, drops={}, rows_read=len(pairs))
     source = resolve_path(spec.path)
@@ -164,3 +174,25 @@ def _dialogue(name: str) -> list[tuple[str, str]]:
     from conflux.data.loaders import read_dialogue
 
     return read_dialogue(str(bundled_persona_path(name)), offline=True)
+
+
+def pretrain_documents(
+    seed: int = 0, n_synthetic: int = 800, general_repeats: int = 3
+) -> list[tuple[str, str]]:
+    """(prompt, reply) documents the tiny model is pretrained on: every bundled general reply
+    (``general_repeats`` times, so the Japanese replies the persona study starts from are over half of what it
+    reads) and ``n_synthetic`` replies of the two synthetic generators (drawn with seeds no configured dataset
+    uses, ``1000 + seed``: the base must know the words, not the evaluation pairs).
+
+    The persona replies are left out on purpose: a base model that already spoke お嬢様言葉 or the student's
+    slang would make persona SFT's effect unmeasurable, and the held-out persona prompts would have been seen
+    with their persona replies. The general replies share the persona sets' prompts and content, so the base
+    knows what to say and SFT has to teach only how the persona says it.
+    """
+    docs = [(prompt, reply) for prompt, reply in _dialogue("general")] * general_repeats
+    pku = synthetic_pku(n_synthetic // 4, seed=1000 + seed).table.to_pydict()
+    hs = synthetic_helpsteer(n_synthetic // 4, seed=1000 + seed).table.to_pydict()  # one pair per prompt
+    for cols in (pku, hs):
+        for prompt, a, b in zip(cols["prompt"], cols["response_a"], cols["response_b"], strict=True):
+            docs.extend([(prompt, a), (prompt, b)])
+    return docs

@@ -31,6 +31,7 @@ class DatasetSpec:
     n_pairs: int | None = None
     n_prompts: int | None = None
     conflict_rate: float = 0.3
+    signal: tuple[tuple[str, float], ...] = ()  # synthetic: (dimension, visible share) over the defaults
     seed: int = 0
 
     @property

@@ -303,6 +303,7 @@ def persona_eval_job(
         "persona": persona,
         "model_dir": str(model_dir) if model_dir is not None else None,
         "prompt_format": prompt_format_of(manifest),
+        "base_pretrain": read_manifest(manifest).get("pretrain"),
         "generation": asdict(generation),
         "max_length": settings.max_length,
         "truncation": settings.truncation,

@@ -196,6 +196,9 @@ def persona_table_job(
             "model's greedy one (SPIN's pairing); the style columns check that no persona markers appear."
         )
         notes.insert(1, general)
+    pretrain = first.get("base_pretrain")
+    if pretrain:
+        notes.insert(1, _pretrain_note(pretrain))
     mean_rows = (table["seed"] == MEAN) | (table["seeds"] == 0)  # seeds = 0: the data's own replies
     sections = [
         ("Mean over seeds", _view(table[mean_rows], persona)),
@@ -204,6 +207,16 @@ def persona_table_job(
     title = f"Persona study: {persona}" + (f" ({label})" if label else "")
     write_table_files(md, html, title, notes, sections)
     return table
+
+
+def _pretrain_note(pretrain: dict[str, Any]) -> str:
+    """The base model's pretraining in one line, so a reader sees that the variants start from a real LM."""
+    return (
+        f"Base model: the embedded tiny Llama, pretrained {pretrain['steps']} steps on the bundled general "
+        "replies and synthetic text (not the persona replies); held-out reply perplexity "
+        f"{pretrain['held_out_reply_perplexity']:.2f} (at initialisation "
+        f"{pretrain['initial_held_out_reply_perplexity']:.0f})."
+    )
 
 
 def _seed_lists(records: list[dict[str, Any]]) -> str:

@@ -315,3 +315,19 @@ def evaluate_method_job(
     write_records(out, frame, meta)
     log.info("%s seed %d: %d records (%d weights) -> %s", method, seed, len(frame), len(plan), out)
     return frame
+
+
+def table2_setting_counts(
+    scores_a: np.ndarray, scores_b: np.ndarray, grid: Sequence[tuple[float, float]] = WEIGHT_GRID
+) -> dict[tuple[int, int, float, float], int]:
+    """Pairs each Table 2 setting (dim a, dim b, w_a, w_b) is judged on: the pairs where a and b prefer
+    opposite responses, less the ties under w. Lets a config be checked for empty settings before training."""
+    d = scores_a.astype(np.float64) - scores_b.astype(np.float64)
+    k = d.shape[1]
+    counts = {}
+    for a, b in combinations(range(k), 2):
+        opposed = dim_pair_conflict(d, a, b)
+        for w_a, w_b in grid:
+            labels = weighted_labels(scores_a[opposed], scores_b[opposed], pair_weight(k, a, b, w_a, w_b))
+            counts[(a, b, w_a, w_b)] = int((labels != 0).sum())
+    return counts

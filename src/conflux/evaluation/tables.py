@@ -36,6 +36,17 @@ def _seeds_note(frame: pd.DataFrame) -> str:
     return f"Seeds: {', '.join(seeds)} ({len(seeds)}); the first table is the mean over seeds."
 
 
+def seed_spread(frame: pd.DataFrame, by: str, col: str) -> dict[str, str]:
+    """Per ``by`` value (a method), ``min–max`` of ``col`` over its per-seed rows: how much the training seed
+    moves a number, beside the interval over pairs (which a mean over seeds narrows). Single seed: the value.
+    """
+    per_seed = frame[frame["seed"] != MEAN]
+    return {
+        key: f"{part[col].min():.3f}–{part[col].max():.3f}" if len(part) > 1 else f"{part[col].iloc[0]:.3f}"
+        for key, part in per_seed.groupby(by, sort=False)
+    }
+
+
 def _estimates(frame: pd.DataFrame, point: str, low: str, high: str) -> list[str]:
     """``point [low, high]`` per row, from three columns."""
     return [fmt_estimate(p, lo, hi) for p, lo, hi in zip(frame[point], frame[low], frame[high], strict=True)]
@@ -84,15 +95,22 @@ def _write_table1(
         _seeds_note(long),
         ACCURACY_RULE + " The label at w = 1_i is dimension i's preference.",
         interval_note(resamples, level, seed),
+        "Seeds min–max: the lowest and highest per-seed accuracy of the method (the spread over training "
+        "seeds; the interval beside the mean is over pairs only).",
     ]
     sections = []
     for heading, part in (
         ("Mean over seeds", wide[wide["seed"] == MEAN]),
         ("Per seed", wide[wide["seed"] != MEAN]),
     ):
-        shown = part[["method"]].copy() if heading.startswith("Mean") else part[["method", "seed"]].copy()
+        mean = heading.startswith("Mean")
+        shown = part[["method"]].copy() if mean else part[["method", "seed"]].copy()
         for dim in dims:
             shown[dim] = _estimates(part, dim, f"{dim}_ci_low", f"{dim}_ci_high")
+            if mean:  # the spread over seeds beside the interval over pairs
+                shown[f"{dim} seeds min–max"] = (
+                    part["method"].map(seed_spread(wide, "method", dim)).to_numpy()
+                )
         sections.append((heading, shown))
     write_table_files(md, html, title, notes, sections)
     return wide
@@ -163,8 +181,11 @@ def _win_rate_note(summary: pd.DataFrame) -> str:
 
 
 def _summary_sections(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    mean = _summary_view(summary[summary["seed"] == MEAN], False)
+    for col, name in (("win_rate", "win rate"), ("mean_accuracy", "mean accuracy")):
+        mean[f"{name} seeds min–max"] = mean["method"].map(seed_spread(summary, "method", col)).to_numpy()
     return [
-        ("Mean over seeds", _summary_view(summary[summary["seed"] == MEAN], False)),
+        ("Mean over seeds", mean),
         ("Per seed", _summary_view(summary[summary["seed"] != MEAN], True)),
     ]
 

@@ -18,7 +18,7 @@ from typing import Any
 from conflux.atomic import write_json
 from conflux.errors import ConfluxError, DataError
 from conflux.hub import HubUnavailable, hub_snapshot
-from conflux.modeling.tiny_model import TinyModelConfig
+from conflux.modeling.tiny_model import INFO_FILE, TinyModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,11 @@ def base_model_manifest_job(
         if built_dir is None:
             raise ConfluxError(f"model '{spec.name}' is embedded but no built directory was given")
         load_path = str(built_dir)
+        info = Path(built_dir) / INFO_FILE
+        # how the embedded model was pretrained (held-out reply perplexity), for the manifest's readers
+        pretrain_record = (
+            json.loads(info.read_text(encoding="utf-8")).get("pretrain") if info.is_file() else None
+        )
     elif spec.path is None:
         raise ConfluxError(f"model '{spec.name}' (source {spec.source}) needs `path:`")
     elif spec.source == "local":
@@ -195,6 +200,8 @@ def base_model_manifest_job(
         "prompt_format": spec.prompt_format,
     }
     files = weight_files(load_path)  # a hub download is checked too: a repo may hold no safetensors at all
+    if spec.source == "embedded":
+        manifest["pretrain"] = pretrain_record
     if spec.source != "hub":
         manifest["weight_files"] = [f.name for f in files]
         manifest["weight_bytes"] = sum(f.stat().st_size for f in files)

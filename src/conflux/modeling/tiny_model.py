@@ -1,10 +1,12 @@
 """The embedded tiny base model: a small Llama with a byte-level BPE tokenizer, built offline.
 
 The default workflow must run end to end on a laptop with no network, so instead of downloading a base model
-it builds one: a tokenizer trained on the bundled text and a randomly initialised ``LlamaForCausalLM`` of a
-few hundred thousand parameters. The output is an ordinary Hugging Face directory (``config.json``,
-``model.safetensors``, ``tokenizer.json``, ...), so every later rule treats it exactly like a ``local`` model
-and loads it with plain ``AutoModelForCausalLM`` / ``AutoTokenizer`` (no conflux import, no remote code).
+it builds one: a tokenizer trained on the bundled text and a ``LlamaForCausalLM`` of a few hundred thousand
+parameters, pretrained briefly on the bundled documents (:mod:`conflux.modeling.pretrain`) so that it speaks
+the data's language before any preference or persona training starts. The output is an ordinary Hugging Face
+directory (``config.json``, ``model.safetensors``, ``tokenizer.json``, ...), so every later rule treats it
+exactly like a ``local`` model and loads it with plain ``AutoModelForCausalLM`` / ``AutoTokenizer`` (no
+conflux import, no remote code).
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conflux.atomic import atomic_path
+from conflux.modeling.pretrain import Document, PretrainConfig, pretrain
 
 if TYPE_CHECKING:  # torch, tokenizers and transformers load inside the functions: the workflow's config
     # parsing imports TinyModelConfig, and a dry run must not pay for them
@@ -60,6 +63,11 @@ class TinyModelConfig:
     max_position_embeddings: int = 512
     tie_word_embeddings: bool = False
     seed: int = 0
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pretrain, dict):  # from the config file (and asdict round trips)
+            object.__setattr__(self, "pretrain", PretrainConfig(**self.pretrain))
 
     def config_keys(self, vocab_size: int) -> dict[str, Any]:
         """The model's ``config.json`` size keys at a vocabulary size (the built model: the tokenizer's)."""
@@ -135,19 +143,29 @@ def llama_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> Ll
 
 
 def build_tiny_model_job(cfg: TinyModelConfig, out_dir: str | Path) -> Path:
-    """The ``build_tiny_model`` rule: the tiny model of ``cfg`` on the bundled corpus (persona sets and
-    synthetic preference text, :func:`conflux.data.jobs.bundled_corpus`)."""
-    from conflux.data.jobs import bundled_corpus
+    """The ``build_tiny_model`` rule: the tiny model of ``cfg``, its tokenizer trained on the bundled corpus
+    (persona sets and synthetic preference text, :func:`conflux.data.jobs.bundled_corpus`) and its weights
+    pretrained on the bundled documents (:func:`conflux.data.jobs.pretrain_documents`)."""
+    from conflux.data.jobs import bundled_corpus, pretrain_documents
 
-    return build_tiny_model(bundled_corpus(seed=cfg.seed), cfg, out_dir)
+    return build_tiny_model(
+        bundled_corpus(seed=cfg.seed), cfg, out_dir, documents=pretrain_documents(seed=cfg.seed)
+    )
 
 
-def build_tiny_model(texts: Iterable[str], cfg: TinyModelConfig, out_dir: str | Path) -> Path:
-    """Train the tokenizer, initialise the Llama from ``cfg.seed`` and save both into ``out_dir`` atomically.
+def build_tiny_model(
+    texts: Iterable[str],
+    cfg: TinyModelConfig,
+    out_dir: str | Path,
+    *,
+    documents: list[Document] | None = None,
+) -> Path:
+    """Train the tokenizer, initialise the Llama from ``cfg.seed``, pretrain it on ``documents`` when given
+    (``cfg.pretrain``), and save both into ``out_dir`` atomically.
 
     The directory appears only when everything is written (a killed job leaves no half model for Snakemake to
-    trust). Weights are safetensors only. ``conflux_tiny.json`` records the settings and parameter count so
-    a reader can tell what was built without loading it.
+    trust). Weights are safetensors only. ``conflux_tiny.json`` records the settings, the parameter count and
+    the pretraining record (held-out reply perplexity) so a reader can tell what was built without loading it.
 
     Returns:
         ``out_dir`` as a ``Path``.
@@ -164,10 +182,18 @@ def build_tiny_model(texts: Iterable[str], cfg: TinyModelConfig, out_dir: str | 
     torch.manual_seed(cfg.seed)
     model = LlamaForCausalLM(config).eval()
     n_params = sum(p.numel() for p in model.parameters())
+    pretrained = None
+    if documents and cfg.pretrain.steps:
+        pretrained = pretrain(model, tokenizer, documents, cfg.pretrain, seed=cfg.seed)
     with atomic_path(out, directory=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        info = {"tiny": asdict(cfg), "vocab_size": len(tokenizer), "n_parameters": n_params}
+        info = {
+            "tiny": asdict(cfg),
+            "vocab_size": len(tokenizer),
+            "n_parameters": n_params,
+            "pretrain": pretrained,
+        }
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     log.info(
         "built tiny Llama in %s: %d parameters, vocab %d (target %d), %d layers, hidden %d, seed %d",
