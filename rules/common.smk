@@ -351,14 +351,14 @@ def get_persona_model(wildcards):
 
 
 def get_persona_metrics(wildcards):
-    """The base model once, and each trained or merged persona variant per seed."""
+    """The base model once, each trained persona variant per seed, and the SFT+DPO merges (weight analysis)
+    per analysed seed (analysis.seeds)."""
     root = f"results/eval/{wildcards.model}/{wildcards.persona_dataset}"
-    return [f"{root}/base/persona.json"] + expand(
-        "{root}/seed{seed}/persona_{variant}.json",
-        root=root,
-        seed=CFG.seeds,
-        variant=persona_variants(),
-    )
+    trained = expand("{root}/seed{seed}/persona_{variant}.json", root=root, seed=CFG.seeds,
+                     variant=persona_trained())  # fmt: skip
+    merged = expand("{root}/seed{seed}/persona_{variant}.json", root=root, seed=CFG.analysis_seeds(),
+                    variant=[v for v in persona_variants() if v not in persona_trained()])  # fmt: skip
+    return [f"{root}/base/persona.json", *trained, *merged]
 
 
 def get_analysis_runs(wildcards):

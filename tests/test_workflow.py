@@ -49,12 +49,12 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     assert jobs["ablation"] == 2  # the curriculum's stages, per dataset
     assert jobs["figure3"] == 1  # helpfulness against each dimension, synth_hs2
     assert jobs["length_bias"] == 2  # Appendix C, per pair dataset
-    # persona variants per dataset: sft, dpo, sft_dpo and the TIES merges at lambda 0.5 and 1, every seed
-    assert jobs["persona_eval_base"] == 3 and jobs["persona_eval"] == 3 * 5 * seeds
+    # persona variants per dataset: sft, dpo, sft_dpo every seed; the TIES merges at lambda 0.5 and 1 (weight
+    # analysis) of seed 0 (analysis.seeds)
+    assert jobs["persona_eval_base"] == 3 and jobs["persona_eval"] == 3 * (3 * seeds + 2)
     assert jobs["persona_table"] == 3
-    # one merge job per (dataset, seed): SFT and DPO are merged once and scaled to each λ of the grid (the
-    # merges are persona-table variants, so every seed); the weight analysis of seed 0 (analysis.seeds)
-    assert jobs["merge_sft_dpo"] == 3 * seeds
+    # one merge job per (dataset, analysed seed): SFT and DPO are merged once and scaled to each λ of the grid
+    assert jobs["merge_sft_dpo"] == 3
     assert jobs["taskvec_stats_persona"] == jobs["conflict_methods"] == jobs["conflict_summary_methods"] == 3
     # CL-L2 between the three datasets: per (model, analysed seed, method), and its table per (model, method)
     assert jobs["conflict_datasets"] == jobs["conflict_summary_datasets"] == 3

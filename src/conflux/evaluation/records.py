@@ -25,6 +25,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -35,16 +36,11 @@ from conflux.atomic import atomic_path
 from conflux.data.pairs import PairTable, read_pairs
 from conflux.data.split import dim_pair_conflict
 from conflux.errors import ConfluxError, DataError
-from conflux.evaluation.implicit_reward import (
-    implicit_reward_margin,
-    rows_logps,
-    run_beta,
-    run_length_control,
-)
-from conflux.modeling.policy import PreferencePolicy, load_method_policy
-from conflux.modeling.tokenize import TokenizeSettings, encode_pairs, pad_id_of
 from conflux.progress import with_progress
-from conflux.training.reference import read_reference
+
+if TYPE_CHECKING:
+    from conflux.modeling.policy import PreferencePolicy
+    from conflux.modeling.tokenize import TokenizeSettings
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +206,10 @@ def evaluate_policy(
 ) -> pd.DataFrame:
     """Records of ``policy`` at every (w, pair indices) of ``plan``; ``ref_*`` are in the pairs' order.
     ``length_control``: the method's (control, α), which its margins use as its losses did."""
+    # torch and the model code load here, not with the module: the table and figure jobs read records only
+    from conflux.evaluation.implicit_reward import implicit_reward_margin, rows_logps
+    from conflux.modeling.tokenize import encode_pairs, pad_id_of
+
     if policy.k != pairs.k:
         raise ConfluxError(f"the policy has k={policy.k} dimension adapters, the pairs have k={pairs.k}")
     s_a, s_b = pairs.scores()
@@ -269,7 +269,10 @@ def evaluate_method_job(
         settings: the tokenization the reference cache was computed with (checked against its metadata).
         weights: score exactly these w on every pair; default: :func:`evaluation_plan` over ``grid``.
     """
+    from conflux.evaluation.implicit_reward import run_beta, run_length_control
     from conflux.modeling.base_model import load_base_model, to_work_device, working_dtype
+    from conflux.modeling.policy import load_method_policy
+    from conflux.training.reference import read_reference
 
     pair_table = read_pairs(pairs)
     ids = pair_table.table.column("pair_id").to_pylist()
