@@ -117,7 +117,7 @@ def test_conflict_tables_reject_bad_input() -> None:
 def test_conflict_summary_equals_the_norms_of_the_concatenated_task_vectors() -> None:
     """The summary's 'all' row of a pair is CL-L2 of the whole (concatenated, per-parameter trimmed) task
     vectors; per module the same over that module's parameters; the mean row averages the seeds."""
-    from conflux.analysis.conflict_tables import conflict_summary
+    from conflux.analysis.conflict_summary import conflict_summary
 
     params = ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.q_proj.weight",
               "model.layers.0.mlp.up_proj.weight")  # fmt: skip

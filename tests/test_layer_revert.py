@@ -10,8 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from conflux.analysis.key_layers import key_layers_table
 from conflux.analysis.merge import revert_to_base
-from conflux.analysis.revert import BaseSwap, RevertTarget, key_layers_table, revert_targets
+from conflux.analysis.revert import BaseSwap, RevertTarget, revert_targets
 from conflux.analysis.tensor_io import WeightFiles
 from conflux.errors import ConfluxError
 from weight_checkpoints import perturbed, tiny_llama

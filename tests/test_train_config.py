@@ -110,8 +110,8 @@ def test_full_fine_tuning_is_refused_for_the_adapter_methods():
         (lambda c: c["datasets"]["general"].update(general="g.csv"), "datasets.general.general", "const"),
         (
             lambda c: c["datasets"].update(persona_datasets=c["datasets"]["general"]),
-            "datasets.persona_datasets",
-            "reserved",
+            "datasets",
+            "persona_datasets",
         ),
         (
             lambda c: c["studies"]["curriculum"].update(methods=["sft"]),

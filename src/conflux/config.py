@@ -25,7 +25,6 @@ from conflux.modeling.base_model import BaseModelSpec
 from conflux.modeling.tiny_model import TinyModelConfig
 from conflux.training.config import TrainConfig, resolve_train_config
 
-ACROSS_DATASETS = "persona_datasets"
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
 
 # The resource class of every rule (resources.<class> in the config).
@@ -254,29 +253,10 @@ def load_config(path: str | Path, schema: str | Path = SCHEMA_PATH) -> WorkflowC
     return parse_config(raw)
 
 
-def _check_init(training: dict[str, Any], rule: str, dataset: str, cfg: TrainConfig) -> None:
-    """A stage that starts from another method's model (SFT→DPO from SFT) with LoRA continues that model's
-    adapter: the init must be a LoRA run of the same shape (a full init has no adapter to continue)."""
-    init = STAGES[rule].init
-    if init is None or cfg.finetune != "lora":
-        return
-    start = resolve_train_config(training, init, dataset)
-    if start.finetune != "lora" or start.lora != cfg.lora:
-        raise ConfigError(
-            f"methods.{rule}.finetune",
-            f"lora only after a lora {init} of the same shape",
-            f"{rule} with LoRA continues the {init} adapter, but {init} is finetune={start.finetune} "
-            f"with lora={start.lora}; set methods.{rule}.finetune: full, or give both the same lora",
-        )
-
-
 def parse_config(raw: dict[str, Any]) -> WorkflowConfig:
     """Build the typed config from a validated dict and check cross-references."""
     models = {name: _model_spec(name, spec) for name, spec in raw["models"].items()}
     datasets = {name: _dataset_spec(name, spec) for name, spec in raw["datasets"].items()}
-    if ACROSS_DATASETS in datasets:  # results/{analysis,tables}/<model>/persona_datasets/ is the comparison's
-        message = f"'{ACROSS_DATASETS}' names the dataset-vs-dataset outputs; rename the dataset"
-        raise ConfigError(f"datasets.{ACROSS_DATASETS}", "reserved name", message)
     studies = {}
     for study_name, study in raw.get("studies", {}).items():
         allowed = methods_of(study_name)
@@ -295,13 +275,9 @@ def parse_config(raw: dict[str, Any]) -> WorkflowConfig:
                 raise ConfigError(
                     key, "refers to datasets", f"unknown dataset '{ds}'; known: {sorted(datasets)}"
                 )
-            wants_persona = study_name == "persona"
-            if datasets[ds].is_persona != wants_persona:
-                raise ConfigError(
-                    key,
-                    "kind fits study",
-                    f"dataset '{ds}' of kind '{datasets[ds].kind}' cannot be used here",
-                )
+            if datasets[ds].is_persona != (study_name == "persona"):
+                message = f"dataset '{ds}' of kind '{datasets[ds].kind}' cannot be used here"
+                raise ConfigError(key, "kind fits study", message)
         for i, model in enumerate(study["models"]):
             if model not in models:
                 raise ConfigError(
@@ -317,7 +293,7 @@ def parse_config(raw: dict[str, Any]) -> WorkflowConfig:
         for method in study.methods:
             for rule in METHODS[method].rules:
                 for ds in study.datasets:
-                    _check_init(training, rule, ds, resolve_train_config(training, rule, ds))
+                    resolve_train_config(training, rule, ds)
     return WorkflowConfig(
         seeds=tuple(raw.get("seeds", [0])),
         offline=bool(raw.get("offline", True)),

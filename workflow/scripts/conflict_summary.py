@@ -4,7 +4,7 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.analysis.jobs import conflict_summary_job
+from conflux.analysis.conflict_summary import conflict_summary_job
 
 conflict_summary_job(
     {int(name.removeprefix("seed")): path for name, path in snakemake.input.items()},

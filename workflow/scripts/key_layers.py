@@ -2,7 +2,7 @@ from _bootstrap import start
 
 start(snakemake)
 
-from conflux.analysis.revert import key_layers_job
+from conflux.analysis.key_layers import key_layers_job
 
 key_layers_job(
     list(snakemake.input.sweeps),

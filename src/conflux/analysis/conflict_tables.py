@@ -184,37 +184,3 @@ def write_conflict_table(frame: pd.DataFrame, out: str | Path, *, density: float
     """Write a table from :func:`pairwise_conflict_table` or :func:`elected_conflict_table` atomically."""
     schema = PAIR_SCHEMA if "a" in frame.columns else ELECTED_SCHEMA
     write_frame(frame, out, schema, {"density": density})
-
-
-SUMMARY_COLUMNS = ["l2_a", "cl_l2_a", "share_a", "l2_b", "cl_l2_b", "share_b", "conflict_fraction"]
-
-
-def _pair_summary(part: pd.DataFrame) -> dict[str, float]:
-    """Norms over many parameters combine in quadrature (‖τ‖₂ of the whole set), the conflict fraction by
-    entry count: the numbers one would get from the concatenated task vectors."""
-    out = {}
-    for side in ("a", "b"):
-        l2 = float((part[f"l2_{side}"] ** 2).sum() ** 0.5)
-        cl = float((part[f"cl_l2_{side}"] ** 2).sum() ** 0.5)
-        out |= {f"l2_{side}": l2, f"cl_l2_{side}": cl, f"share_{side}": cl / l2 if l2 > 0 else 0.0}
-    numel = part["numel"].sum()
-    out["conflict_fraction"] = (
-        float((part["conflict_fraction"] * part["numel"]).sum() / numel) if numel else 0.0
-    )
-    return out
-
-
-def conflict_summary(frames: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
-    """Per seed and pair (a, b) of pairwise CL-L2 frames: ‖τ‖₂, CL-L2 and its share of each side, and the
-    share of entries in conflict, over all parameters (module ``all``) and per module type; then rows with
-    seed ``mean``, the mean over seeds."""
-    from conflux.evaluation.report_files import MEAN
-
-    rows = []
-    for seed, frame in frames.items():
-        for (a, b), pair in frame.groupby(["a", "b"], sort=False):
-            groups = [("all", pair), *pair.groupby("module", sort=True)]
-            rows += [{"seed": seed, "a": a, "b": b, "module": m, **_pair_summary(p)} for m, p in groups]
-    table = pd.DataFrame(rows, columns=["seed", "a", "b", "module", *SUMMARY_COLUMNS])
-    mean = table.groupby(["a", "b", "module"], sort=False)[SUMMARY_COLUMNS].mean().reset_index()
-    return pd.concat([table.astype({"seed": object}), mean.assign(seed=MEAN)], ignore_index=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from conflux.analysis.conflict_tables import conflict_summary, pairwise_conflict_table, write_conflict_table
+from conflux.analysis.conflict_tables import pairwise_conflict_table, write_conflict_table
 from conflux.analysis.dumps import dump_task_vectors
 from conflux.analysis.merge import merge_sft_dpo
 from conflux.analysis.stats import STATS_SCHEMA, task_vector_stats, write_frame
@@ -81,50 +81,6 @@ def conflict_table_job(
     sources.pop("shared", None)  # the shared module is common to every w; conflicts are between dimensions
     table = pairwise_conflict_table(sources, density=density, pairs=pairs, progress=True)
     write_conflict_table(table, out, density=density)
-
-
-def conflict_summary_job(
-    conflicts: Mapping[int, str | Path],
-    *,
-    csv: str | Path,
-    md: str | Path,
-    html: str | Path,
-    png: str | Path,
-    svg: str | Path,
-    title: str,
-    label: str,
-) -> pd.DataFrame:
-    """Rules ``conflict_summary_methods`` and ``conflict_summary_datasets``: the CL-L2 table of pairwise
-    conflict files (seed -> file; CSV: every seed, Markdown/HTML: the mean) and its share heatmaps, pooled
-    over seeds."""
-    import pyarrow.parquet as pq
-
-    from conflux.analysis.figures import heatmaps, share_panels
-    from conflux.evaluation.report_files import MEAN, write_csv, write_figure, write_table_files
-
-    frames = {seed: pq.read_table(path).to_pandas() for seed, path in conflicts.items()}
-    table = conflict_summary(frames)
-    write_csv(csv, table)
-    mean = table[table["seed"] == MEAN].drop(columns="seed")
-    density = float(next(iter(frames.values()))["density"].iloc[0])
-    notes = [
-        f"{label}: mean over {len(frames)} seed(s) (per seed in the CSV). Task vectors trimmed to their "
-        f"top {density:.0%} magnitudes; an entry is in conflict where both trimmed τ are nonzero with "
-        "opposite signs.",
-        "cl_l2_a = ‖τ_a ⊙ conflict mask‖₂, share_a = cl_l2_a / l2_a (likewise b); conflict_fraction: share "
-        "of the entries in conflict. Module all: every parameter (norms in quadrature).",
-    ]
-    overall = mean[mean["module"] == "all"].drop(columns="module")
-    write_table_files(
-        md,
-        html,
-        title,
-        notes,
-        [("All parameters", overall), ("Per module type", mean[mean["module"] != "all"])],
-    )
-    pooled = pd.concat(frames.values(), ignore_index=True)
-    write_figure(heatmaps(share_panels(pooled), title=f"{title}: {label}, pooled over seeds"), png, svg)
-    return table
 
 
 def merge_sft_dpo_job(

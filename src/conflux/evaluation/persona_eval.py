@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from conflux.atomic import write_json
-from conflux.data.pairs import read_pairs, read_sft
 from conflux.data.persona_text import PERSONA_MARKERS
 from conflux.data.specs import GENERAL_PERSONA
-from conflux.errors import ConfluxError, DataError
+from conflux.errors import ConfluxError
+from conflux.evaluation.persona_data import held_out_inputs, held_out_pairs, persona_of
 from conflux.evaluation.persona_markers import count_markers, style_summary
 from conflux.modeling.base_model import read_manifest, to_work_device, working_dtype
 from conflux.modeling.generation import GenerationSettings, encode_prompts, generate_ids
@@ -45,6 +45,7 @@ from conflux.modeling.tokenize import Row, TokenizeSettings, fit_pair, pad_id_of
 from conflux.modeling.variants import load_variant
 
 log = logging.getLogger(__name__)
+__all__ = ["held_out_inputs", "held_out_pairs", "persona_of"]  # re-exported: read where the metrics are made
 
 # ---- log-probs of held-out pairs ---------------------------------------------------------------------------
 
@@ -116,14 +117,6 @@ def perplexity(logps: np.ndarray, tokens: np.ndarray) -> float:
 def prompt_format_of(manifest: str | Path) -> str:
     """The base model's prompt format, which every variant is prompted in (see the module docstring)."""
     return str(read_manifest(manifest).get("prompt_format", "auto"))
-
-
-def persona_of(sft_eval: str | Path) -> str:
-    """The persona named in held-out SFT rows (one per file)."""
-    personas = sorted(set(read_sft(sft_eval).column("persona").to_pylist()))
-    if len(personas) != 1:
-        raise DataError(f"expected one persona, found {personas}", file=sft_eval, row="all", field="persona")
-    return personas[0]
 
 
 @dataclass
@@ -230,35 +223,6 @@ def evaluate_inputs(
         for i, pid in enumerate(inputs.pair_ids)
     ]
     return {"metrics": metrics, "generations": generations, "pairs": pair_items}
-
-
-def held_out_pairs(pairs_eval: str | Path) -> dict[str, list]:
-    """Persona-vs-general pairs with the persona response identified by its score (k = 1)."""
-    table = read_pairs(pairs_eval)
-    if table.k != 1:
-        raise DataError(
-            f"expected one dimension, got {list(table.dims)}", file=pairs_eval, row="header", field="dims"
-        )
-    s_a, s_b = table.scores()
-    if np.any(s_a[:, 0] == s_b[:, 0]):
-        row = int(np.flatnonzero(s_a[:, 0] == s_b[:, 0])[0]) + 1
-        raise DataError("equal scores: no persona side", file=pairs_eval, row=row, field="scores_a")
-    a_persona = s_a[:, 0] > s_b[:, 0]
-    cols = table.table.to_pydict()
-    pick = zip(cols["response_a"], cols["response_b"], a_persona, strict=True)
-    persona, general = zip(*((a, b) if first else (b, a) for a, b, first in pick), strict=True)
-    return {
-        "pair_id": cols["pair_id"],
-        "prompt": cols["prompt"],
-        "persona": list(persona),
-        "general": list(general),
-    }
-
-
-def held_out_inputs(sft_eval: str | Path, pairs_eval: str | Path) -> tuple[str, list[str], dict[str, list]]:
-    """(persona, distinct held-out prompts to generate from, held-out persona-vs-general pairs)."""
-    prompts = list(dict.fromkeys(read_sft(sft_eval).column("prompt").to_pylist()))
-    return persona_of(sft_eval), prompts, held_out_pairs(pairs_eval)
 
 
 def persona_eval_job(

@@ -26,7 +26,7 @@ from conflux.evaluation.bootstrap import (
     bootstrap_ratio,
     resample_counts,
 )
-from conflux.evaluation.persona_eval import held_out_pairs
+from conflux.evaluation.persona_data import held_out_pairs
 from conflux.evaluation.persona_markers import count_markers
 from conflux.evaluation.report_files import (
     MEAN,

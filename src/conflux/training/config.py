@@ -139,4 +139,21 @@ def resolve_train_config(raw: dict[str, Any], method: str, dataset: str) -> Trai
         reason = "AdaLoRA's rank allocator scores whole P, Λ, Q matrices, which FSDP shards"
         raise ConfigError(f"methods.{method}.distributed", "ddp or auto with AdaLoRA", reason)
     cfg.gradient_accumulation(1)  # the batch must at least split on one device
+    _check_init(raw, method, dataset, cfg)
     return cfg
+
+
+def _check_init(raw: dict[str, Any], rule: str, dataset: str, cfg: TrainConfig) -> None:
+    """A stage that starts from another method's model (SFT→DPO from SFT) with LoRA continues that model's
+    adapter: the init must be a LoRA run of the same shape (a full init has no adapter to continue)."""
+    init = STAGES[rule].init
+    if init is None or cfg.finetune != "lora":
+        return
+    start = resolve_train_config(raw, init, dataset)
+    if start.finetune != "lora" or start.lora != cfg.lora:
+        raise ConfigError(
+            f"methods.{rule}.finetune",
+            f"lora only after a lora {init} of the same shape",
+            f"{rule} with LoRA continues the {init} adapter, but {init} is finetune={start.finetune} "
+            f"with lora={start.lora}; set methods.{rule}.finetune: full, or give both the same lora",
+        )
