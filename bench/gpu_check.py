@@ -84,17 +84,19 @@ def plan_bytes(config, rule: str, cfg, world: int) -> int:
 
 
 def lora_dpo(args, model_dir, tokenizer, pairs) -> dict:
-    from dpo_step import run_ours, run_trl
+    from dpo_step import adapter_init, run_ours, run_trl, token_rows
     from transformers import AutoConfig
 
     from conflux.training.config import TrainConfig
 
     config = AutoConfig.from_pretrained(model_dir)
+    init = adapter_init(model_dir)  # both sides start from the same adapter and see the same token rows
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    ours_s, tokens, _ = run_ours(args, model_dir, tokenizer, pairs, online=False)
+    ours = run_ours(args, model_dir, tokenizer, pairs, init, online=False)
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
-    trl_s, _ = run_trl(args, model_dir, tokenizer, pairs, online=False)
+    trl = run_trl(args, model_dir, tokenizer, token_rows(tokenizer, pairs, args), init, online=False)
+    ours_s, tokens, trl_s = ours["runtime"], ours["tokens"], trl["runtime"]
     cfg = TrainConfig(
         finetune="lora",
         precision="bf16_mixed" if args.device == "cuda" else "fp32",
