@@ -360,7 +360,7 @@ CONFIGS = [
     ),
     _config_case(
         "unknown-method",
-        lambda c: c["methods"].update(sft_dpo={"beta": 0.1}),
+        lambda c: c["methods"].update(orpo={"beta": 0.1}),
         "methods",
         "additionalProperties",
     ),

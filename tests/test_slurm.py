@@ -74,6 +74,16 @@ def slice_config(path: Path) -> Path:
     return path
 
 
+def untimed(value):
+    """A JSON value without its wall-clock keys, at any depth (the tiny model's manifest nests its
+    pretraining's seconds)."""
+    if isinstance(value, dict):
+        return {k: untimed(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [untimed(v) for v in value]
+    return value
+
+
 def equal_outputs(a: Path, b: Path) -> list[str]:
     """Differences between two results/ trees: Parquet by table contents, JSON by value, the rest by bytes."""
     files_a = {p.relative_to(a) for p in a.rglob("*") if p.is_file()}
@@ -84,10 +94,7 @@ def equal_outputs(a: Path, b: Path) -> list[str]:
         if rel.suffix == ".parquet":
             same = pq.read_table(fa).equals(pq.read_table(fb))
         elif rel.suffix == ".json":
-            ja, jb = json.loads(fa.read_text()), json.loads(fb.read_text())
-            if isinstance(ja, dict) and isinstance(jb, dict):
-                ja, jb = ({k: v for k, v in j.items() if k not in TIMING_KEYS} for j in (ja, jb))
-            same = ja == jb
+            same = untimed(json.loads(fa.read_text())) == untimed(json.loads(fb.read_text()))
         else:
             same = fa.read_bytes() == fb.read_bytes()
         if not same:
@@ -169,8 +176,9 @@ def paper_plan(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], fl
 def test_paper_dry_run_with_the_slurm_profile_plans_every_job(paper_plan):
     jobs, seconds = paper_plan
     counts = {rule: sum(j["rule"] == rule for j in jobs) for rule in {j["rule"] for j in jobs}}
-    runs = 2 * 2 * 3  # datasets x models x seeds, per study
-    assert counts["panacea"] == counts["curriculum_stage3"] == counts["sft"] == runs
+    runs = 2 * 2 * 3  # datasets x models x seeds of the curriculum study
+    assert counts["panacea"] == counts["curriculum_stage3"] == runs
+    assert counts["sft"] == counts["sft_dpo"] == 3 * 2 * 3  # general, ojousama, student x models x seeds
     assert counts["dpo_soup"] == (2 + 5) * 2 * 3
     print(f"paper-matrix dry-run with profiles/slurm: {len(jobs)} jobs in {seconds:.2f} s")
 

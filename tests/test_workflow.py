@@ -481,7 +481,7 @@ def test_run_dumps_the_task_vectors_that_duckdb_reads_back_as_the_stats(small_ru
     assert json.loads((adapters / "dpo_soup/_dump.json").read_text())["sources"] == [
         f"dim{i}" for i in range(5)
     ]
-    files = ", ".join(f"'{persona}/{m}/**/*.parquet'" for m in ("sft", "dpo"))
+    files = ", ".join(f"'{persona}/{m}/**/*.parquet'" for m in ("sft", "dpo", "sft_dpo"))
     l2 = duckdb.sql(
         f"SELECT source, param, sqrt(sum(value::DOUBLE ^ 2)) AS l2 "
         f"FROM read_parquet([{files}], hive_partitioning=true) GROUP BY ALL"
