@@ -328,8 +328,7 @@ def get_dataset_conflicts(wildcards):
 
 def persona_variants():
     """Trained persona variants, and the SFT+DPO merges when both are trained."""
-    trained = variants("persona", CFG.study("persona").methods)
-    return trained + (CFG.analysis.merge_variants() if sft_and_dpo_trained() else [])
+    return persona_trained() + (CFG.analysis.merge_variants() if sft_and_dpo_trained() else [])
 
 
 def merge_grid_outputs():

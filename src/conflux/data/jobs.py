@@ -34,22 +34,14 @@ __all__ = ["BUNDLED_PREFIX", "resolve_path", "source_fingerprint"]  # re-exporte
 
 def load_pair_dataset(spec: DatasetSpec, *, offline: bool) -> LoadResult:
     """Load or generate the canonical pairs of a multi-dimensional preference dataset."""
-    if spec.kind == "synthetic_pku":
-        pairs = synthetic_pku(
-            spec.n_pairs,
-            conflict_rate=spec.conflict_rate,
-            signal=dict(spec.signal),
-            seed=spec.seed,
-            name=spec.name,
-        )
-        return LoadResult(pairs=pairs, drops={}, rows_read=len(pairs))
-    if spec.kind == "synthetic_helpsteer":
-        pairs = synthetic_helpsteer(
-            spec.n_prompts,
-            conflict_rate=spec.conflict_rate,
-            signal=dict(spec.signal),
-            seed=spec.seed,
-            name=spec.name,
+    generated = {
+        "synthetic_pku": (synthetic_pku, spec.n_pairs),
+        "synthetic_helpsteer": (synthetic_helpsteer, spec.n_prompts),
+    }
+    if spec.kind in generated:
+        generate, size = generated[spec.kind]
+        pairs = generate(
+            size, conflict_rate=spec.conflict_rate, signal=dict(spec.signal), seed=spec.seed, name=spec.name
         )
         return LoadResult(pairs=pairs, drops={}, rows_read=len(pairs))
     source = resolve_path(spec.path)
