@@ -58,7 +58,6 @@ wildcard_constraints:
     tiny_model=_alternatives(EMBEDDED_MODELS),
     ref_part="agree|conflict|eval_conflict|eval_agree",
     variant=_alternatives(variants("curriculum")),
-    persona_variant=_alternatives([*variants("persona"), *CFG.analysis.merge_variants()]),
     analysis_variant=_alternatives(analysed_variants()),
     revert_method=_alternatives([*revertable_methods(), *CFG.analysis.merge_variants()]),
     persona_method=_alternatives(variants("persona")),
@@ -229,6 +228,20 @@ def get_eval_runs(wildcards):
     return stage_dirs(wildcards.pair_dataset, wildcards.model, wildcards.seed, variant)
 
 
+def get_eval_runs_by_method(wildcards):
+    """Named inputs of evaluate_method: ``run_<method>``, the training outputs of each evaluated method."""
+    return {
+        f"run_{v}": stage_dirs(wildcards.pair_dataset, wildcards.model, wildcards.seed, v)
+        for v in eval_variants()
+    }
+
+
+def eval_records_outputs():
+    """evaluate_method's outputs: one records file per evaluated method, in eval_variants() order."""
+    root = "results/eval/{model}/{pair_dataset}/seed{seed}"
+    return [f"{root}/{variant}.parquet" for variant in eval_variants()]
+
+
 def get_export_weights(wildcards):
     """The weight vectors one dataset's policies are exported at (config: export.weights)."""
     return CFG.export.weights[wildcards.pair_dataset]
@@ -345,8 +358,25 @@ def persona_model_dir(wildcards, variant):
     return f"results/merges/{wildcards.model}/{wildcards.persona_dataset}/seed{wildcards.seed}/{variant}"
 
 
-def get_persona_model(wildcards):
-    return persona_model_dir(wildcards, wildcards.persona_variant)
+def persona_merged():
+    """The persona variants made by merging (SFT+DPO at each λ), evaluated per analysed seed."""
+    return [v for v in persona_variants() if v not in persona_trained()]
+
+
+def persona_metrics_outputs(variants):
+    """The metrics files of the given persona variants of one (model, dataset, seed)."""
+    root = "results/eval/{model}/{persona_dataset}/seed{seed}"
+    return [f"{root}/persona_{variant}.json" for variant in variants]
+
+
+def get_persona_trained_models(wildcards):
+    """Named inputs of persona_eval: ``model_<variant>``, the weights of each trained variant."""
+    return {f"model_{v}": persona_model_dir(wildcards, v) for v in persona_trained()}
+
+
+def get_persona_merged_models(wildcards):
+    """Named inputs of persona_eval_merges: ``model_<variant>``, each SFT+DPO merge's directory."""
+    return {f"model_{v}": persona_model_dir(wildcards, v) for v in persona_merged()}
 
 
 def get_persona_metrics(wildcards):
@@ -356,7 +386,7 @@ def get_persona_metrics(wildcards):
     trained = expand("{root}/seed{seed}/persona_{variant}.json", root=root, seed=CFG.seeds,
                      variant=persona_trained())  # fmt: skip
     merged = expand("{root}/seed{seed}/persona_{variant}.json", root=root, seed=CFG.analysis_seeds(),
-                    variant=[v for v in persona_variants() if v not in persona_trained()])  # fmt: skip
+                    variant=persona_merged())  # fmt: skip
     return [f"{root}/base/persona.json", *trained, *merged]
 
 

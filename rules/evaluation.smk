@@ -1,21 +1,24 @@
+# One job per (model, dataset, seed) scores every method of the curriculum study: a job's start-up outweighs
+# one method's scoring (records.evaluate_methods_job); each method still has its own records file.
 rule evaluate_method:
     input:
-        runs=get_eval_runs,
+        unpack(get_eval_runs_by_method),
         pairs=split_part("eval_conflict"),
         references=[reference("eval_conflict")],
         manifest="results/models/{model}/manifest.json",
     output:
-        "results/eval/{model}/{pair_dataset}/seed{seed}/{variant}.parquet",
+        eval_records_outputs(),
     log:
-        "logs/evaluate_method/{model}/{pair_dataset}/seed{seed}/{variant}.log",
+        "logs/evaluate_method/{model}/{pair_dataset}/seed{seed}.log",
     benchmark:
-        "benchmarks/evaluate_method/{model}/{pair_dataset}/seed{seed}/{variant}.tsv"
+        "benchmarks/evaluate_method/{model}/{pair_dataset}/seed{seed}.tsv"
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("evaluate_method")
     resources:
         **job_resources("evaluate_method"),
     params:
+        methods=eval_variants(),
         tokenize=get_tokenize,
         batch_size=CFG.evaluation.batch_size,
     script:
@@ -217,6 +220,9 @@ rule ablation:
         "../workflow/scripts/ablation.py"
 
 
+# The persona evaluations: one job per (model, dataset) for the base model, per seed for the trained variants
+# and per analysed seed for the SFT+DPO merges; a job's start-up outweighs one variant's work
+# (persona_eval.persona_eval_variants_job), and each variant still has its own metrics file.
 rule persona_eval_base:
     input:
         sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
@@ -234,7 +240,7 @@ rule persona_eval_base:
     resources:
         **job_resources("persona_eval_base"),
     params:
-        variant="base",
+        variants=["base"],
         seed=None,
         tokenize=get_persona_tokenize,
         generation=CFG.evaluation.generation,
@@ -244,28 +250,56 @@ rule persona_eval_base:
 
 rule persona_eval:
     input:
-        model=get_persona_model,
+        unpack(get_persona_trained_models),
         sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
         pairs_eval=pairs_part("eval"),
         manifest="results/models/{model}/manifest.json",
     output:
-        "results/eval/{model}/{persona_dataset}/seed{seed}/persona_{persona_variant}.json",
+        persona_metrics_outputs(persona_trained()),
     log:
-        "logs/persona_eval/{model}/{persona_dataset}/seed{seed}/{persona_variant}.log",
+        "logs/persona_eval/{model}/{persona_dataset}/seed{seed}.log",
     benchmark:
-        "benchmarks/persona_eval/{model}/{persona_dataset}/seed{seed}/{persona_variant}.tsv"
+        "benchmarks/persona_eval/{model}/{persona_dataset}/seed{seed}.tsv"
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("persona_eval")
     resources:
         **job_resources("persona_eval"),
     params:
-        variant=lambda wildcards: wildcards.persona_variant,
+        variants=persona_trained(),
         seed=lambda wildcards: int(wildcards.seed),
         tokenize=get_persona_tokenize,
         generation=CFG.evaluation.generation,
     script:
         "../workflow/scripts/persona_eval.py"
+
+
+if persona_merged():
+
+    rule persona_eval_merges:
+        input:
+            unpack(get_persona_merged_models),
+            sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
+            pairs_eval=pairs_part("eval"),
+            manifest="results/models/{model}/manifest.json",
+        output:
+            persona_metrics_outputs(persona_merged()),
+        log:
+            "logs/persona_eval_merges/{model}/{persona_dataset}/seed{seed}.log",
+        benchmark:
+            "benchmarks/persona_eval_merges/{model}/{persona_dataset}/seed{seed}.tsv"
+        conda:
+            "../envs/conflux.yaml"
+        threads: job_threads("persona_eval_merges")
+        resources:
+            **job_resources("persona_eval_merges"),
+        params:
+            variants=persona_merged(),
+            seed=lambda wildcards: int(wildcards.seed),
+            tokenize=get_persona_tokenize,
+            generation=CFG.evaluation.generation,
+        script:
+            "../workflow/scripts/persona_eval.py"
 
 
 rule persona_table:

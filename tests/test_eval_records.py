@@ -19,7 +19,12 @@ from conflux.data.split import SplitConfig, split_pairs
 from conflux.data.synthetic import synthetic_pku
 from conflux.errors import ConfluxError
 from conflux.evaluation.implicit_reward import run_beta
-from conflux.evaluation.records import evaluate_method_job, read_records, weighted_labels
+from conflux.evaluation.records import (
+    evaluate_method_job,
+    evaluate_methods_job,
+    read_records,
+    weighted_labels,
+)
 from conflux.evaluation.tables import figure2_job, table1_job, table2_job
 from conflux.modeling.base_model import BaseModelSpec, base_model_manifest_job, load_base_model
 from conflux.modeling.logprobs import sequence_logps
@@ -123,6 +128,35 @@ def records(ws) -> dict[str, Path]:
     _evaluate(ws, "dpo_soup", [ws / "soup" / "dim0", ws / "soup" / "dim1"], files["dpo_soup"])
     _evaluate(ws, "curriculum", [ws / "curriculum"], files["curriculum"])
     return files
+
+
+def test_one_job_for_every_method_writes_what_each_method_alone_writes(ws, records, tmp_path):
+    """The rule evaluates all methods of a seed in one job: each method's records equal those of the method
+    evaluated alone, bit for bit (no adapter of one method is left on the model of the next)."""
+    runs = {"curriculum": [ws / "curriculum"], "dpo_soup": [ws / "soup" / "dim0", ws / "soup" / "dim1"]}
+    outs = {m: tmp_path / f"{m}.parquet" for m in runs}
+    evaluate_methods_job(
+        runs=runs,
+        outs=outs,
+        seed=0,
+        manifest=ws / "manifest.json",
+        pairs=ws / "eval.parquet",
+        references=[ws / "ref.parquet"],
+        settings=SETTINGS,
+    )
+    for method in runs:
+        together, _ = read_records([outs[method]])
+        alone, _ = read_records([records[method]])
+        pd.testing.assert_frame_equal(together, alone, check_exact=True)
+    inputs = {
+        "manifest": ws / "manifest.json",
+        "pairs": ws / "eval.parquet",
+        "references": [ws / "ref.parquet"],
+    }
+    with pytest.raises(ConfluxError, match="differ"):  # a method without its records file
+        evaluate_methods_job(
+            runs=runs, outs={"curriculum": outs["curriculum"]}, seed=0, settings=SETTINGS, **inputs
+        )
 
 
 def _at(frame: pd.DataFrame, w: tuple[float, float], ids: list[str]) -> pd.DataFrame:

@@ -39,7 +39,8 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     assert jobs["reference_logps"] == 2 * 3
     seeds = 3  # config seeds: every training run, evaluation and analysis is per seed
     # datasets x seeds x (3 curriculum stages, Panacea, DPO-Soup); the variants are not in the default
-    assert jobs["evaluate_method"] == 2 * seeds * 5
+    # one evaluation job per (dataset, seed) scores its 5 stages and methods, each to its own records file
+    assert jobs["evaluate_method"] == 2 * seeds
     assert (
         jobs["panacea"] == 2 * seeds and "panacea_lora" not in jobs and "curriculum_rdpo_stage1" not in jobs
     )
@@ -51,7 +52,9 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     assert jobs["length_bias"] == 2  # Appendix C, per pair dataset
     # persona variants per dataset: sft, dpo, sft_dpo every seed; the TIES merges at lambda 0.5 and 1 (weight
     # analysis) of seed 0 (analysis.seeds)
-    assert jobs["persona_eval_base"] == 3 and jobs["persona_eval"] == 3 * (3 * seeds + 2)
+    # one job per (dataset, seed) for the trained variants, per (dataset, analysed seed) for the merges
+    assert jobs["persona_eval_base"] == 3 and jobs["persona_eval"] == 3 * seeds
+    assert jobs["persona_eval_merges"] == 3
     assert jobs["persona_table"] == 3
     # one merge job per (dataset, analysed seed): SFT and DPO are merged once and scaled to each λ of the grid
     assert jobs["merge_sft_dpo"] == 3
@@ -87,7 +90,8 @@ def test_paper_dry_run_plans_the_full_matrix(project_root):
     assert jobs["curriculum_stage1"] == jobs["curriculum_stage3"] == jobs["panacea"] == runs
     assert jobs["dpo_soup"] == (2 + 5) * 2 * 3
     assert jobs["sft"] == jobs["dpo"] == jobs["sft_dpo"] == jobs["merge_sft_dpo"] == persona_runs
-    assert jobs["persona_eval"] == persona_runs * (3 + 4)  # sft, dpo, sft_dpo and the merges at four λ
+    # sft, dpo and sft_dpo in one job, the merges at four λ in another, per (dataset, model, seed)
+    assert jobs["persona_eval"] == jobs["persona_eval_merges"] == persona_runs
     # sft, dpo and the SFT+DPO merge at λ 1; key layers per (model, dataset), not per seed
     assert jobs["revert_sweep"] == 3 * persona_runs and jobs["key_layers"] == 3 * 2 * 3
     assert jobs["weight_figures_persona"] == persona_runs and jobs["weight_figures_adapters"] == 2 * runs
@@ -385,8 +389,9 @@ def test_report_opens_in_a_browser_and_shows_every_table_and_figure(small_run, r
 
 
 def test_changing_one_method_reruns_only_that_method_and_its_table(small_run, tmp_path):
-    """Naming a table after a config change to Panacea plans Panacea's training, its evaluation and the
-    table, and nothing of the other methods (Snakemake's params trigger; training settings are params)."""
+    """Naming a table after a config change to Panacea plans Panacea's training, its seed's evaluation (one
+    job scores every method of a seed) and the table, and no other training (Snakemake's params trigger;
+    training settings are params)."""
     root = Path(__file__).resolve().parents[1]
     raw = yaml.safe_load((small_run / "config.yaml").read_text())
     raw["methods"]["panacea"] = {"learning_rate": 0.001}
@@ -424,7 +429,7 @@ def test_naming_a_table_plans_only_its_ancestors(project_root, tmp_path):
     jobs = planned_jobs(out)
     assert "synth_hs2" not in out and "persona" not in out
     seeds = 3  # the default's
-    assert jobs["load_pairs"] == 1 and jobs["dpo_soup"] == 2 * seeds and jobs["evaluate_method"] == 3 * seeds
+    assert jobs["load_pairs"] == 1 and jobs["dpo_soup"] == 2 * seeds and jobs["evaluate_method"] == seeds
     assert "sft" not in jobs and "table2" not in jobs and "all" not in jobs
 
 
@@ -499,9 +504,9 @@ def test_long_loops_report_progress_in_their_job_logs(small_run):
     logs = small_run / "logs"
     checks = {
         "revert_sweep/tiny/persona_ojousama/seed0/dpo.log": "revert sweep of dpo:",
-        "evaluate_method/tiny/synth_pku/seed0/panacea.log": "evaluate panacea seed 0:",
+        "evaluate_method/tiny/synth_pku/seed0.log": "evaluate panacea seed 0:",
         "reference_logps/tiny/synth_pku/agree.log": "reference log-probs:",
-        "persona_eval/tiny/persona_ojousama/seed0/dpo.log": "generate",
+        "persona_eval/tiny/persona_ojousama/seed0.log": "generate",
         "merge_sft_dpo/tiny/persona_ojousama/seed0.log": "ties merge:",
         "taskvec_stats_persona/tiny/persona_ojousama/seed0.log": "stats sft:",
         "dump_task_vectors_adapters/tiny/synth_hs2/seed0/dpo_soup.log": "task-vector dump:",

@@ -42,6 +42,7 @@ RULE_CLASSES: dict[str, str] = {
     "evaluate_method": "evaluation",
     "persona_eval_base": "evaluation",
     "persona_eval": "evaluation",
+    "persona_eval_merges": "evaluation",
     "table1": "report",
     "table2": "report",
     "ablation": "report",

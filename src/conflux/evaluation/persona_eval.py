@@ -238,42 +238,79 @@ def persona_eval_job(
     generation: GenerationSettings,
     lexicon: Mapping[str, Sequence[str]] = PERSONA_MARKERS,
 ) -> dict[str, Any]:
-    """Rules ``persona_eval`` and ``persona_eval_base``: evaluate one variant (the base model when
-    ``model_dir`` is None) on a persona dataset's held-out part and write its metrics JSON atomically.
-
-    Args:
-        variant: the name shown in the table (``base``, ``sft``, ``dpo``, ``ties_sft_dpo``, ...).
-        seed: the training seed of the variant (``None`` for the base model).
-        model_dir: a full model or PEFT adapter directory, or a TRL output holding ``model/``; ``None``: the
-            base model.
-        sft_eval, pairs_eval: the held-out SFT rows (their prompts are generated from) and pairs.
-    """
-    persona, prompts, pairs = held_out_inputs(sft_eval, pairs_eval)
-    model, tokenizer = load_variant(manifest, model_dir, dtype=working_dtype())
-    model = to_work_device(model)
-    result = evaluate_variant(
-        model,
-        tokenizer,
-        prompts,
-        pairs,
-        persona,
-        settings,
-        generation,
+    """Evaluate one variant (the base model when ``model_dir`` is None) on a persona dataset's held-out part
+    and write its metrics JSON atomically: :func:`persona_eval_variants_job` for one variant."""
+    records = persona_eval_variants_job(
+        variants={variant: model_dir},
+        outs={variant: out},
+        seed=seed,
+        manifest=manifest,
+        sft_eval=sft_eval,
+        pairs_eval=pairs_eval,
+        settings=settings,
+        generation=generation,
         lexicon=lexicon,
     )
-    record = {
-        "variant": variant,
-        "seed": seed,
-        "persona": persona,
-        "model_dir": str(model_dir) if model_dir is not None else None,
-        "prompt_format": prompt_format_of(manifest),
-        "base_pretrain": read_manifest(manifest).get("pretrain"),
-        "generation": asdict(generation),
-        "max_length": settings.max_length,
-        "truncation": settings.truncation,
-        "lexicon": {style: list(markers) for style, markers in lexicon.items()},
-        **result,
-    }
-    write_json(out, record)
-    log.info("%s (seed %s): %s -> %s", variant, seed, result["metrics"], out)
-    return record
+    return records[variant]
+
+
+def persona_eval_variants_job(
+    *,
+    variants: Mapping[str, str | Path | None],
+    outs: Mapping[str, str | Path],
+    seed: int | None,
+    manifest: str | Path,
+    sft_eval: str | Path,
+    pairs_eval: str | Path,
+    settings: TokenizeSettings,
+    generation: GenerationSettings,
+    lexicon: Mapping[str, Sequence[str]] = PERSONA_MARKERS,
+) -> dict[str, dict[str, Any]]:
+    """Rules ``persona_eval_base`` (the base model), ``persona_eval`` (the trained variants of one seed) and
+    ``persona_eval_merges`` (the SFT+DPO merges of one analysed seed): each variant to its own metrics JSON.
+
+    One job for the variants of a seed because a job's start-up (torch, transformers, PEFT) outweighs one
+    variant's generation and scoring on the tiny default; each variant is loaded on its own, as alone.
+
+    Args:
+        variants: per name shown in the table (``base``, ``sft``, ``dpo``, ``ties_lam0.5``, ...), a full model
+            or PEFT adapter directory, or a TRL output holding ``model/``; ``None``: the base model.
+        outs: per variant, the JSON to write.
+        seed: the training seed of the variants (``None`` for the base model).
+        sft_eval, pairs_eval: the held-out SFT rows (their prompts are generated from) and pairs.
+    """
+    if set(variants) != set(outs):
+        raise ConfluxError(f"variants to evaluate {sorted(variants)} and metrics files {sorted(outs)} differ")
+    persona, prompts, pairs = held_out_inputs(sft_eval, pairs_eval)
+    records = {}
+    for variant, model_dir in variants.items():
+        model, tokenizer = load_variant(manifest, model_dir, dtype=working_dtype())
+        model = to_work_device(model)
+        result = evaluate_variant(
+            model,
+            tokenizer,
+            prompts,
+            pairs,
+            persona,
+            settings,
+            generation,
+            lexicon=lexicon,
+        )
+        record = {
+            "variant": variant,
+            "seed": seed,
+            "persona": persona,
+            "model_dir": str(model_dir) if model_dir is not None else None,
+            "prompt_format": prompt_format_of(manifest),
+            "base_pretrain": read_manifest(manifest).get("pretrain"),
+            "generation": asdict(generation),
+            "max_length": settings.max_length,
+            "truncation": settings.truncation,
+            "lexicon": {style: list(markers) for style, markers in lexicon.items()},
+            **result,
+        }
+        write_json(outs[variant], record)
+        log.info("%s (seed %s): %s -> %s", variant, seed, result["metrics"], outs[variant])
+        records[variant] = record
+        del model
+    return records

@@ -269,55 +269,100 @@ def evaluate_method_job(
         settings: the tokenization the reference cache was computed with (checked against its metadata).
         weights: score exactly these w on every pair; default: :func:`evaluation_plan` over ``grid``.
     """
+    frames = evaluate_methods_job(
+        runs={method: run_dirs},
+        outs={method: out},
+        seed=seed,
+        manifest=manifest,
+        pairs=pairs,
+        references=references,
+        settings=settings,
+        weights=weights,
+        grid=grid,
+        batch_size=batch_size,
+    )
+    return frames[method]
+
+
+def evaluate_methods_job(
+    *,
+    runs: Mapping[str, Sequence[str | Path]],
+    outs: Mapping[str, str | Path],
+    seed: int,
+    manifest: str | Path,
+    pairs: str | Path,
+    references: Sequence[str | Path],
+    settings: TokenizeSettings,
+    weights: Sequence[Sequence[float]] | None = None,
+    grid: Sequence[tuple[float, float]] = WEIGHT_GRID,
+    batch_size: int = 32,
+) -> dict[str, pd.DataFrame]:
+    """Rule ``evaluate_method``: every method of one (model, dataset, seed), each to its own records file.
+
+    One job for all of them because a job's start-up (torch, transformers and PEFT imports, ~4 s of CPU)
+    outweighs scoring one method on the tiny default several times over, and on a GPU node the pairs and
+    their reference log-probs are read once. Each method is scored on a freshly loaded base model, so no
+    method sees another's adapters: the records equal :func:`evaluate_method_job`'s, method by method.
+
+    Args:
+        runs: per method name, its training outputs (see :func:`evaluate_method_job`'s ``run_dirs``).
+        outs: per method name, the records file to write (every method of ``runs``).
+    """
     from conflux.evaluation.implicit_reward import run_beta, run_length_control
     from conflux.modeling.base_model import load_base_model, to_work_device, working_dtype
     from conflux.modeling.policy import load_method_policy
     from conflux.training.reference import read_reference
 
+    if set(runs) != set(outs):
+        raise ConfluxError(f"methods to evaluate {sorted(runs)} and records to write {sorted(outs)} differ")
     pair_table = read_pairs(pairs)
     ids = pair_table.table.column("pair_id").to_pylist()
     ref_a, ref_b = read_reference(references, settings, ids)
-    beta = run_beta(run_dirs)
-    control = run_length_control(run_dirs)
-    model, tokenizer = load_base_model(manifest, dtype=working_dtype())
-    model = to_work_device(model)
-    policy = load_method_policy(model, run_dirs)
     if weights is None:
         s_a, s_b = pair_table.scores()
         plan = evaluation_plan(s_a, s_b, grid)
     else:
         plan = [(tuple(float(x) for x in w), np.arange(len(pair_table))) for w in weights]
-    frame = evaluate_policy(
-        policy,
-        tokenizer,
-        pair_table,
-        ref_a,
-        ref_b,
-        plan,
-        settings,
-        beta,
-        method=method,
-        seed=seed,
-        batch_size=batch_size,
-        length_control=control,
-    )
-    meta = {
-        "dims": list(pair_table.dims),
-        "method": method,
-        "seed": seed,
-        "beta": beta,
-        "length_control": list(control),
-        "pairs": str(pairs),
-        "references": [str(r) for r in references],
-        "run_dirs": [str(r) for r in run_dirs],
-        "adapters": list(policy.adapter_names),
-        "max_length": settings.max_length,
-        "truncation": settings.truncation,
-        "grid": [list(g) for g in grid] if weights is None else None,
-    }
-    write_records(out, frame, meta)
-    log.info("%s seed %d: %d records (%d weights) -> %s", method, seed, len(frame), len(plan), out)
-    return frame
+    frames = {}
+    for method, run_dirs in runs.items():
+        beta = run_beta(run_dirs)
+        control = run_length_control(run_dirs)
+        model, tokenizer = load_base_model(manifest, dtype=working_dtype())
+        policy = load_method_policy(to_work_device(model), run_dirs)
+        frame = evaluate_policy(
+            policy,
+            tokenizer,
+            pair_table,
+            ref_a,
+            ref_b,
+            plan,
+            settings,
+            beta,
+            method=method,
+            seed=seed,
+            batch_size=batch_size,
+            length_control=control,
+        )
+        meta = {
+            "dims": list(pair_table.dims),
+            "method": method,
+            "seed": seed,
+            "beta": beta,
+            "length_control": list(control),
+            "pairs": str(pairs),
+            "references": [str(r) for r in references],
+            "run_dirs": [str(r) for r in run_dirs],
+            "adapters": list(policy.adapter_names),
+            "max_length": settings.max_length,
+            "truncation": settings.truncation,
+            "grid": [list(g) for g in grid] if weights is None else None,
+        }
+        out = outs[method]
+        write_records(out, frame, meta)
+        log.info("%s seed %d: %d records (%d weights) -> %s", method, seed, len(frame), len(plan), out)
+        frames[method] = frame
+        del policy, model
+    return frames
 
 
 def table2_setting_counts(

@@ -59,6 +59,7 @@ SCORING = (
     "evaluate_method",
     "persona_eval_base",
     "persona_eval",
+    "persona_eval_merges",
     "revert_sweep",
     "generate_general",
 )
@@ -153,8 +154,8 @@ def study_rules(cfg: WorkflowConfig, study: str) -> list[str]:
     rules.append("persona_eval")
     if len(methods) >= 2:
         rules += ["taskvec_stats_persona", "conflict_methods"]
-    if {"sft", "dpo"} <= set(methods):
-        rules.append("merge_sft_dpo")
+    if {"sft", "dpo"} <= set(methods) and cfg.analysis.merge_variants():
+        rules += ["merge_sft_dpo", "persona_eval_merges"]
     if cfg.revert_variants():
         rules.append("revert_sweep")
     return rules + (["dump_task_vectors_persona"] if dumps else [])
