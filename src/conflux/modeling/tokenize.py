@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from conflux.data.pairs import PairTable
 from conflux.errors import ConfluxError
+
+if TYPE_CHECKING:  # only for hints: the weight-analysis jobs import this module without transformers
+    from transformers import PreTrainedTokenizerBase
 
 TRUNCATIONS = ("keep_end_of_prompt", "keep_start")
 Row = tuple[list[int], list[int]]  # (prompt ids, response ids) of one response
