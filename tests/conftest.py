@@ -4,6 +4,7 @@ pytest-xdist's workers get the test files."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Under pytest-xdist the workers share the cores. torch's default of one intra-op thread per core in each
+# worker leaves a worker's OpenMP threads spinning for cores the other worker holds: the curriculum stages of
+# tests/test_training.py took 160-220 s of CPU with 2 threads and 15 s with 1 on a busy 2-core machine. Each
+# worker gets its share of the cores instead, its subprocesses too (snakemake jobs set their rule's threads).
+if _workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    _share = max(1, len(os.sched_getaffinity(0)) // _workers)
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_share))
+    if "torch" in sys.modules:  # imported before this conftest (by a plugin): the variables came too late
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
