@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+# One apt_install at a time on the machine: pytest-xdist's workers (the SLURM tests on one, Chromium's on the
+# other) would otherwise meet at dpkg's lock, and one could delete the policy-rc.d the other installs under.
+LOCK = Path(tempfile.gettempdir()) / "conflux-apt-install.lock"
 
 
 def apt_install(packages: list[str], *, what: str) -> float:
@@ -18,6 +24,13 @@ def apt_install(packages: list[str], *, what: str) -> float:
     if os.geteuid() != 0:
         pytest.skip(f"{what} is not installed, and installing it needs root")
     start = time.monotonic()
+    with LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        _install(packages)
+    return time.monotonic() - start
+
+
+def _install(packages: list[str]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     # Keep the packages' maintainer scripts from starting system-wide daemons (a munged on /run/munge) that
     # the tests would then leave behind: policy-rc.d exit 101 is the documented "do not start" answer.
@@ -39,4 +52,3 @@ def apt_install(packages: list[str], *, what: str) -> float:
     finally:
         if own_policy:
             policy.unlink()
-    return time.monotonic() - start

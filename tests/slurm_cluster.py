@@ -5,7 +5,8 @@ and ``munge`` from the Debian archive when ``slurmctld`` is missing, writes a ``
 spool, log and pid files all live in one temp directory, starts the three daemons on free ports and waits
 until ``sinfo`` reports the node idle. Client commands reach this cluster, and no other, through
 :attr:`SlurmCluster.env` (``SLURM_CONF``). Finalizers, registered before the first daemon starts, cancel
-leftover jobs and stop the daemons by the pids in their pid files, whatever happened in the tests.
+leftover jobs, stop the daemons by the pids in their pid files and kill any job process still running with the
+cluster's ``SLURM_CONF``, whatever happened in the tests.
 
 Why the settings are what they are (measured on Debian 12, slurm 22.05, a 2-core container):
 - ``TaskPlugin=task/none`` and ``ProctrackType=proctrack/linuxproc``: the cgroup plugins fail in containers.
@@ -163,6 +164,23 @@ def _cancel_all(cluster: SlurmCluster) -> None:
             time.sleep(0.5)
 
 
+def _kill_job_leftovers(conf: Path) -> None:
+    """SIGKILL every process still running with this cluster's ``SLURM_CONF`` (its jobs inherit it).
+
+    With ``proctrack/linuxproc`` a job's process that outlives its slurmstepd escapes SLURM: the scancel
+    test once left the cancelled job's batch snakemake hung at exit, parented to init, after the session.
+    """
+    needle = f"SLURM_CONF={conf}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+
+
 def _srun_wrapper(root: Path) -> None:
     """An ``srun`` first on the jobs' PATH that knows this cluster's slurm.conf.
 
@@ -195,6 +213,7 @@ def start_cluster(root: Path, addfinalizer) -> SlurmCluster:
         _stop(root / "slurmd.pid", "slurmd")
         _stop(root / "slurmctld.pid", "slurmctld")
         _stop(munge_dir / "munged.pid", "munged")
+        _kill_job_leftovers(root / "slurm.conf")  # after the daemons, which carry SLURM_CONF too
 
     addfinalizer(stop)  # before the first daemon starts: whatever starts is stopped
     start = time.monotonic()

@@ -15,7 +15,7 @@ import yaml
 
 from conflux.data.pairs import read_pairs, read_sft
 from conflux.data.persona_text import persona_sets
-from workflow_cli import snakemake
+from workflow_cli import RUN_TIMEOUT, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("oj_csv", "oj_legacy", "oj_chat")
@@ -85,7 +85,7 @@ def persona_run(tmp_path_factory) -> Path:
     raw.pop("export")  # the default exports synth_pku's policies; this run trains no curriculum study
     cfg = work / "config.yaml"
     cfg.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
-    snakemake(ROOT, "--cores", "2", "--configfile", str(cfg), workdir=work)
+    snakemake(ROOT, "--cores", "2", "--configfile", str(cfg), workdir=work, timeout=RUN_TIMEOUT)
     return work
 
 

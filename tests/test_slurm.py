@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from slurm_cluster import SlurmCluster, session_cluster
+from slurm_cluster import SlurmCluster, _kill_job_leftovers, session_cluster
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,3 +286,21 @@ def test_training_job_cancelled_with_scancel_resumes_to_the_uninterrupted_result
         got, want = load_file(cancelled / rel), load_file(straight / rel)
         assert got.keys() == want.keys()
         assert all((got[k] == want[k]).all() for k in want), name
+
+
+def test_the_teardown_kills_what_the_clusters_jobs_left_running_and_nothing_else(tmp_path):
+    """A job's process that escaped SLURM (it outlived its slurmstepd) still carries the cluster's SLURM_CONF:
+    the teardown kills it by that, and leaves a process of another cluster alone."""
+    conf = tmp_path / "slurm.conf"
+    leftover, other = (
+        subprocess.Popen(["sleep", "120"], env={**os.environ, "SLURM_CONF": str(path)})
+        for path in (conf, tmp_path / "other" / "slurm.conf")
+    )
+    try:
+        _kill_job_leftovers(conf)
+        assert leftover.wait(timeout=10) == -signal.SIGKILL
+        assert other.poll() is None
+    finally:
+        for proc in (leftover, other):
+            proc.kill()
+            proc.wait()

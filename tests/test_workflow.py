@@ -19,7 +19,7 @@ from report_browser import (
     open_subcategory,
     shown_result,
 )
-from workflow_cli import BIN, planned_jobs, snakemake
+from workflow_cli import BIN, RUN_TIMEOUT, planned_jobs, snakemake
 
 
 def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tmp_path):
@@ -177,7 +177,7 @@ def small_run(tmp_path_factory):
     raw["methods"]["sft"]["max_steps"] = raw["methods"]["dpo"]["max_steps"] = 2
     cfg = work / "config.yaml"
     cfg.write_text(yaml.safe_dump(raw))
-    snakemake(root, "--cores", "2", "--configfile", str(cfg), workdir=work)
+    snakemake(root, "--cores", "2", "--configfile", str(cfg), workdir=work, timeout=RUN_TIMEOUT)
     return work
 
 
