@@ -23,8 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from conflux.modeling.tokenize import pad_id_of, prompt_ids, response_ids
-
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -69,6 +67,9 @@ def encode_documents(
     tokenizer: PreTrainedTokenizerBase, documents: Sequence[Document], max_length: int
 ) -> list[tuple[list[int], int]]:
     """Token ids of each chat-formatted document (cut to ``max_length``) and where its reply starts."""
+    # here, not at the top: the workflow imports this module (via the config) when planning, without torch
+    from conflux.modeling.tokenize import prompt_ids, response_ids
+
     rows = []
     for prompt, reply in documents:
         p, r = prompt_ids(tokenizer, prompt), response_ids(tokenizer, reply)
@@ -130,6 +131,8 @@ def pretrain(
         perplexity before and after, the final training loss and the wall time.
     """
     import torch
+
+    from conflux.modeling.tokenize import pad_id_of
 
     train_idx, test_idx = held_out_split(documents, cfg.eval_fraction, seed)
     rows = encode_documents(tokenizer, documents, cfg.max_length)
