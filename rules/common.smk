@@ -369,14 +369,9 @@ def persona_metrics_outputs(variants):
     return [f"{root}/persona_{variant}.json" for variant in variants]
 
 
-def get_persona_trained_models(wildcards):
-    """Named inputs of persona_eval: ``model_<variant>``, the weights of each trained variant."""
-    return {f"model_{v}": persona_model_dir(wildcards, v) for v in persona_trained()}
-
-
-def get_persona_merged_models(wildcards):
-    """Named inputs of persona_eval_merges: ``model_<variant>``, each SFT+DPO merge's directory."""
-    return {f"model_{v}": persona_model_dir(wildcards, v) for v in persona_merged()}
+def persona_models(variants):
+    """An input function of persona_eval(_merges): named inputs ``model_<variant>``, each variant's weights."""
+    return lambda wildcards: {f"model_{v}": persona_model_dir(wildcards, v) for v in variants}
 
 
 def get_persona_metrics(wildcards):

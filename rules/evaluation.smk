@@ -250,7 +250,7 @@ rule persona_eval_base:
 
 rule persona_eval:
     input:
-        unpack(get_persona_trained_models),
+        unpack(persona_models(persona_trained())),
         sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
         pairs_eval=pairs_part("eval"),
         manifest="results/models/{model}/manifest.json",
@@ -278,7 +278,7 @@ if persona_merged():
 
     rule persona_eval_merges:
         input:
-            unpack(get_persona_merged_models),
+            unpack(persona_models(persona_merged())),
             sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
             pairs_eval=pairs_part("eval"),
             manifest="results/models/{model}/manifest.json",
