@@ -76,6 +76,9 @@ def job_resources(rule):
     """
     spec = CFG.resources_for(RULE_CLASSES[rule], rule)
     spec.pop("gpu_mem_gb", None)
+    batched = CFG.batch_seeds and rule in SEED_BATCHED_RULES
+    if batched and "runtime" in spec:
+        spec["runtime"] *= len(CFG.seeds)  # the configured time is a seed's; the job trains them all
     return spec
 
 
@@ -141,8 +144,52 @@ def train_output(rule, dataset="pair_dataset"):
 
 
 def checkpoint_dir(wildcards, output):
-    """Trainer checkpoints sit beside, not inside, the output, so a failed job's rerun can resume."""
-    return str(output[0]).replace("results/train/", "results/checkpoints/", 1)
+    """Trainer checkpoints (one directory per output, in seed order) sit beside, not inside, the outputs, so
+    a failed job's rerun can resume."""
+    return [str(out).replace("results/train/", "results/checkpoints/", 1) for out in output]
+
+
+# ---- seeds per job (config: batch_seeds) --------------------------------------------------------------------
+# A per-seed rule has one job per seed, or with batch_seeds one job for every seed (one process start instead
+# of one per seed: on a laptop a tiny job is mostly its imports). Its seed-dependent inputs, outputs and logs
+# are lists in seed order either way, and params.seeds names the seeds, so one script serves both.
+
+
+# The rules whose params.seeds is job_seeds: every training rule, SFT→DPO's per-seed reference pass, and the
+# evaluations of each seed's trained methods.
+SEED_BATCHED_RULES = {*STAGES, "reference_logps_sft_dpo", "evaluate_method", "persona_eval"}
+
+
+def per_seed(pattern):
+    """The paths of a per-seed pattern that one job reads or writes: the pattern itself, or with batch_seeds
+    the pattern of every configured seed (its other wildcards kept)."""
+    if CFG.batch_seeds:
+        return expand(pattern, seed=CFG.seeds, allow_missing=True)
+    return [pattern]
+
+
+def per_seed_dirs(pattern):
+    return [directory(path) for path in per_seed(pattern)]
+
+
+def per_seed_benchmark(pattern):
+    """A job's one benchmark file: ``seed{seed}`` becomes ``seeds`` when the job covers every seed."""
+    return pattern.replace("seed{seed}", "seeds") if CFG.batch_seeds else pattern
+
+
+def job_seeds(wildcards):
+    """params.seeds: the seeds a per-seed rule's job covers, in the order of its per_seed lists."""
+    return list(CFG.seeds) if CFG.batch_seeds else [int(wildcards.seed)]
+
+
+def one_seed(wildcards):
+    """params.seeds where batch_seeds does not apply (persona_eval_merges: analysed seeds): the job's own."""
+    return [int(wildcards.seed)]
+
+
+def seed_major(patterns):
+    """A per-seed rule's several outputs, for each seed of the job: seed by seed, each in the given order."""
+    return [path for paths in zip(*(per_seed(p) for p in patterns)) for path in paths]
 
 
 # ---- inputs -------------------------------------------------------------------------------------------------
@@ -229,9 +276,11 @@ def get_eval_runs(wildcards):
 
 
 def get_eval_runs_by_method(wildcards):
-    """Named inputs of evaluate_method: ``run_<method>``, the training outputs of each evaluated method."""
+    """Named inputs of evaluate_method: ``run_<method>``, the training outputs of each evaluated method, for
+    each seed of the job in seed order (DPO-Soup: k per seed)."""
+    ds, model = wildcards.pair_dataset, wildcards.model
     return {
-        f"run_{v}": stage_dirs(wildcards.pair_dataset, wildcards.model, wildcards.seed, v)
+        f"run_{v}": [d for seed in job_seeds(wildcards) for d in stage_dirs(ds, model, seed, v)]
         for v in eval_variants()
     }
 
@@ -351,11 +400,13 @@ def merge_grid_outputs():
     return [directory(f"{root}/{variant}") for variant in CFG.analysis.merge_variants()]
 
 
-def persona_model_dir(wildcards, variant):
-    """A persona variant's weights: a training output, or a merge of SFT and DPO."""
+def persona_model_dir(wildcards, variant, seed=None):
+    """A persona variant's weights (of the job's seed, or of ``seed``): a training output, or a merge of SFT
+    and DPO."""
+    seed = wildcards.seed if seed is None else seed
     if variant in STAGES:
-        return stage_dirs(wildcards.persona_dataset, wildcards.model, wildcards.seed, variant)[0]
-    return f"results/merges/{wildcards.model}/{wildcards.persona_dataset}/seed{wildcards.seed}/{variant}"
+        return stage_dirs(wildcards.persona_dataset, wildcards.model, seed, variant)[0]
+    return f"results/merges/{wildcards.model}/{wildcards.persona_dataset}/seed{seed}/{variant}"
 
 
 def persona_merged():
@@ -369,9 +420,10 @@ def persona_metrics_outputs(variants):
     return [f"{root}/persona_{variant}.json" for variant in variants]
 
 
-def persona_models(variants):
-    """An input function of persona_eval(_merges): named inputs ``model_<variant>``, each variant's weights."""
-    return lambda wildcards: {f"model_{v}": persona_model_dir(wildcards, v) for v in variants}
+def persona_models(variants, seeds):
+    """An input function of persona_eval(_merges): named inputs ``model_<variant>``, each variant's weights
+    for each of the job's ``seeds(wildcards)``, in seed order."""
+    return lambda wc: {f"model_{v}": [persona_model_dir(wc, v, seed) for seed in seeds(wc)] for v in variants}
 
 
 def get_persona_metrics(wildcards):

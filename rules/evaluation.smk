@@ -7,17 +7,18 @@ rule evaluate_method:
         references=[reference("eval_conflict")],
         manifest="results/models/{model}/manifest.json",
     output:
-        eval_records_outputs(),
+        seed_major(eval_records_outputs()),
     log:
-        "logs/evaluate_method/{model}/{pair_dataset}/seed{seed}.log",
+        per_seed("logs/evaluate_method/{model}/{pair_dataset}/seed{seed}.log"),
     benchmark:
-        "benchmarks/evaluate_method/{model}/{pair_dataset}/seed{seed}.tsv"
+        per_seed_benchmark("benchmarks/evaluate_method/{model}/{pair_dataset}/seed{seed}.tsv")
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("evaluate_method")
     resources:
         **job_resources("evaluate_method"),
     params:
+        seeds=job_seeds,
         methods=eval_variants(),
         tokenize=get_tokenize,
         batch_size=CFG.evaluation.batch_size,
@@ -241,7 +242,6 @@ rule persona_eval_base:
         **job_resources("persona_eval_base"),
     params:
         variants=["base"],
-        seed=None,
         tokenize=get_persona_tokenize,
         generation=CFG.evaluation.generation,
     script:
@@ -250,16 +250,16 @@ rule persona_eval_base:
 
 rule persona_eval:
     input:
-        unpack(persona_models(persona_trained())),
+        unpack(persona_models(persona_trained(), job_seeds)),
         sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
         pairs_eval=pairs_part("eval"),
         manifest="results/models/{model}/manifest.json",
     output:
-        persona_metrics_outputs(persona_trained()),
+        seed_major(persona_metrics_outputs(persona_trained())),
     log:
-        "logs/persona_eval/{model}/{persona_dataset}/seed{seed}.log",
+        per_seed("logs/persona_eval/{model}/{persona_dataset}/seed{seed}.log"),
     benchmark:
-        "benchmarks/persona_eval/{model}/{persona_dataset}/seed{seed}.tsv"
+        per_seed_benchmark("benchmarks/persona_eval/{model}/{persona_dataset}/seed{seed}.tsv")
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("persona_eval")
@@ -267,7 +267,7 @@ rule persona_eval:
         **job_resources("persona_eval"),
     params:
         variants=persona_trained(),
-        seed=lambda wildcards: int(wildcards.seed),
+        seeds=job_seeds,
         tokenize=get_persona_tokenize,
         generation=CFG.evaluation.generation,
     script:
@@ -278,7 +278,7 @@ if persona_merged():
 
     rule persona_eval_merges:
         input:
-            unpack(persona_models(persona_merged())),
+            unpack(persona_models(persona_merged(), one_seed)),
             sft_eval="results/data/{persona_dataset}/persona/sft_eval.parquet",
             pairs_eval=pairs_part("eval"),
             manifest="results/models/{model}/manifest.json",
@@ -295,7 +295,7 @@ if persona_merged():
             **job_resources("persona_eval_merges"),
         params:
             variants=persona_merged(),
-            seed=lambda wildcards: int(wildcards.seed),
+            seeds=one_seed,
             tokenize=get_persona_tokenize,
             generation=CFG.evaluation.generation,
         script:

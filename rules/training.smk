@@ -26,17 +26,18 @@ rule curriculum_stage1:
         references=[reference("agree")],
         manifest="results/models/{model}/manifest.json",
     output:
-        directory(train_output("curriculum_stage1")),
+        per_seed_dirs(train_output("curriculum_stage1")),
     log:
-        "logs/curriculum_stage1/{model}/{pair_dataset}/seed{seed}.log",
+        per_seed("logs/curriculum_stage1/{model}/{pair_dataset}/seed{seed}.log"),
     benchmark:
-        "benchmarks/curriculum_stage1/{model}/{pair_dataset}/seed{seed}.tsv"
+        per_seed_benchmark("benchmarks/curriculum_stage1/{model}/{pair_dataset}/seed{seed}.tsv")
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("curriculum_stage1")
     resources:
         **job_resources("curriculum_stage1"),
     params:
+        seeds=job_seeds,
         train=train_params("curriculum_stage1"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,
@@ -49,19 +50,20 @@ rule curriculum_stage2:
         pairs=[split_part("conflict")],
         references=[reference("conflict")],
         manifest="results/models/{model}/manifest.json",
-        init=train_output("curriculum_stage1"),
+        init=per_seed(train_output("curriculum_stage1")),
     output:
-        directory(train_output("curriculum_stage2")),
+        per_seed_dirs(train_output("curriculum_stage2")),
     log:
-        "logs/curriculum_stage2/{model}/{pair_dataset}/seed{seed}.log",
+        per_seed("logs/curriculum_stage2/{model}/{pair_dataset}/seed{seed}.log"),
     benchmark:
-        "benchmarks/curriculum_stage2/{model}/{pair_dataset}/seed{seed}.tsv"
+        per_seed_benchmark("benchmarks/curriculum_stage2/{model}/{pair_dataset}/seed{seed}.tsv")
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("curriculum_stage2")
     resources:
         **job_resources("curriculum_stage2"),
     params:
+        seeds=job_seeds,
         train=train_params("curriculum_stage2"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,
@@ -74,19 +76,20 @@ rule curriculum_stage3:
         pairs=[split_part("agree_sub"), split_part("conflict")],
         references=[reference("agree_sub"), reference("conflict")],
         manifest="results/models/{model}/manifest.json",
-        init=train_output("curriculum_stage2"),
+        init=per_seed(train_output("curriculum_stage2")),
     output:
-        directory(train_output("curriculum_stage3")),
+        per_seed_dirs(train_output("curriculum_stage3")),
     log:
-        "logs/curriculum_stage3/{model}/{pair_dataset}/seed{seed}.log",
+        per_seed("logs/curriculum_stage3/{model}/{pair_dataset}/seed{seed}.log"),
     benchmark:
-        "benchmarks/curriculum_stage3/{model}/{pair_dataset}/seed{seed}.tsv"
+        per_seed_benchmark("benchmarks/curriculum_stage3/{model}/{pair_dataset}/seed{seed}.tsv")
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("curriculum_stage3")
     resources:
         **job_resources("curriculum_stage3"),
     params:
+        seeds=job_seeds,
         train=train_params("curriculum_stage3"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,
@@ -101,17 +104,18 @@ rule curriculum_rdpo_stage1:
         references=[reference("agree")],
         manifest="results/models/{model}/manifest.json",
     output:
-        directory(train_output("curriculum_rdpo_stage1")),
+        per_seed_dirs(train_output("curriculum_rdpo_stage1")),
     log:
-        "logs/curriculum_rdpo_stage1/{model}/{pair_dataset}/seed{seed}.log",
+        per_seed("logs/curriculum_rdpo_stage1/{model}/{pair_dataset}/seed{seed}.log"),
     benchmark:
-        "benchmarks/curriculum_rdpo_stage1/{model}/{pair_dataset}/seed{seed}.tsv"
+        per_seed_benchmark("benchmarks/curriculum_rdpo_stage1/{model}/{pair_dataset}/seed{seed}.tsv")
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("curriculum_rdpo_stage1")
     resources:
         **job_resources("curriculum_rdpo_stage1"),
     params:
+        seeds=job_seeds,
         train=train_params("curriculum_rdpo_stage1"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,
@@ -124,19 +128,20 @@ rule curriculum_rdpo_stage2:
         pairs=[split_part("conflict")],
         references=[reference("conflict")],
         manifest="results/models/{model}/manifest.json",
-        init=train_output("curriculum_rdpo_stage1"),
+        init=per_seed(train_output("curriculum_rdpo_stage1")),
     output:
-        directory(train_output("curriculum_rdpo_stage2")),
+        per_seed_dirs(train_output("curriculum_rdpo_stage2")),
     log:
-        "logs/curriculum_rdpo_stage2/{model}/{pair_dataset}/seed{seed}.log",
+        per_seed("logs/curriculum_rdpo_stage2/{model}/{pair_dataset}/seed{seed}.log"),
     benchmark:
-        "benchmarks/curriculum_rdpo_stage2/{model}/{pair_dataset}/seed{seed}.tsv"
+        per_seed_benchmark("benchmarks/curriculum_rdpo_stage2/{model}/{pair_dataset}/seed{seed}.tsv")
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("curriculum_rdpo_stage2")
     resources:
         **job_resources("curriculum_rdpo_stage2"),
     params:
+        seeds=job_seeds,
         train=train_params("curriculum_rdpo_stage2"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,
@@ -149,19 +154,20 @@ rule curriculum_rdpo_stage3:
         pairs=[split_part("agree_sub"), split_part("conflict")],
         references=[reference("agree_sub"), reference("conflict")],
         manifest="results/models/{model}/manifest.json",
-        init=train_output("curriculum_rdpo_stage2"),
+        init=per_seed(train_output("curriculum_rdpo_stage2")),
     output:
-        directory(train_output("curriculum_rdpo_stage3")),
+        per_seed_dirs(train_output("curriculum_rdpo_stage3")),
     log:
-        "logs/curriculum_rdpo_stage3/{model}/{pair_dataset}/seed{seed}.log",
+        per_seed("logs/curriculum_rdpo_stage3/{model}/{pair_dataset}/seed{seed}.log"),
     benchmark:
-        "benchmarks/curriculum_rdpo_stage3/{model}/{pair_dataset}/seed{seed}.tsv"
+        per_seed_benchmark("benchmarks/curriculum_rdpo_stage3/{model}/{pair_dataset}/seed{seed}.tsv")
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("curriculum_rdpo_stage3")
     resources:
         **job_resources("curriculum_rdpo_stage3"),
     params:
+        seeds=job_seeds,
         train=train_params("curriculum_rdpo_stage3"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,
@@ -175,17 +181,18 @@ rule panacea:
         references=[reference("agree"), reference("conflict")],
         manifest="results/models/{model}/manifest.json",
     output:
-        directory(train_output("panacea")),
+        per_seed_dirs(train_output("panacea")),
     log:
-        "logs/panacea/{model}/{pair_dataset}/seed{seed}.log",
+        per_seed("logs/panacea/{model}/{pair_dataset}/seed{seed}.log"),
     benchmark:
-        "benchmarks/panacea/{model}/{pair_dataset}/seed{seed}.tsv"
+        per_seed_benchmark("benchmarks/panacea/{model}/{pair_dataset}/seed{seed}.tsv")
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("panacea")
     resources:
         **job_resources("panacea"),
     params:
+        seeds=job_seeds,
         train=train_params("panacea"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,
@@ -200,17 +207,18 @@ rule panacea_lora:
         references=[reference("agree"), reference("conflict")],
         manifest="results/models/{model}/manifest.json",
     output:
-        directory(train_output("panacea_lora")),
+        per_seed_dirs(train_output("panacea_lora")),
     log:
-        "logs/panacea_lora/{model}/{pair_dataset}/seed{seed}.log",
+        per_seed("logs/panacea_lora/{model}/{pair_dataset}/seed{seed}.log"),
     benchmark:
-        "benchmarks/panacea_lora/{model}/{pair_dataset}/seed{seed}.tsv"
+        per_seed_benchmark("benchmarks/panacea_lora/{model}/{pair_dataset}/seed{seed}.tsv")
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("panacea_lora")
     resources:
         **job_resources("panacea_lora"),
     params:
+        seeds=job_seeds,
         train=train_params("panacea_lora"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,
@@ -224,17 +232,18 @@ rule dpo_soup:
         references=[reference("agree"), reference("conflict")],
         manifest="results/models/{model}/manifest.json",
     output:
-        directory(train_output("dpo_soup")),
+        per_seed_dirs(train_output("dpo_soup")),
     log:
-        "logs/dpo_soup/{model}/{pair_dataset}/seed{seed}/dim{dim}.log",
+        per_seed("logs/dpo_soup/{model}/{pair_dataset}/seed{seed}/dim{dim}.log"),
     benchmark:
-        "benchmarks/dpo_soup/{model}/{pair_dataset}/seed{seed}/dim{dim}.tsv"
+        per_seed_benchmark("benchmarks/dpo_soup/{model}/{pair_dataset}/seed{seed}/dim{dim}.tsv")
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("dpo_soup")
     resources:
         **job_resources("dpo_soup"),
     params:
+        seeds=job_seeds,
         train=train_params("dpo_soup"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,
@@ -247,17 +256,18 @@ rule sft:
         data="results/data/{persona_dataset}/persona/sft_train.parquet",
         manifest="results/models/{model}/manifest.json",
     output:
-        directory(train_output("sft", "persona_dataset")),
+        per_seed_dirs(train_output("sft", "persona_dataset")),
     log:
-        "logs/sft/{model}/{persona_dataset}/seed{seed}.log",
+        per_seed("logs/sft/{model}/{persona_dataset}/seed{seed}.log"),
     benchmark:
-        "benchmarks/sft/{model}/{persona_dataset}/seed{seed}.tsv"
+        per_seed_benchmark("benchmarks/sft/{model}/{persona_dataset}/seed{seed}.tsv")
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("sft")
     resources:
         **job_resources("sft"),
     params:
+        seeds=job_seeds,
         train=train_params("sft"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,
@@ -293,17 +303,18 @@ rule dpo:
         manifest="results/models/{model}/manifest.json",
         reference="results/reference/{model}/{persona_dataset}/dpo_train.parquet",
     output:
-        directory(train_output("dpo", "persona_dataset")),
+        per_seed_dirs(train_output("dpo", "persona_dataset")),
     log:
-        "logs/dpo/{model}/{persona_dataset}/seed{seed}.log",
+        per_seed("logs/dpo/{model}/{persona_dataset}/seed{seed}.log"),
     benchmark:
-        "benchmarks/dpo/{model}/{persona_dataset}/seed{seed}.tsv"
+        per_seed_benchmark("benchmarks/dpo/{model}/{persona_dataset}/seed{seed}.tsv")
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("dpo")
     resources:
         **job_resources("dpo"),
     params:
+        seeds=job_seeds,
         train=train_params("dpo"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,
@@ -316,19 +327,20 @@ rule reference_logps_sft_dpo:
     input:
         data=pairs_part("train"),
         manifest="results/models/{model}/manifest.json",
-        init=train_output("sft", "persona_dataset"),
+        init=per_seed(train_output("sft", "persona_dataset")),
     output:
-        "results/reference/{model}/{persona_dataset}/seed{seed}/sft_dpo_train.parquet",
+        per_seed("results/reference/{model}/{persona_dataset}/seed{seed}/sft_dpo_train.parquet"),
     log:
-        "logs/reference_logps_sft_dpo/{model}/{persona_dataset}/seed{seed}.log",
+        per_seed("logs/reference_logps_sft_dpo/{model}/{persona_dataset}/seed{seed}.log"),
     benchmark:
-        "benchmarks/reference_logps_sft_dpo/{model}/{persona_dataset}/seed{seed}.tsv"
+        per_seed_benchmark("benchmarks/reference_logps_sft_dpo/{model}/{persona_dataset}/seed{seed}.tsv")
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("reference_logps_sft_dpo")
     resources:
         **job_resources("reference_logps_sft_dpo"),
     params:
+        seeds=job_seeds,
         train=train_params("sft_dpo"),
         batch_size=CFG.reference_batch_size,
     script:
@@ -339,20 +351,21 @@ rule sft_dpo:
     input:
         data=pairs_part("train"),
         manifest="results/models/{model}/manifest.json",
-        init=train_output("sft", "persona_dataset"),
-        reference="results/reference/{model}/{persona_dataset}/seed{seed}/sft_dpo_train.parquet",
+        init=per_seed(train_output("sft", "persona_dataset")),
+        reference=per_seed("results/reference/{model}/{persona_dataset}/seed{seed}/sft_dpo_train.parquet"),
     output:
-        directory(train_output("sft_dpo", "persona_dataset")),
+        per_seed_dirs(train_output("sft_dpo", "persona_dataset")),
     log:
-        "logs/sft_dpo/{model}/{persona_dataset}/seed{seed}.log",
+        per_seed("logs/sft_dpo/{model}/{persona_dataset}/seed{seed}.log"),
     benchmark:
-        "benchmarks/sft_dpo/{model}/{persona_dataset}/seed{seed}.tsv"
+        per_seed_benchmark("benchmarks/sft_dpo/{model}/{persona_dataset}/seed{seed}.tsv")
     conda:
         "../envs/conflux.yaml"
     threads: job_threads("sft_dpo")
     resources:
         **job_resources("sft_dpo"),
     params:
+        seeds=job_seeds,
         train=train_params("sft_dpo"),
         work_dir=checkpoint_dir,
         keep_checkpoints=CFG.keep_checkpoints,

@@ -21,6 +21,7 @@ HEAVIEST_FIRST = [
     "test_slurm.py",  # ~4.5: slurmctld, and the slice run locally and on SLURM
     "test_distributed.py",  # ~4: torchrun processes
     "test_training.py",  # ~2
+    "test_batch_seeds.py",  # ~2: the same targets batched and per seed
 ]
 
 # No hub at test time: any accidental hub access must fail fast instead of hanging on the network.

@@ -166,10 +166,10 @@ def test_workflow_wildcards_are_derived_from_the_registry(workflow_facts):
         wrong = [n for n in [*STAGES, *others] if n not in expected]
         assert not any(_matches(constraints[key], wrong)), (key, constraints[key])
     # the persona evaluations name their variants in their outputs: the trained ones (the default config's,
-    # in registry order) in one job per seed, the default merges in another
+    # in registry order) of every seed in one job (batch_seeds), the default merges in another per seed
     rules = ("persona_eval", "persona_eval_merges")
     named = {r: [o.rsplit("/persona_", 1)[1] for o in workflow_facts["outputs"][r]] for r in rules}
-    assert named["persona_eval"] == [f"{v}.json" for v in variants("persona")]
+    assert named["persona_eval"] == [f"{v}.json" for _ in range(3) for v in variants("persona")]
     assert named["persona_eval_merges"] == ["ties_lam0.5.json", "ties_lam1.json"]
 
 
@@ -193,7 +193,9 @@ def _entry_call(script: Path) -> tuple[str, str]:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("conflux")
         for alias in node.names
     }
-    calls = [n.value for n in tree.body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)]
+    # the call, or a loop over the job's seeds around it (config: batch_seeds)
+    body = [n for node in tree.body for n in (node.body if isinstance(node, ast.For) else [node])]
+    calls = [n.value for n in body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)]
     calls = [c for c in calls if isinstance(c.func, ast.Name) and c.func.id in imported]
     assert len(calls) == 1, f"{script.name}: expected one package call, found {len(calls)}"
     return imported[calls[0].func.id], calls[0].func.id

@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from slurm_cluster import SlurmCluster, _kill_job_leftovers, session_cluster
+from workflow_cli import equal_outputs, planned
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +34,6 @@ TRAINING_RULES = {
     "sft",
     "dpo",
 }
-# Keys of the JSON outputs that record when or how long, not what; none today, listed here when added.
-TIMING_KEYS = {"elapsed_s", "seconds", "created_at", "started_at", "finished_at"}
 
 
 def snakemake(*args: str, workdir: Path, env: dict[str, str] | None = None) -> tuple[str, float]:
@@ -52,55 +50,14 @@ def snakemake(*args: str, workdir: Path, env: dict[str, str] | None = None) -> t
     return out, seconds
 
 
-def planned(output: str) -> list[dict]:
-    """The jobs of a dry run, each as {'rule', 'threads', 'resources': {name: value}}."""
-    jobs: list[dict] = []
-    for line in output.splitlines():
-        if m := re.match(r"^(?:local)?rule (\w+):$", line):
-            jobs.append({"rule": m.group(1), "threads": 1, "resources": {}})
-        elif jobs and (m := re.match(r"^\s+threads: (\d+)$", line)):
-            jobs[-1]["threads"] = int(m.group(1))
-        elif jobs and (m := re.match(r"^\s+resources: (.*)$", line)):
-            pairs = re.findall(r"(\w+)=(.*?)(?=, \w+=|$)", m.group(1))
-            jobs[-1]["resources"] = dict(pairs)
-    return jobs
-
-
 def slice_config(path: Path) -> Path:
     """The default config, shrunk so the slice runs in seconds per job."""
     raw = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     raw["datasets"]["synth_pku"]["n_pairs"] = 400
     raw["models"]["tiny"]["tiny"]["vocab_size"] = 600
+    raw["batch_seeds"] = False  # a cluster's setting: one job per seed
     path.write_text(yaml.safe_dump(raw))
     return path
-
-
-def untimed(value):
-    """A JSON value without its wall-clock keys, at any depth (the tiny model's manifest nests its
-    pretraining's seconds)."""
-    if isinstance(value, dict):
-        return {k: untimed(v) for k, v in value.items() if k not in TIMING_KEYS}
-    if isinstance(value, list):
-        return [untimed(v) for v in value]
-    return value
-
-
-def equal_outputs(a: Path, b: Path) -> list[str]:
-    """Differences between two results/ trees: Parquet by table contents, JSON by value, the rest by bytes."""
-    files_a = {p.relative_to(a) for p in a.rglob("*") if p.is_file()}
-    files_b = {p.relative_to(b) for p in b.rglob("*") if p.is_file()}
-    diffs = [f"only in one run: {sorted(map(str, files_a ^ files_b))}"] if files_a != files_b else []
-    for rel in sorted(files_a & files_b):
-        fa, fb = a / rel, b / rel
-        if rel.suffix == ".parquet":
-            same = pq.read_table(fa).equals(pq.read_table(fb))
-        elif rel.suffix == ".json":
-            same = untimed(json.loads(fa.read_text())) == untimed(json.loads(fb.read_text()))
-        else:
-            same = fa.read_bytes() == fb.read_bytes()
-        if not same:
-            diffs.append(str(rel))
-    return diffs
 
 
 @pytest.fixture(scope="session")

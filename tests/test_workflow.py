@@ -37,13 +37,12 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     # eval_conflict),
     # shared by the three curriculum stages, Panacea, every DPO-Soup member and every evaluation.
     assert jobs["reference_logps"] == 2 * 3
-    seeds = 3  # config seeds: every training run, evaluation and analysis is per seed
-    # datasets x seeds x (3 curriculum stages, Panacea, DPO-Soup); the variants are not in the default
-    # one evaluation job per (dataset, seed) scores its 5 stages and methods, each to its own records file
-    assert jobs["evaluate_method"] == 2 * seeds
-    assert (
-        jobs["panacea"] == 2 * seeds and "panacea_lora" not in jobs and "curriculum_rdpo_stage1" not in jobs
-    )
+    # batch_seeds (the default's): one job per (rule, model, dataset) trains all three seeds, one after
+    # another, and one evaluation job per dataset scores each seed's 5 stages and methods, each seed and
+    # method to its own records file: datasets x (3 curriculum stages, Panacea, DPO-Soup); the variants are
+    # not in the default
+    assert jobs["evaluate_method"] == 2
+    assert jobs["panacea"] == 2 and "panacea_lora" not in jobs and "curriculum_rdpo_stage1" not in jobs
     # the weight analysis and the exports cover analysis.seeds: [0] only, the evaluation every seed
     assert jobs["export_policy"] == 3  # the three compared methods, on synth_pku (config: export)
     assert jobs["table1"] == jobs["table2"] == jobs["figure2"] == 1  # synth_pku k=2; synth_hs2 k=5
@@ -52,8 +51,8 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     assert jobs["length_bias"] == 2  # Appendix C, per pair dataset
     # persona variants per dataset: sft, dpo, sft_dpo every seed; the TIES merges at lambda 0.5 and 1 (weight
     # analysis) of seed 0 (analysis.seeds)
-    # one job per (dataset, seed) for the trained variants, per (dataset, analysed seed) for the merges
-    assert jobs["persona_eval_base"] == 3 and jobs["persona_eval"] == 3 * seeds
+    # one job per dataset for the trained variants of every seed, per (dataset, analysed seed) for the merges
+    assert jobs["persona_eval_base"] == 3 and jobs["persona_eval"] == 3
     assert jobs["persona_eval_merges"] == 3
     assert jobs["persona_table"] == 3
     # one merge job per (dataset, analysed seed): SFT and DPO are merged once and scaled to each λ of the grid
@@ -67,11 +66,12 @@ def test_default_dry_run_plans_every_dataset_and_the_tiny_model(project_root, tm
     assert "dump_task_vectors_persona" not in jobs and "dump_task_vectors_adapters" not in jobs
     assert jobs["revert_sweep"] == jobs["key_layers"] == 3  # analysis.revert.methods: [dpo]
     for rule in ("curriculum_stage1", "curriculum_stage2", "curriculum_stage3", "panacea"):
-        assert jobs[rule] == 2 * seeds
-    assert jobs["dpo_soup"] == (2 + 5) * seeds  # one job per dimension: k=2 and k=5
-    assert jobs["sft"] == jobs["dpo"] == jobs["sft_dpo"] == 3 * seeds
-    # DPO's reference: the base model's, once per (model, dataset); SFT→DPO's: its SFT model's, per seed
-    assert jobs["reference_logps_dpo"] == 3 and jobs["reference_logps_sft_dpo"] == 3 * seeds
+        assert jobs[rule] == 2
+    assert jobs["dpo_soup"] == 2 + 5  # one job per dimension: k=2 and k=5
+    assert jobs["sft"] == jobs["dpo"] == jobs["sft_dpo"] == 3
+    # DPO's reference: the base model's, once per (model, dataset); SFT→DPO's: its SFT model's, per seed (in
+    # one job per dataset, like the training)
+    assert jobs["reference_logps_dpo"] == 3 and jobs["reference_logps_sft_dpo"] == 3
 
 
 def test_paper_dry_run_plans_the_full_matrix(project_root):

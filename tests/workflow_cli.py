@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 BIN = Path(sys.executable).parent
 # The whole-workflow runs of tests/test_workflow.py and tests/test_persona_workflow.py: a guard against a
 # hung run, not a speed check. Under pytest-xdist a run shares the cores with the other worker (the two runs
 # overlap by design) and with whatever else the machine runs: it may take several times its serial 7-9 min.
 RUN_TIMEOUT = 3600
+# Keys of the JSON outputs that record when or how long, not what.
+TIMING_KEYS = {"elapsed_s", "seconds", "created_at", "started_at", "finished_at", "train_runtime",
+               "train_samples_per_second", "train_steps_per_second"}  # fmt: skip
+# Sets written as lists, in an order of the writing process's string hashes (PEFT's adapter_config.json).
+UNORDERED_KEYS = {"target_modules"}
 
 
 def snakemake(
@@ -40,3 +49,50 @@ def planned_jobs(output: str) -> dict[str, int]:
             break
         counts[parts[0]] = int(parts[1])
     return counts
+
+
+def untimed(value):
+    """A JSON value without its wall-clock keys, at any depth (the tiny model's manifest nests its
+    pretraining's seconds), and with its sets sorted."""
+    if isinstance(value, dict):
+        kept = {k: v for k, v in value.items() if k not in TIMING_KEYS}
+        return {k: sorted(v) if k in UNORDERED_KEYS else untimed(v) for k, v in kept.items()}
+    if isinstance(value, list):
+        return [untimed(v) for v in value]
+    return value
+
+
+def equal_outputs(a: Path, b: Path) -> list[str]:
+    """Differences between two results/ trees (or two outputs): Parquet by table contents, JSON and JSON
+    lines by value less the wall-clock keys, the rest by bytes."""
+    files_a = {p.relative_to(a) for p in a.rglob("*") if p.is_file()}
+    files_b = {p.relative_to(b) for p in b.rglob("*") if p.is_file()}
+    diffs = [f"only in one run: {sorted(map(str, files_a ^ files_b))}"] if files_a != files_b else []
+    for rel in sorted(files_a & files_b):
+        fa, fb = a / rel, b / rel
+        if rel.suffix == ".parquet":
+            same = pq.read_table(fa).equals(pq.read_table(fb))
+        elif rel.suffix == ".json":
+            same = untimed(json.loads(fa.read_text())) == untimed(json.loads(fb.read_text()))
+        elif rel.suffix == ".jsonl":
+            lines_a, lines_b = fa.read_text().splitlines(), fb.read_text().splitlines()
+            same = [untimed(json.loads(x)) for x in lines_a] == [untimed(json.loads(x)) for x in lines_b]
+        else:
+            same = fa.read_bytes() == fb.read_bytes()
+        if not same:
+            diffs.append(str(rel))
+    return diffs
+
+
+def planned(output: str) -> list[dict]:
+    """The jobs of a dry run, each as {'rule', 'threads', 'resources': {name: value}}."""
+    jobs: list[dict] = []
+    for line in output.splitlines():
+        if m := re.match(r"^(?:local)?rule (\w+):$", line):
+            jobs.append({"rule": m.group(1), "threads": 1, "resources": {}})
+        elif jobs and (m := re.match(r"^\s+threads: (\d+)$", line)):
+            jobs[-1]["threads"] = int(m.group(1))
+        elif jobs and (m := re.match(r"^\s+resources: (.*)$", line)):
+            pairs = re.findall(r"(\w+)=(.*?)(?=, \w+=|$)", m.group(1))
+            jobs[-1]["resources"] = dict(pairs)
+    return jobs

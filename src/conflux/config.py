@@ -159,6 +159,7 @@ class WorkflowConfig:
     training: dict[str, Any] = field(default_factory=dict)  # the raw training/methods blocks, see train()
     reference_batch_size: int = 32
     keep_checkpoints: bool = False
+    batch_seeds: bool = False  # one job trains every seed of a training rule (rules/common.smk: per_seed)
     evaluation: EvaluationConfig = field(default_factory=lambda: EvaluationConfig())
     resources: dict[str, Any] = field(default_factory=dict)
     model_arch: dict[str, dict[str, Any]] = field(default_factory=dict)  # models.<name>.arch, for the plan
@@ -306,6 +307,7 @@ def parse_config(raw: dict[str, Any]) -> WorkflowConfig:
         training=training,
         reference_batch_size=int(raw.get("reference", {}).get("batch_size", 32)),
         keep_checkpoints=bool(raw.get("keep_checkpoints", False)),
+        batch_seeds=bool(raw.get("batch_seeds", False)),
         evaluation=EvaluationConfig(**raw.get("evaluation", {})),
         resources=dict(raw.get("resources", {})),
         analysis=_analysis_config(raw.get("analysis", {}), list(raw.get("seeds", [0]))),
@@ -359,11 +361,8 @@ def _model_spec(name: str, spec: dict[str, Any]) -> BaseModelSpec:
     if spec["source"] == "embedded":
         tiny = TinyModelConfig(**spec.get("tiny", {}))
         if tiny.hidden_size % tiny.num_heads or tiny.num_heads % tiny.num_kv_heads:
-            raise ConfigError(
-                f"models.{name}.tiny",
-                "divisible sizes",
-                "hidden_size must divide by num_heads, num_heads by num_kv_heads",
-            )
+            raise ConfigError(f"models.{name}.tiny", "divisible sizes",
+                              "hidden_size must divide by num_heads, num_heads by num_kv_heads")  # fmt: skip
     elif "tiny" in spec:
         raise ConfigError(f"models.{name}.tiny", "embedded only", "'tiny' applies to source: embedded only")
     return BaseModelSpec(

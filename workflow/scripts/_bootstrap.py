@@ -7,6 +7,7 @@ Snakemake puts this folder on ``sys.path``, so ``from _bootstrap import start`` 
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -28,12 +29,7 @@ def start(snakemake) -> logging.Logger:
         os.environ[var] = str(snakemake.threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(snakemake.threads)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=[logging.FileHandler(snakemake.log[0], mode="w", encoding="utf-8")],
-        force=True,
-    )
+    _log_to(snakemake.log[0])
     log = logging.getLogger(f"conflux.rule.{snakemake.rule}")
 
     def log_uncaught(exc_type, exc, tb):
@@ -43,3 +39,45 @@ def start(snakemake) -> logging.Logger:
     sys.excepthook = log_uncaught
     log.info("rule %s, wildcards %s", snakemake.rule, dict(snakemake.wildcards))
     return log
+
+
+def _log_to(path: str) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logging.FileHandler(path, mode="w", encoding="utf-8")],
+        force=True,
+    )
+
+
+def seeds(snakemake) -> Iterator[tuple[int, int | None]]:
+    """(index, seed) of each seed a per-seed rule's job covers: one, or every seed with batch_seeds; a rule
+    without params.seeds is one job, (0, None).
+
+    The index picks the seed's entry of the job's per-seed lists (outputs, logs, params.work_dir, per-seed
+    inputs; rules/common.smk: per_seed). Each seed logs to its own file, as a job of its own would.
+    """
+    job_seeds = snakemake.params.get("seeds", [None])
+    for index, seed in enumerate(job_seeds):
+        if index:
+            _log_to(snakemake.log[index])
+        if seed is not None:
+            log = logging.getLogger(f"conflux.rule.{snakemake.rule}")
+            log.info("seed %d (%d of %d in this job)", seed, index + 1, len(job_seeds))
+        yield index, seed
+
+
+def share(values, index: int, count: int) -> list[str]:
+    """One seed's share of a per-seed list (each seed's paths, equally many, in seed order)."""
+    values = [values] if isinstance(values, str) else list(values)
+    if len(values) % count:
+        raise ValueError(f"{len(values)} paths do not split into {count} seeds: {values}")
+    size = len(values) // count
+    return values[index * size : (index + 1) * size]
+
+
+def of_seed(value, index: int) -> Path | None:
+    """A job's input for one seed: its entry of a per-seed list, the one path every seed shares, or None."""
+    if not value:
+        return None
+    return Path(value if isinstance(value, str) else value[index])
