@@ -37,8 +37,8 @@ from conflux.analysis.tensor_io import (
     thread_buffer,
 )
 from conflux.errors import ConfluxError, DataError
+from conflux.modeling.adapter_files import ADAPTER_CONFIG, check_adapter_dir
 
-ADAPTER_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
 READ_CHUNK = 1 << 18  # entries of one stored tensor read (and subtracted) at a time
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B|embedding_A|embedding_B)\.weight$")
@@ -155,10 +155,6 @@ class LoraTaskVectors:
         self.adapter_dir = Path(adapter_dir)
         self.label = label or self.adapter_dir.name
         self.weight = float(weight)
-        # Imported here: conflux.modeling.policy imports peft and transformers (~2 s), which the statistics
-        # and merges of full fine-tunes never need.
-        from conflux.modeling.policy import check_adapter_dir
-
         check_adapter_dir(self.adapter_dir)  # safetensors only, readable config: the policy loader's check
         self.config = _read_adapter_config(self.adapter_dir)
         self.files = WeightFiles(self.adapter_dir / ADAPTER_FILE)

@@ -27,8 +27,9 @@ from conflux.analysis.tensor_io import WeightFiles, copy_side_files
 from conflux.atomic import atomic_path, write_json
 from conflux.errors import ConfigError
 from conflux.export.weights import check_weights, weight_tag
+from conflux.modeling.adapter_files import ADAPTER_WEIGHTS
 from conflux.modeling.base_model import base_model_dir, load_base_model, read_manifest
-from conflux.modeling.policy import ADAPTER_WEIGHTS, PreferencePolicy, load_method_policy
+from conflux.modeling.policy import PreferencePolicy, load_method_policy
 
 log = logging.getLogger(__name__)
 RECORD = "export.json"

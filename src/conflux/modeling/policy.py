@@ -26,13 +26,11 @@ training output with every adapter; DPO-Soup is k outputs (``dpo_soup/dim<i>``) 
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
 from peft import PeftModel, PeftType, get_peft_model, get_peft_model_state_dict
@@ -40,8 +38,8 @@ from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
 from conflux.atomic import atomic_path
-from conflux.errors import ConfluxError, DataError
-from conflux.modeling.base_model import check_safetensors
+from conflux.errors import ConfluxError
+from conflux.modeling.adapter_files import check_adapter_dir
 from conflux.modeling.lora import LoraSpec
 
 SHARED = "shared"
@@ -264,39 +262,6 @@ class PreferencePolicy:
 
 
 # ---- trained runs ------------------------------------------------------------------------------------------
-
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-
-def check_adapter_dir(path: str | Path) -> dict[str, Any]:
-    """The adapter config of ``path``; :class:`DataError` unless it is a PEFT adapter conflux will load: a
-    readable ``adapter_config.json`` and complete safetensors weights. Pickled weights
-    (``adapter_model.bin``) are refused here, with conflux's reason, before PEFT or torch would open them."""
-    d = Path(path)
-    config = d / ADAPTER_CONFIG
-    try:
-        parsed = json.loads(config.read_text(encoding="utf-8"))
-        if not isinstance(parsed, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise DataError(
-            f"cannot read the adapter config ({exc})", file=config, row="all", field="json"
-        ) from None
-    weights = d / ADAPTER_WEIGHTS
-    if not weights.is_file():
-        pickled = (d / "adapter_model.bin").is_file()
-        reason = (
-            "adapter_model.bin is a pickle, which can run code when loaded; conflux loads safetensors only "
-            "(`PeftModel.save_pretrained` writes adapter_model.safetensors)"
-            if pickled
-            else "the adapter has no adapter_model.safetensors"
-        )
-        file = d / ("adapter_model.bin" if pickled else ADAPTER_WEIGHTS)
-        raise DataError(reason, file=file, row="all", field="weights")
-    check_safetensors(weights)
-    return parsed
 
 
 def adapter_dirs(run_dirs: Sequence[str | Path]) -> dict[str, Path]:

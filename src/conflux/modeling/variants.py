@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from conflux.errors import ConfluxError
+from conflux.modeling.adapter_files import check_adapter_dir
 from conflux.modeling.base_model import apply_prompt_format, load_base_model, read_manifest, weight_files
 
 
@@ -50,9 +51,6 @@ def load_variant(
     """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-
-    # here, not at the top: the weight-analysis jobs resolve model directories without loading PEFT (~2 s)
-    from conflux.modeling.policy import check_adapter_dir
 
     m = manifest if isinstance(manifest, dict) else read_manifest(manifest)
     if model_dir is None:
