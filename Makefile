@@ -5,36 +5,44 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 CORES ?= all
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test setup lint format dryrun clean
+.PHONY: run test setup setup-dev lint format dryrun clean
 
+# What the workflow needs; `make run` installs nothing more (the test and lint tools are the dev extra's).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e .
 	# An editable install leaves src/ uncompiled; where PYTHONDONTWRITEBYTECODE is set (CI images), every
 	# snakemake call and every job would compile the package again (~70 ms of each dry-run).
 	$(BIN)/python -m compileall -q src
 	touch $@
 
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
 setup: $(STAMP)
+
+setup-dev: $(DEV_STAMP)
 
 ## Run the whole default workflow (tiny model built offline, synthetic and bundled data).
 run: setup
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
 
 ## Run every test; pytest's "no tests collected" (exit 5) counts as a failure.
-test: setup
+test: setup-dev
 	$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
-lint: setup
+lint: setup-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/snakefmt --check Snakefile rules \
 		&& $(BIN)/snakemake --lint && $(BIN)/lint-imports --no-cache
 
-format: setup
+format: setup-dev
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format . && $(BIN)/snakefmt Snakefile rules
 
 dryrun: setup

@@ -41,7 +41,7 @@ earlier writes are still being flushed (hence the ``sync`` before each side). St
 near ~13x on these inputs whatever the merge does.
 
 mergekit comes from ``--mergekit-python`` (default: ``bench/.venv-mergekit/bin/python`` when it exists,
-else this interpreter, where ``make setup`` installs mergekit==0.1.5 from the dev extra; it installs beside
+else this interpreter, where ``make test`` installs mergekit==0.1.5 from the dev extra; it installs beside
 conflux's pins and adds scipy, sentencepiece and protobuf). tests/test_mergekit_parity.py makes the same
 comparison on a tiny model in the test suite.
 """
