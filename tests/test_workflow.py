@@ -428,8 +428,8 @@ def test_naming_a_table_plans_only_its_ancestors(project_root, tmp_path):
     out = proc.stdout + proc.stderr
     jobs = planned_jobs(out)
     assert "synth_hs2" not in out and "persona" not in out
-    seeds = 3  # the default's
-    assert jobs["load_pairs"] == 1 and jobs["dpo_soup"] == 2 * seeds and jobs["evaluate_method"] == seeds
+    # the default's batch_seeds: one job per dimension trains the three seeds, one job evaluates them
+    assert jobs["load_pairs"] == 1 and jobs["dpo_soup"] == 2 and jobs["evaluate_method"] == 1
     assert "sft" not in jobs and "table2" not in jobs and "all" not in jobs
 
 
