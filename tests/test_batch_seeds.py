@@ -13,17 +13,18 @@ import yaml
 from workflow_cli import RUN_TIMEOUT, equal_outputs, planned, planned_jobs, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
+PERSONA = "persona_ojousama"  # its rejected replies are bundled: no generation job before the DPO pairs
 # Seed 1's evaluations, and so its training: the preference script with a per-seed init (stages 2 and 3),
 # the TRL script with a per-seed init and reference (SFT→DPO from SFT, against the SFT model's cached
 # log-probs), and both evaluation scripts with per-seed models: every kind of per-seed input there is.
 TARGETS = ["results/eval/tiny/synth_pku/seed1/curriculum_stage3.parquet",
-           "results/eval/tiny/general/seed1/persona_sft_dpo.json"]  # fmt: skip
+           "results/eval/tiny/persona_ojousama/seed1/persona_sft_dpo.json"]  # fmt: skip
 SEEDED_RULES = ("curriculum_stage1", "curriculum_stage2", "curriculum_stage3", "sft",
                 "reference_logps_sft_dpo", "sft_dpo", "evaluate_method", "persona_eval")  # fmt: skip
 
 
 def two_seed_config(path: Path, batch: bool) -> Path:
-    """The default config on two seeds, one pair set and the general set, shrunk to seconds per job."""
+    """The default config on two seeds, one pair set and one persona set, shrunk to seconds per job."""
     raw = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     raw.update(seeds=[0, 1], batch_seeds=batch, tracking={"backend": "none"})  # no event files' timestamps
     raw["analysis"]["seeds"] = [0]
@@ -31,7 +32,7 @@ def two_seed_config(path: Path, batch: bool) -> Path:
     raw["models"]["tiny"]["tiny"].update(vocab_size=600)
     raw["models"]["tiny"]["tiny"]["pretrain"]["steps"] = 10
     raw["studies"]["curriculum"].update(datasets=["synth_pku"], methods=["curriculum"])
-    raw["studies"]["persona"].update(datasets=["general"], methods=["sft", "dpo", "sft_dpo"])
+    raw["studies"]["persona"].update(datasets=["persona_ojousama"], methods=["sft", "dpo", "sft_dpo"])
     raw["training"]["max_steps"] = 3
     raw["methods"]["sft"]["max_steps"] = raw["methods"]["dpo"]["max_steps"] = 3
     raw["evaluation"]["generation"]["max_new_tokens"] = 8
@@ -40,7 +41,7 @@ def two_seed_config(path: Path, batch: bool) -> Path:
 
 
 # What both runs share and batch_seeds does not touch: the per-seed run starts from the batched run's copy.
-SHARED = ["data", "models", "reference/tiny/synth_pku", "reference/tiny/general/dpo_train.parquet"]
+SHARED = ["data", "models", "reference/tiny/synth_pku", "reference/tiny/persona_ojousama/dpo_train.parquet"]
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +72,10 @@ def test_one_job_per_rule_trains_every_seed_and_each_seed_keeps_its_log(runs):
     for rule in SEEDED_RULES:
         assert batched[rule] == per_seed[rule] == 1, rule  # one job: both seeds, or seed 1's alone
     work = runs["batched"]
-    batched_jobs = [("curriculum_stage2", "synth_pku"), ("sft_dpo", "general"), ("persona_eval", "general")]
-    for rule, dataset in batched_jobs:
-        assert (work / f"benchmarks/{rule}/tiny/{dataset}/seeds.tsv").is_file()  # one job, one benchmark
+    for rule, ds in (("curriculum_stage2", "synth_pku"), ("sft_dpo", PERSONA), ("persona_eval", PERSONA)):
+        assert (work / f"benchmarks/{rule}/tiny/{ds}/seeds.tsv").is_file()  # one job, one benchmark
         for seed in (0, 1):
-            log = (work / f"logs/{rule}/tiny/{dataset}/seed{seed}.log").read_text()
+            log = (work / f"logs/{rule}/tiny/{ds}/seed{seed}.log").read_text()
             assert f"seed {seed} ({seed + 1} of 2 in this job)" in log
     stage2 = work / "results/train/tiny/synth_pku/seed0/curriculum/stage2"
     summary = json.loads((stage2 / "summary.json").read_text())
@@ -88,16 +88,16 @@ def test_a_seed_trained_in_a_batch_equals_the_seed_trained_alone(runs):
     training job seeds every generator itself, and nothing of one seed's run leaks into the next."""
     parts = {
         "train/tiny/synth_pku/seed1/curriculum": "*.safetensors",  # stages 1, 2 and 3
-        "train/tiny/general/seed1": "*.safetensors",  # sft and sft_dpo
-        "reference/tiny/general/seed1": "*.parquet",
+        "train/tiny/persona_ojousama/seed1": "*.safetensors",  # sft and sft_dpo
+        "reference/tiny/persona_ojousama/seed1": "*.parquet",
         "eval/tiny/synth_pku/seed1": "*.parquet",  # curriculum stages 1, 2 and 3
-        "eval/tiny/general/seed1": "*.json",  # sft, dpo and sft_dpo
+        "eval/tiny/persona_ojousama/seed1": "*.json",  # sft, dpo and sft_dpo
     }
     for part, kind in parts.items():
         batched, alone = runs["batched"] / "results" / part, runs["per_seed"] / "results" / part
         assert any(alone.rglob(kind)), f"{part}: nothing to compare"
         assert equal_outputs(batched, alone) == [], part
-    assert not (runs["per_seed"] / "results/train/tiny/general/seed0").exists()  # seed 1 alone, indeed
+    assert not (runs["per_seed"] / f"results/train/tiny/{PERSONA}/seed0").exists()  # seed 1 alone, indeed
 
 
 def test_a_batched_job_asks_the_cluster_for_every_seeds_time(tmp_path):

@@ -24,14 +24,21 @@ def start(snakemake) -> logging.Logger:
     """Log to ``snakemake.log[0]``; an uncaught error is written there too before Snakemake reports it.
 
     Also caps the job's CPU threads at the rule's ``threads``: torch would otherwise start one thread per
-    core in every job, and two jobs on two cores would fight over them.
+    core in every job, and two jobs on two cores would fight over them. A lower OMP_NUM_THREADS from the
+    caller (a test worker's share of the cores, a user's limit) is kept: OpenMP threads on more cores than
+    are free spin for them (a 2-thread build_tiny_model beside another busy process ran several times
+    longer).
     """
     if os.environ.get("CONFLUX_MALLOC") != "default":
         _keep_freed_memory()
+    threads = snakemake.threads
+    inherited = os.environ.get("OMP_NUM_THREADS", "")
+    if inherited.isdigit() and 0 < int(inherited) < threads:
+        threads = int(inherited)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(snakemake.threads)
+        os.environ[var] = str(threads)
     if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(snakemake.threads)
+        sys.modules["torch"].set_num_threads(threads)
     _log_to(snakemake.log[0])
     log = logging.getLogger(f"conflux.rule.{snakemake.rule}")
 
