@@ -28,14 +28,14 @@ def two_seed_config(path: Path, batch: bool) -> Path:
     raw = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     raw.update(seeds=[0, 1], batch_seeds=batch, tracking={"backend": "none"})  # no event files' timestamps
     raw["analysis"]["seeds"] = [0]
-    raw["datasets"]["synth_pku"]["n_pairs"] = 300
+    raw["datasets"]["synth_pku"]["n_pairs"] = 200
     raw["models"]["tiny"]["tiny"].update(vocab_size=600)
     raw["models"]["tiny"]["tiny"]["pretrain"]["steps"] = 10
     raw["studies"]["curriculum"].update(datasets=["synth_pku"], methods=["curriculum"])
     raw["studies"]["persona"].update(datasets=["persona_ojousama"], methods=["sft", "dpo", "sft_dpo"])
-    raw["training"]["max_steps"] = 3
-    raw["methods"]["sft"]["max_steps"] = raw["methods"]["dpo"]["max_steps"] = 3
-    raw["evaluation"]["generation"]["max_new_tokens"] = 8
+    raw["training"]["max_steps"] = 2
+    raw["methods"]["sft"]["max_steps"] = raw["methods"]["dpo"]["max_steps"] = 2
+    raw["evaluation"]["generation"]["max_new_tokens"] = 4
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -79,7 +79,7 @@ def test_one_job_per_rule_trains_every_seed_and_each_seed_keeps_its_log(runs):
             assert f"seed {seed} ({seed + 1} of 2 in this job)" in log
     stage2 = work / "results/train/tiny/synth_pku/seed0/curriculum/stage2"
     summary = json.loads((stage2 / "summary.json").read_text())
-    assert summary["seed"] == 0 and summary["global_steps"] == 3
+    assert summary["seed"] == 0 and summary["global_steps"] == 2
 
 
 @pytest.mark.slow

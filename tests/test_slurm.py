@@ -55,6 +55,9 @@ def slice_config(path: Path) -> Path:
     raw = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     raw["datasets"]["synth_pku"]["n_pairs"] = 400
     raw["models"]["tiny"]["tiny"]["vocab_size"] = 600
+    # SLURM = local, not how well it pretrains (tests/test_tinymodel.py): 20 steps, on the worker's share
+    raw["models"]["tiny"]["tiny"]["pretrain"]["steps"] = 20
+    raw["resources"] = {"rules": {"build_tiny_model": {"cpus_per_task": 1}}}
     raw["batch_seeds"] = False  # a cluster's setting: one job per seed
     path.write_text(yaml.safe_dump(raw))
     return path
