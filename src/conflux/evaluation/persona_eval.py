@@ -282,9 +282,11 @@ def persona_eval_variants_job(
     if set(variants) != set(outs):
         raise ConfluxError(f"variants to evaluate {sorted(variants)} and metrics files {sorted(outs)} differ")
     persona, prompts, pairs = held_out_inputs(sft_eval, pairs_eval)
+    base = read_manifest(manifest)  # once for every variant: its loader and its record
+    prompt_format = prompt_format_of(manifest)
     records = {}
     for variant, model_dir in variants.items():
-        model, tokenizer = load_variant(manifest, model_dir, dtype=working_dtype())
+        model, tokenizer = load_variant(base, model_dir, dtype=working_dtype())
         model = to_work_device(model)
         result = evaluate_variant(
             model,
@@ -301,8 +303,8 @@ def persona_eval_variants_job(
             "seed": seed,
             "persona": persona,
             "model_dir": str(model_dir) if model_dir is not None else None,
-            "prompt_format": prompt_format_of(manifest),
-            "base_pretrain": read_manifest(manifest).get("pretrain"),
+            "prompt_format": prompt_format,
+            "base_pretrain": base.get("pretrain"),
             "generation": asdict(generation),
             "max_length": settings.max_length,
             "truncation": settings.truncation,
