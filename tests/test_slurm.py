@@ -248,6 +248,19 @@ def test_training_job_cancelled_with_scancel_resumes_to_the_uninterrupted_result
         assert all((got[k] == want[k]).all() for k in want), name
 
 
+def _wait_for_exec_environment(pid: int) -> None:
+    """Wait until ``/proc/<pid>/environ`` shows the exec'd program's environment.
+
+    Popen returns when the exec closes its close-on-exec error pipe, which the kernel does before it lays out
+    the new image's environment: read in between, environ is empty (about 1 in 10 reads right after Popen on
+    this machine), and the teardown below would find no SLURM_CONF to kill by.
+    """
+    deadline = time.monotonic() + 10
+    while not Path(f"/proc/{pid}/environ").read_bytes():
+        assert time.monotonic() < deadline, f"process {pid} shows no environment after 10 s"
+        time.sleep(0.001)
+
+
 def test_the_teardown_kills_what_the_clusters_jobs_left_running_and_nothing_else(tmp_path):
     """A job's process that escaped SLURM (it outlived its slurmstepd) still carries the cluster's SLURM_CONF:
     the teardown kills it by that, and leaves a process of another cluster alone."""
@@ -257,6 +270,8 @@ def test_the_teardown_kills_what_the_clusters_jobs_left_running_and_nothing_else
         for path in (conf, tmp_path / "other" / "slurm.conf")
     )
     try:
+        for proc in (leftover, other):
+            _wait_for_exec_environment(proc.pid)
         _kill_job_leftovers(conf)
         assert leftover.wait(timeout=10) == -signal.SIGKILL
         assert other.poll() is None
