@@ -28,7 +28,6 @@ from typing import Any, Protocol
 import torch
 
 from conflux.analysis.tensor_io import (
-    ADAPTER_FILE,
     ScratchBuffer,
     WeightFiles,
     check_same_base,
@@ -37,7 +36,7 @@ from conflux.analysis.tensor_io import (
     thread_buffer,
 )
 from conflux.errors import ConfluxError, DataError
-from conflux.modeling.adapter_files import ADAPTER_CONFIG, check_adapter_dir
+from conflux.modeling.adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_dir
 
 PEFT_PREFIX = "base_model.model."
 READ_CHUNK = 1 << 18  # entries of one stored tensor read (and subtracted) at a time
@@ -157,8 +156,8 @@ class LoraTaskVectors:
         self.weight = float(weight)
         check_adapter_dir(self.adapter_dir)  # safetensors only, readable config: the policy loader's check
         self.config = _read_adapter_config(self.adapter_dir)
-        self.files = WeightFiles(self.adapter_dir / ADAPTER_FILE)
-        self.file = self.adapter_dir / ADAPTER_FILE
+        self.files = WeightFiles(self.adapter_dir / ADAPTER_WEIGHTS)
+        self.file = self.adapter_dir / ADAPTER_WEIGHTS
         self._modules = self._parse_keys()
         self._shapes = {name: self._delta_shape(name) for name in self._modules}
         if base_dir is not None:

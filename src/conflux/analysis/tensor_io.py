@@ -29,10 +29,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from conflux.errors import ConfluxError, DataError
+from conflux.modeling.adapter_files import ADAPTER_WEIGHTS
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-ADAPTER_FILE = "adapter_model.safetensors"
 
 # safetensors' dtype codes -> torch dtypes (the ones a checkpoint holds in practice).
 DTYPES = {
@@ -152,11 +152,12 @@ class WeightFiles:
             for name, shard in weight_map.items():
                 files.setdefault(self.path / shard, []).append(name)
             return files
-        for name in (SINGLE_FILE, ADAPTER_FILE):
+        for name in (SINGLE_FILE, ADAPTER_WEIGHTS):
             if (self.path / name).is_file():
                 return {self.path / name: []}
         raise ConfluxError(
-            f"{self.path}: no {SINGLE_FILE}, {INDEX_FILE} or {ADAPTER_FILE}; conflux reads safetensors only"
+            f"{self.path}: no {SINGLE_FILE}, {INDEX_FILE} or {ADAPTER_WEIGHTS}; "
+            "conflux reads safetensors only"
         )
 
     @property
