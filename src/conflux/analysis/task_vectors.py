@@ -18,7 +18,6 @@ LoRA: PEFT stores A [r, in] and B [out, r] per target module under
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -154,8 +153,7 @@ class LoraTaskVectors:
         self.adapter_dir = Path(adapter_dir)
         self.label = label or self.adapter_dir.name
         self.weight = float(weight)
-        check_adapter_dir(self.adapter_dir)  # safetensors only, readable config: the policy loader's check
-        self.config = _read_adapter_config(self.adapter_dir)
+        self.config = _lora_config(self.adapter_dir)
         self.files = WeightFiles(self.adapter_dir / ADAPTER_WEIGHTS)
         self.file = self.adapter_dir / ADAPTER_WEIGHTS
         self._modules = self._parse_keys()
@@ -334,14 +332,11 @@ def open_task_vectors(path: str | Path, base_dir: str | Path, label: str | None 
     return FullTaskVectors(p, base_dir, label=label)
 
 
-def _read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
+def _lora_config(adapter_dir: Path) -> dict[str, Any]:
+    """The adapter's config, checked as the policy loader checks it (safetensors only, a readable config),
+    then for what plain LoRA needs."""
+    config = check_adapter_dir(adapter_dir)
     path = adapter_dir / ADAPTER_CONFIG
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(
-            f"cannot read the adapter config: {exc}", file=path, row="all", field="config"
-        ) from exc
     if config.get("peft_type", "LORA") != "LORA":
         raise DataError(
             f"peft_type {config.get('peft_type')!r} is not LORA", file=path, row="all", field="peft_type"
